@@ -1,0 +1,95 @@
+"""Pass 9, draw: the graph as Graphviz DOT, as CNDS Fig. 1 draws it.
+
+The main path is plain; each auxiliary branch sits in a dashed red cluster; loss nodes are
+octagons; loss edges carry weight and schedule; synergy pairs are dotted arrows labelled β;
+data edges carry tensor shapes. `render` calls the `dot` binary for svg/png.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import networkx as nx
+
+from netspec.errors import UserError
+from netspec.spec import CrossEntropyLoss, SynergyLoss
+from compiler.graph import in_order, loss_id, synergy_pairs
+from compiler.summary import human, schedule_text
+
+OP_COLOURS = {"conv": "#cfe2f3", "fc": "#d9ead3", "batchnorm": "#fff2cc", "maxpool": "#ead1dc", "avgpool": "#ead1dc",
+              "gap": "#ead1dc", "add": "#fce5cd", "concat": "#fce5cd"}
+
+
+def _q(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _shape(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def to_dot(g: nx.DiGraph) -> str:
+    """DOT source for the whole training graph."""
+    spec = g.graph["spec"]
+    out = [f"digraph {_q(spec.name)} {{", "  rankdir=TB; node [shape=box, style=\"rounded,filled\", fillcolor=white, "
+           "fontname=Helvetica, fontsize=10]; edge [fontname=Helvetica, fontsize=8];"]
+    inp = g.graph["input"]
+    out.append(f"  {_q(inp)} [label={_q(inp + chr(10) + _shape(g.nodes[inp]['shape']))}, shape=parallelogram];")
+    by_branch: dict[str | None, list[str]] = {}
+    for name in in_order(g)[1:]:
+        by_branch.setdefault(g.nodes[name]["branch"], []).append(name)
+    for branch, names in by_branch.items():
+        indent = "  "
+        if branch is not None:
+            out.append(f"  subgraph {_q('cluster_' + branch)} {{ label={_q('branch ' + branch)}; style=dashed; "
+                       "color=red; fontcolor=red;")
+            indent = "    "
+        for name in names:
+            attrs = g.nodes[name]
+            op = attrs["op"].op
+            label = f"{name}\\n{op}" + (f" · {human(attrs['params'])}" if attrs["params"] else "")
+            heads = attrs.get("heads")
+            extra = f", peripheries=2, xlabel={_q('head ' + ', '.join(heads))}" if heads else ""
+            out.append(f"{indent}{_q(name)} [label=\"{label}\", fillcolor={_q(OP_COLOURS.get(op, 'white'))}{extra}];")
+        if branch is not None:
+            out.append("  }")
+    for u, v, attrs in g.edges(data=True):
+        if attrs["kind"] == "data":
+            style = ", color=red" if g.nodes[v]["branch"] and not g.nodes[u]["branch"] else ""
+            out.append(f"  {_q(u)} -> {_q(v)} [label={_q(_shape(g.nodes[u]['shape']))}{style}];")
+    for name, loss in spec.losses.items():
+        node = loss_id(name)
+        out.append(f"  {_q(node)} [label={_q(name + chr(10) + loss.type)}, shape=octagon, style=filled, fillcolor=\"#f4cccc\"];")
+        if isinstance(loss, CrossEntropyLoss):
+            label = f"α={loss.weight} · {schedule_text(loss.schedule)}"
+            out.append(f"  {_q(g.graph['heads'][loss.head])} -> {_q(node)} [label={_q(label)}, style=bold];")
+        elif isinstance(loss, SynergyLoss):
+            for m, n in synergy_pairs(loss, g):
+                label = f"β={loss.beta}" + (f", T={loss.temperature}" if loss.temperature != 1 else "")
+                out.append(f"  {_q(g.graph['heads'][m])} -> {_q(g.graph['heads'][n])} [label={_q(label)}, style=dotted, "
+                           "color=blue, fontcolor=blue, constraint=false];")
+            for head in sorted({h for pair in synergy_pairs(loss, g) for h in pair}):
+                out.append(f"  {_q(g.graph['heads'][head])} -> {_q(node)} [style=dotted, color=blue];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render(dot_source: str, path: str | Path) -> Path:
+    """Write DOT, or run graphviz's `dot` for .svg/.png/.pdf."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in ("dot", "gv", "svg", "png", "pdf"):
+        raise UserError(f"cannot draw to '{path.name}'", "use a file ending in .svg, .png, .pdf or .dot")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("dot", "gv"):
+        path.write_text(dot_source)
+        return path
+    if shutil.which("dot") is None:
+        raise UserError("the graphviz `dot` program is not installed",
+                        "install it (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz), "
+                        "or write -o graph.dot")
+    result = subprocess.run(["dot", f"-T{fmt}", "-o", str(path)], input=dot_source, text=True, capture_output=True)
+    if result.returncode != 0:
+        raise UserError(f"graphviz failed: {result.stderr.strip()}", "write -o graph.dot and check it")
+    return path

@@ -1,0 +1,165 @@
+"""Pass 3, expand: blocks, repeats and branches unrolled into one flat list of named op nodes.
+
+Names are qualified: a block instance `stage1` repeated gives `stage1.0.conv1`, a branch `aux1`
+gives `aux1.fc`. These names become the parameter names, so a branch's position never changes
+the backbone's names. `from:` is resolved here, innermost scope first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from netspec.errors import Pos, SpecError, did_you_mean
+from netspec.ops import OpNode
+from netspec.spec import MAIN_HEAD, BlockNode, Spec
+from compiler.parse import LineDict, substitute
+from compiler.validate import validate_node
+
+
+@dataclass
+class FlatNode:
+    """One op of the expanded network."""
+
+    name: str
+    op: OpNode
+    inputs: list[str]
+    branch: str | None
+    pos: Pos | None
+    via: str = ""  # "in stage1.3 (spec.yaml:40)" for nodes that come from a block
+
+
+@dataclass
+class Scope:
+    """Names visible where a node is written: local names first, then the enclosing scope's."""
+
+    prefix: str
+    names: dict[str, str] = field(default_factory=dict)
+    parent: "Scope | None" = None
+
+    def lookup(self, ref: str) -> str | None:
+        scope = self
+        while scope is not None:
+            if ref in scope.names:
+                return scope.names[ref]
+            scope = scope.parent
+        return None
+
+    def visible(self) -> set[str]:
+        scope, out = self, set()
+        while scope is not None:
+            out |= set(scope.names)
+            scope = scope.parent
+        return out
+
+
+@dataclass
+class Expanded:
+    nodes: list[FlatNode]
+    heads: dict[str, str]  # head name -> node that produces its logits
+    input_name: str
+
+
+class _Expander:
+    def __init__(self, spec: Spec, context: dict[str, Any]):
+        self.spec, self.context = spec, context
+        self.nodes: list[FlatNode] = []
+        self.pending: list[tuple[FlatNode, list[str], Scope]] = []  # refs resolved once all names exist
+        self.all_names: dict[str, str] = {}  # every qualified name and alias -> node name
+        self.defined_at: dict[str, Pos | None] = {}
+
+    def run(self) -> Expanded:
+        spec = self.spec
+        root = Scope("", {spec.input.name: spec.input.name})
+        self.all_names[spec.input.name] = spec.input.name
+        main = self.chain(spec.nodes, root, spec.input.name, None, "")
+        if spec.output:
+            main = self._resolve(spec.output, root, spec.at)
+        heads = {MAIN_HEAD: main}
+        for branch_name, branch in spec.branches.items():
+            if branch_name in heads or branch_name in root.names:
+                raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
+                                "give the branch its own name", branch.at)
+            attach = self._resolve(branch.from_, root, branch.at, what=f"branch '{branch_name}' attaches to")
+            scope = Scope(branch_name + ".", {"input": attach}, parent=root)
+            heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "")
+        for node, refs, scope in self.pending:
+            node.inputs = [self._resolve(ref, scope, node.pos, node) for ref in refs]
+        return Expanded(self.nodes, heads, spec.input.name)
+
+    def chain(self, nodes: list, scope: Scope, previous: str, branch: str | None, via: str) -> str:
+        """Emit nodes one after another; each defaults to the previous one's output. Returns the last."""
+        for node in nodes:
+            previous = self.emit(node, scope, previous, branch, via)
+        return previous
+
+    def emit(self, node, scope: Scope, previous: str, branch: str | None, via: str) -> str:
+        self._claim(node.name, scope, node.at)
+        if isinstance(node, BlockNode):
+            return self.instantiate(node, scope, previous, branch, via)
+        qualified = scope.prefix + node.name
+        flat = FlatNode(qualified, node, [], branch, node.at, via)
+        self.nodes.append(flat)
+        self.pending.append((flat, node.inputs or [previous], scope))
+        self._define(node.name, qualified, scope, node.at)
+        return qualified
+
+    def instantiate(self, node: BlockNode, scope: Scope, previous: str, branch: str | None, via: str) -> str:
+        """Unroll `repeat` copies of a block; returns the output of the last copy."""
+        block = self.spec.blocks.get(node.block)
+        if block is None:
+            raise SpecError(f"node '{node.name}' uses block '{node.block}', which is not defined",
+                            did_you_mean(node.block, self.spec.blocks), node.at)
+        unknown = set(node.params) | set(node.first)
+        unknown -= set(block.params)
+        if unknown:
+            key = sorted(unknown)[0]
+            raise SpecError(f"block '{node.block}' has no param '{key}'", did_you_mean(key, block.params), node.at)
+        base = scope.prefix + node.name
+        source = node.inputs[0] if node.inputs else None
+        entry = self._resolve(source, scope, node.at) if source else previous
+        for index in range(node.repeat):
+            params = {**block.params, **node.params, **(node.first if index == 0 else {})}
+            missing = [k for k, v in params.items() if v is None]
+            if missing:
+                raise SpecError(f"block '{node.block}' needs param '{missing[0]}'", f"add {missing[0]}: ... to node '{node.name}'", node.at)
+            prefix = f"{base}.{index}." if node.repeat > 1 else base + "."
+            inner = Scope(prefix, {"input": entry}, parent=scope)
+            here = f"{via} " if via else ""
+            copy_via = f"{here}in {prefix[:-1]} ({node.at})"
+            body = [validate_node(substitute(raw, {**self.context, **params, "index": index}, _pos(raw)))
+                    for raw in block.nodes]
+            entry = self.chain(body, inner, entry, branch, copy_via)
+            if node.repeat > 1:
+                self.all_names[prefix[:-1]] = entry
+                scope.names.setdefault(f"{node.name}.{index}", entry)
+        self._define(node.name, entry, scope, node.at)
+        return entry
+
+    def _claim(self, name: str, scope: Scope, pos: Pos | None) -> None:
+        if name in scope.names and name != "input":
+            first = self.defined_at.get(scope.prefix + name)
+            raise SpecError(f"node name '{name}' is used twice", f"first defined at {first}; rename one of them", pos)
+        if name == "input" and scope.prefix:
+            raise SpecError("'input' is reserved inside blocks and branches (it names their input)", "rename the node", pos)
+
+    def _define(self, local: str, qualified: str, scope: Scope, pos: Pos | None) -> None:
+        scope.names[local] = qualified
+        self.all_names[scope.prefix + local] = qualified
+        self.defined_at[scope.prefix + local] = pos
+
+    def _resolve(self, ref: str, scope: Scope, pos: Pos | None, node: FlatNode | None = None, what: str = "") -> str:
+        found = scope.lookup(ref) or self.all_names.get(ref)
+        if found is None:
+            who = what or (f"node '{node.name}' takes input from" if node else "this refers to")
+            raise SpecError(f"{who} '{ref}', which does not exist",
+                            did_you_mean(ref, scope.visible() | set(self.all_names)), pos)
+        return found
+
+
+def _pos(raw: Any) -> Pos | None:
+    return raw.pos if isinstance(raw, LineDict) else None
+
+
+def expand(spec: Spec, context: dict[str, Any]) -> Expanded:
+    """Unroll blocks and branches into flat, fully named nodes with resolved inputs."""
+    return _Expander(spec, context).run()

@@ -1,0 +1,83 @@
+"""Pass 8, summarise: per node op, shape, params, FLOPs; per head its depth and losses; train vs deploy totals."""
+from __future__ import annotations
+
+import networkx as nx
+
+from netspec.spec import MAIN_HEAD, CrossEntropyLoss, SynergyLoss
+from compiler.graph import exit_ancestry, in_order, synergy_pairs
+
+
+def schedule_text(schedule) -> str:
+    extra = {k: v for k, v in schedule.model_dump(exclude={"type"}).items()}
+    return schedule.type + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
+
+
+def summarise(g: nx.DiGraph) -> dict:
+    """Everything `netspec compile` reports, as plain data (also written as summary.json)."""
+    spec = g.graph["spec"]
+    nodes = []
+    for name in in_order(g)[1:]:
+        attrs = g.nodes[name]
+        nodes.append({"name": name, "op": attrs["op"].op, "branch": attrs["branch"], "inputs": attrs["inputs"],
+                      "shape": list(attrs["shape"]), "params": attrs["params"], "flops": attrs["flops"],
+                      "line": attrs["pos"].line if attrs["pos"] else None})
+    depth = g.graph["depth"]
+    deepest = max(depth.values())
+    heads = []
+    for head, node in g.graph["heads"].items():
+        keep = exit_ancestry(g, head)
+        heads.append({"head": head, "node": node, "depth": depth[head], "depth_ratio": depth[head] / deepest,
+                      "params": sum(g.nodes[n]["params"] for n in keep), "flops": sum(g.nodes[n]["flops"] for n in keep)})
+    losses = []
+    for name, loss in spec.losses.items():
+        entry = {"name": name, "type": loss.type, "schedule": schedule_text(loss.schedule)}
+        if isinstance(loss, CrossEntropyLoss):
+            entry.update(head=loss.head, weight=loss.weight)
+        elif isinstance(loss, SynergyLoss):
+            entry.update(direction=loss.direction, beta=loss.beta, temperature=loss.temperature,
+                         pairs=[f"{m}->{n}" for m, n in synergy_pairs(loss, g)])
+        losses.append(entry)
+    deploy = exit_ancestry(g, MAIN_HEAD)
+    total = lambda key, names: sum(g.nodes[n][key] for n in names)  # noqa: E731
+    ops = [n["name"] for n in nodes]
+    return {
+        "name": spec.name, "input": list(spec.input.shape), "classes": spec.classes,
+        "nodes": nodes, "heads": heads, "losses": losses,
+        "train": {"nodes": len(ops), "params": total("params", ops), "flops": total("flops", ops)},
+        "deploy": {"nodes": len(deploy), "params": total("params", deploy), "flops": total("flops", deploy)},
+    }
+
+
+def human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def format_summary(s: dict, max_nodes: int = 400) -> str:
+    """The human-readable summary: a node table, the heads and losses, and the totals."""
+    lines = [f"{s['name']}: input {tuple(s['input'])}, {s['classes']} classes", ""]
+    width = max(len(n["name"]) for n in s["nodes"])
+    lines.append(f"{'node':<{width}}  {'op':<10} {'output':<16} {'params':>9} {'FLOPs':>9}")
+    shown = s["nodes"] if len(s["nodes"]) <= max_nodes else s["nodes"][: max_nodes // 2] + [None] + s["nodes"][-max_nodes // 2:]
+    for n in shown:
+        if n is None:
+            lines.append(f"{'...':<{width}}  ({len(s['nodes']) - max_nodes} more nodes; the full table is in summary.json)")
+            continue
+        lines.append(f"{n['name']:<{width}}  {n['op']:<10} {str(tuple(n['shape'])):<16} {human(n['params']):>9} {human(n['flops']):>9}")
+    lines += ["", "heads:"]
+    for h in s["heads"]:
+        lines.append(f"  {h['head']:<12} at {h['node']:<24} depth {h['depth']:>4} (L/L_K {h['depth_ratio']:.2f})  "
+                     f"exit model: {human(h['params'])} params, {human(h['flops'])} FLOPs")
+    lines.append("losses:")
+    for l in s["losses"]:
+        if l["type"] == "cross_entropy":
+            lines.append(f"  {l['name']:<12} cross_entropy on {l['head']:<10} weight {l['weight']:<6} schedule {l['schedule']}")
+        else:
+            lines.append(f"  {l['name']:<12} synergy {l['direction']}, β {l['beta']}, T {l['temperature']}, schedule "
+                         f"{l['schedule']}: {len(l['pairs'])} pairs ({', '.join(l['pairs'])})")
+    for key, label in (("train", "training graph"), ("deploy", "deployed graph (branches pruned)")):
+        t = s[key]
+        lines.append(f"{label:<34} {t['nodes']:>5} nodes  {human(t['params']):>9} params  {human(t['flops']):>9} FLOPs")
+    return "\n".join(lines)

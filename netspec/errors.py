@@ -1,0 +1,58 @@
+"""Errors meant for people: `file:line: what is wrong — how to fix it`, exit status 2."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Pos:
+    """Where something was written: a file (or `<override>`) and a 1-based line."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class UserError(Exception):
+    """A mistake the user can fix. The CLI prints it without a traceback and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, fix: str = "", pos: Pos | None = None):
+        super().__init__(what)
+        self.what, self.fix, self.pos = what, fix, pos
+
+    def __str__(self) -> str:
+        head = f"{self.pos}: " if self.pos else "netspec: "
+        return head + self.what + (f" — {self.fix}" if self.fix else "")
+
+
+class SpecError(UserError):
+    """Something wrong in a spec file or an override."""
+
+
+class SpecErrors(SpecError):
+    """Several spec errors found at once (schema validation reports them all)."""
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__(errors[0].what, errors[0].fix, errors[0].pos)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A `did you mean 'x'?` hint, or a list of the valid choices when nothing is close."""
+    choices = sorted(set(map(str, choices)))
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if not choices:
+        return "nothing is defined here"
+    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    return f"valid: {shown}"

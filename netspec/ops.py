@@ -1,0 +1,438 @@
+"""The op registry: every layer type is one pydantic model (its fields are the spec's keys) with a
+`build` method that makes the torch module for known input shapes. Adding an op is one class here.
+
+`build` returns an `nn.Module` (lowered to `call_module`, its parameters named after the node) or a
+`Call` (a plain function, lowered to `call_function`). Shapes are (C, H, W) or (F,), batch excluded.
+"""
+from __future__ import annotations
+
+import importlib
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Union
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from netspec.schema_base import Strict
+
+Shape = tuple[int, ...]
+IntPair = Union[int, tuple[int, int]]
+
+REGISTRY: dict[str, type["OpNode"]] = {}
+
+
+@dataclass
+class Call:
+    """A parameter-free op lowered to a function call: fn(*inputs, **kwargs)."""
+
+    fn: Callable
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def register(cls: type["OpNode"]) -> type["OpNode"]:
+    """Class decorator: make an op usable in specs under the name in its `op` Literal."""
+    name = cls.model_fields["op"].annotation.__args__[0]
+    REGISTRY[name] = cls
+    return cls
+
+
+class OpNode(Strict):
+    """Fields every node has."""
+
+    name: str = Field(description="unique node name; also the name of its parameters (name.weight)")
+    from_: str | list[str] | None = Field(
+        default=None, alias="from",
+        description="input node(s) (Caffe's bottom); defaults to the previous node")
+    init: "NodeInit | None" = Field(default=None, description="weight/bias initialisation for this node only")
+
+    weighted: ClassVar[bool] = False  # has a weight tensor that `init:` applies to (conv, fc)
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max number of inputs
+    keeps_shape: ClassVar[bool] = False  # output shape = input shape (element-wise ops skip the meta run)
+
+    @property
+    def inputs(self) -> list[str]:
+        if self.from_ is None:
+            return []
+        return [self.from_] if isinstance(self.from_, str) else list(self.from_)
+
+    def build(self, shapes: list[Shape]) -> nn.Module | Call:
+        raise NotImplementedError
+
+    def flops(self, module: nn.Module | Call, out_shape: Shape) -> int:
+        """Forward FLOPs for one example, counted as torch's FlopCounterMode does (2 × multiply-adds
+        of conv and matmul; element-wise ops count 0). A test checks every op against it."""
+        return 0
+
+
+def pair(value: IntPair) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Linear(nn.Linear):
+    """Caffe's InnerProduct: flattens its input first, so it follows conv or pooling directly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+class ZeroPadShortcut(nn.Module):
+    """ResNet option A shortcut: subsample by `stride`, zero-pad the extra channels. No parameters."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.extra, self.stride = out_channels - in_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            x = nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return x
+
+
+def add(*xs: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of two or more tensors (residual connections)."""
+    out = operator.add(xs[0], xs[1])
+    for x in xs[2:]:
+        out = operator.add(out, x)
+    return out
+
+
+def concat(*xs: torch.Tensor) -> torch.Tensor:
+    """Concatenation along channels."""
+    return torch.cat(xs, dim=1)
+
+
+# --- layers with parameters -------------------------------------------------------------------
+
+@register
+class Conv(OpNode):
+    """2-D convolution (Caffe Convolution)."""
+
+    op: Literal["conv"]
+    out: int = Field(gt=0, description="output channels")
+    kernel: IntPair = Field(description="kernel size, int or [h, w]")
+    stride: IntPair = Field(default=1, description="stride, int or [h, w]")
+    pad: IntPair | Literal["same"] = Field(default=0, description="zero padding, int, [h, w] or 'same'")
+    dilation: IntPair = Field(default=1, description="dilation, int or [h, w]")
+    groups: int | Literal["depthwise"] = Field(default=1, description="channel groups; 'depthwise' = one per input channel")
+    bias: bool = Field(default=True, description="learn a bias term")
+    weighted: ClassVar[bool] = True
+
+    def build(self, shapes):
+        channels = shapes[0][0]
+        groups = channels if self.groups == "depthwise" else self.groups
+        return nn.Conv2d(channels, self.out, pair(self.kernel), pair(self.stride),
+                         self.pad if self.pad == "same" else pair(self.pad), pair(self.dilation), groups, self.bias)
+
+    def flops(self, module, out_shape):
+        return 2 * module.weight[0].numel() * int(torch.Size(out_shape).numel())
+
+
+@register
+class FC(OpNode):
+    """Fully connected layer (Caffe InnerProduct); flattens its input."""
+
+    op: Literal["fc"]
+    out: int = Field(gt=0, description="output features")
+    bias: bool = Field(default=True, description="learn a bias term")
+    weighted: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return Linear(int(torch.Size(shapes[0]).numel()), self.out, self.bias)
+
+    def flops(self, module, out_shape):
+        return 2 * module.in_features * module.out_features
+
+
+@register
+class BatchNorm(OpNode):
+    """Batch normalisation over channels (2-D for maps, 1-D for vectors)."""
+
+    op: Literal["batchnorm"]
+    eps: float = Field(default=1e-5, gt=0, description="added to the variance")
+    momentum: float = Field(default=0.1, ge=0, le=1, description="running statistics momentum")
+    affine: bool = Field(default=True, description="learn scale and shift")
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        kind = nn.BatchNorm2d if len(shapes[0]) == 3 else nn.BatchNorm1d
+        return kind(shapes[0][0], self.eps, self.momentum, self.affine)
+
+
+@register
+class PReLU(OpNode):
+    """Parametric ReLU, one slope per channel (or one shared)."""
+
+    op: Literal["prelu"]
+    shared: bool = Field(default=False, description="one slope for all channels")
+    slope: float = Field(default=0.25, description="initial slope")
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.PReLU(1 if self.shared else shapes[0][0], self.slope)
+
+
+# --- activations, pooling, normalisation ------------------------------------------------------
+
+@register
+class ReLU(OpNode):
+    """Rectified linear unit."""
+
+    op: Literal["relu"]
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.ReLU()
+
+
+@register
+class LeakyReLU(OpNode):
+    """Leaky ReLU."""
+
+    op: Literal["leaky_relu"]
+    slope: float = Field(default=0.01, description="negative slope")
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.LeakyReLU(self.slope)
+
+
+class _Pool(OpNode):
+    kernel: IntPair = Field(description="window size, int or [h, w]")
+    stride: IntPair | None = Field(default=None, description="stride; defaults to the kernel size")
+    pad: IntPair = Field(default=0, description="zero padding, int or [h, w]")
+    ceil: bool = Field(default=False, description="Caffe's rounding: output size rounded up, not down")
+
+    def _args(self):
+        return pair(self.kernel), pair(self.stride if self.stride is not None else self.kernel), pair(self.pad)
+
+
+@register
+class MaxPool(_Pool):
+    """Max pooling (Caffe Pooling MAX)."""
+
+    op: Literal["maxpool"]
+
+    def build(self, shapes):
+        kernel, stride, pad = self._args()
+        return nn.MaxPool2d(kernel, stride, pad, ceil_mode=self.ceil)
+
+
+@register
+class AvgPool(_Pool):
+    """Average pooling (Caffe Pooling AVE)."""
+
+    op: Literal["avgpool"]
+
+    def build(self, shapes):
+        kernel, stride, pad = self._args()
+        return nn.AvgPool2d(kernel, stride, pad, ceil_mode=self.ceil)
+
+
+@register
+class GlobalAvgPool(OpNode):
+    """Global average pooling to a (C,) vector."""
+
+    op: Literal["gap"]
+
+    def build(self, shapes):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+
+@register
+class LRN(OpNode):
+    """Local response normalisation across channels (AlexNet, Caffe LRN)."""
+
+    op: Literal["lrn"]
+    size: int = Field(default=5, gt=0, description="channels in the window")
+    alpha: float = Field(default=1e-4, description="scale (divided by size, as in Caffe)")
+    beta: float = Field(default=0.75, description="exponent")
+    k: float = Field(default=1.0, description="additive constant")
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.LocalResponseNorm(self.size, self.alpha, self.beta, self.k)
+
+
+@register
+class Dropout(OpNode):
+    """Dropout (training only)."""
+
+    op: Literal["dropout"]
+    p: float = Field(default=0.5, ge=0, lt=1, description="drop probability")
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.Dropout(self.p)
+
+
+@register
+class Softmax(OpNode):
+    """Softmax over classes (dim 1), for a probability output."""
+
+    op: Literal["softmax"]
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.Softmax(dim=1)
+
+
+# --- structure: flatten, add, concat, identity, shortcut -------------------------------------
+
+@register
+class Flatten(OpNode):
+    """Flatten to (C*H*W,)."""
+
+    op: Literal["flatten"]
+
+    def build(self, shapes):
+        return Call(torch.flatten, {"start_dim": 1})
+
+
+@register
+class Identity(OpNode):
+    """Passes its input through (a named tap point)."""
+
+    op: Literal["identity"]
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.Identity()
+
+
+@register
+class Add(OpNode):
+    """Element-wise sum (residual connection); inputs must have one shape."""
+
+    op: Literal["add"]
+    arity: ClassVar = (2, None)
+
+    def build(self, shapes):
+        return Call(add)
+
+
+@register
+class Concat(OpNode):
+    """Concatenation along channels."""
+
+    op: Literal["concat"]
+    arity: ClassVar = (2, None)
+
+    def build(self, shapes):
+        return Call(concat)
+
+
+@register
+class Shortcut(OpNode):
+    """ResNet option A shortcut: identity, or stride-subsample + zero-pad channels to `out`."""
+
+    op: Literal["shortcut"]
+    out: int = Field(gt=0, description="output channels (>= input channels)")
+    stride: int = Field(default=1, gt=0, description="spatial subsampling")
+
+    def build(self, shapes):
+        if shapes[0][0] > self.out:
+            raise ValueError(f"shortcut cannot shrink {shapes[0][0]} channels to {self.out}")
+        if shapes[0][0] == self.out and self.stride == 1:
+            return nn.Identity()
+        return ZeroPadShortcut(shapes[0][0], self.out, self.stride)
+
+
+@register
+class Custom(OpNode):
+    """A module from your own code, by import path. Runs only with `--allow-custom`."""
+
+    op: Literal["custom"]
+    target: str = Field(description="'package.module:ClassName' of an nn.Module")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
+    allowed: ClassVar[bool] = False  # set by the CLI's --allow-custom (or NETSPEC_ALLOW_CUSTOM=1)
+
+    @field_validator("target")
+    @classmethod
+    def _looks_like_import_path(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("target must be 'package.module:ClassName'")
+        return value
+
+    def build(self, shapes):
+        if not Custom.allowed:
+            raise PermissionError("custom ops import code; run with --allow-custom to allow it")
+        module_name, _, class_name = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)(**self.args)
+
+
+# --- initialisation --------------------------------------------------------------------------
+
+class Gaussian(Strict):
+    """Normal(mean, std) — Caffe's 'gaussian' filler; CNDS uses std 0.01."""
+
+    type: Literal["gaussian"]
+    std: float = Field(default=0.01, gt=0, description="standard deviation")
+    mean: float = Field(default=0.0, description="mean")
+
+    def apply(self, weight: torch.Tensor) -> None:
+        nn.init.normal_(weight, self.mean, self.std)
+
+
+class Kaiming(Strict):
+    """He initialisation (normal)."""
+
+    type: Literal["kaiming"]
+    mode: Literal["fan_in", "fan_out"] = Field(default="fan_out", description="which fan to preserve")
+    nonlinearity: Literal["relu", "leaky_relu", "linear"] = Field(default="relu", description="gain to use")
+
+    def apply(self, weight):
+        nn.init.kaiming_normal_(weight, mode=self.mode, nonlinearity=self.nonlinearity)
+
+
+class Xavier(Strict):
+    """Glorot initialisation (Caffe's 'xavier')."""
+
+    type: Literal["xavier"]
+    gain: float = Field(default=1.0, gt=0, description="scale")
+    distribution: Literal["uniform", "normal"] = Field(default="uniform", description="shape of the distribution")
+
+    def apply(self, weight):
+        (nn.init.xavier_uniform_ if self.distribution == "uniform" else nn.init.xavier_normal_)(weight, self.gain)
+
+
+class Constant(Strict):
+    """Every weight the same value."""
+
+    type: Literal["constant"]
+    value: float = Field(default=0.0, description="the value")
+
+    def apply(self, weight):
+        nn.init.constant_(weight, self.value)
+
+
+class TorchDefault(Strict):
+    """PyTorch's own default for the layer (kaiming-uniform with a=sqrt(5))."""
+
+    type: Literal["default"]
+
+    def apply(self, weight):
+        pass
+
+
+WeightInit = Union[Gaussian, Kaiming, Xavier, Constant, TorchDefault]
+
+
+class NodeInit(Strict):
+    """How a node's weight and bias start. `weight: kaiming` is short for `weight: {type: kaiming}`."""
+
+    weight: WeightInit | None = Field(default=None, discriminator="type", description="weight filler")
+    bias: float | None = Field(default=None, description="bias constant (Caffe's bias_filler value)")
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"type": value} if isinstance(value, str) else value
+
+
+OpNode.model_rebuild()
+for _op in REGISTRY.values():
+    _op.model_rebuild()

@@ -1,0 +1,66 @@
+"""Where things live: the spec a command works on, the build directory, the current build.
+
+`netspec compile SPEC` writes `build/<name>/` and marks it current (`build/CURRENT`), so later
+commands need no argument: they reuse the current build's spec file and overrides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from netspec.errors import UserError
+
+DEFAULT_SPEC = Path("specs/cnds8.yaml")
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("NETSPEC_BUILD", "build"))
+
+
+def split_args(words: list[str]) -> tuple[str | None, list[str]]:
+    """`[SPEC] [key=value ...]`: the word without '=' is the spec, the rest are overrides."""
+    specs = [w for w in words if "=" not in w]
+    if len(specs) > 1:
+        raise UserError(f"more than one spec given: {', '.join(specs)}", "give one spec, then key=value overrides")
+    return (specs[0] if specs else None), [w for w in words if "=" in w]
+
+
+def current_build() -> Path | None:
+    marker = build_root() / "CURRENT"
+    if marker.is_file():
+        build = build_root() / marker.read_text().strip()
+        if (build / "build.json").is_file():
+            return build
+    return None
+
+
+def resolve_spec(words: list[str]) -> tuple[Path, list[str]]:
+    """The spec file and overrides a command should use: given, else the current build's, else the default."""
+    spec, overrides = split_args(words)
+    if spec is not None:
+        return Path(spec), overrides
+    build = current_build()
+    if build is not None:
+        info = json.loads((build / "build.json").read_text())
+        return Path(info["spec"]), info["overrides"] + overrides
+    if DEFAULT_SPEC.exists():
+        return DEFAULT_SPEC, overrides
+    raise UserError("no spec given and no current build", "run `netspec compile specs/NAME.yaml` first, or name a spec")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file so that a reader sees the old or the new content, never half (temp, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
