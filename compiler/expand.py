@@ -97,9 +97,10 @@ class _Expander:
         if isinstance(node, BlockNode):
             return self.instantiate(node, scope, previous, branch, via)
         qualified = scope.prefix + node.name
-        flat = FlatNode(qualified, node, [], branch, node.at, via)
+        flat = FlatNode(qualified, node, [previous], branch, node.at, via)  # `previous` is already qualified
         self.nodes.append(flat)
-        self.pending.append((flat, node.inputs or [previous], scope))
+        if node.inputs:
+            self.pending.append((flat, node.inputs, scope))
         self._define(node.name, qualified, scope, node.at)
         return qualified
 

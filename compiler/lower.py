@@ -25,27 +25,31 @@ def materialise(g: nx.DiGraph, seed: int | None = None) -> None:
         module = attrs.get("module")
         if not isinstance(module, nn.Module) or attrs.get("materialised"):
             continue
+        weight_init, bias = _node_init(attrs["op"], spec.init)
+        fully_set = weight_init is not None and weight_init.type != "default" and (bias is not None or module.bias is None)
         if any(t.is_meta for t in module.state_dict().values()):
             module.to_empty(device="cpu")
             for sub in module.modules():
-                if hasattr(sub, "reset_parameters"):
+                if hasattr(sub, "reset_parameters") and not fully_set:
                     sub.reset_parameters()
                 if hasattr(sub, "reset_running_stats"):
                     sub.reset_running_stats()
-        _initialise(module, attrs["op"], spec.init, attrs["op"].init)
+        with torch.no_grad():
+            if weight_init is not None:
+                weight_init.apply(module.weight)
+            if bias is not None and module.bias is not None:
+                module.bias.fill_(bias)
         attrs["materialised"] = True
 
 
-def _initialise(module: nn.Module, op, default: NodeInit, override: NodeInit | None) -> None:
+def _node_init(op, default: NodeInit):
+    """The weight filler and bias constant for a weight layer (node's `init:` over the spec's), else none."""
     if not op.weighted:
-        return
+        return None, None
+    override = op.init
     weight_init = (override and override.weight) or default.weight
     bias = override.bias if override and override.bias is not None else default.bias
-    with torch.no_grad():
-        if weight_init is not None:
-            weight_init.apply(module.weight)
-        if bias is not None and module.bias is not None:
-            module.bias.fill_(bias)
+    return weight_init, bias
 
 
 def lower(g: nx.DiGraph, heads: list[str] | None = None, single: bool = False) -> fx.GraphModule:

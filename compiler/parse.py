@@ -5,12 +5,15 @@ written, so that every later error can say `file:line`.
 """
 from __future__ import annotations
 
+import functools
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2.exceptions import TemplateError
+from jinja2 import Undefined
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from netspec.errors import Pos, SpecError, did_you_mean
@@ -71,11 +74,22 @@ class _PosLoader(yaml.SafeLoader):
         data = LineDict()
         data.pos = self._pos(node)
         yield data
+        own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
         self.flatten_mapping(node)
-        for key_node, value_node in node.value:
+        merged = len(node.value) - own  # keys from `<<: *anchor` come first; the mapping's own keys override them
+        written: dict[Any, Pos] = {}
+        for index, (key_node, value_node) in enumerate(node.value):
             key = self.construct_object(key_node, deep=True)
-            if key in data:
-                raise SpecError(f"key '{key}' is written twice in one mapping", "keep one of them", self._pos(key_node))
+            try:
+                hash(key)
+            except TypeError:
+                raise SpecError("a mapping key must be a plain value, not a list or mapping",
+                                "write the key as a name", self._pos(key_node)) from None
+            if index >= merged:
+                if key in written:
+                    raise SpecError(f"key '{key}' is written twice in one mapping (first at line {written[key].line})",
+                                    "keep one of them", self._pos(key_node))
+                written[key] = self._pos(key_node)
             data[key] = self.construct_object(value_node, deep=True)
             data.key_pos[key] = self._pos(key_node)
 
@@ -118,7 +132,9 @@ def load_yaml(text: str, name: str) -> Any:
         problem = err.problem or str(err)
         fix = "fix the YAML syntax"
         if "could not determine a constructor" in problem:
-            problem = f"the tag {problem.split('tag')[-1].strip()} is not allowed"
+            tag = re.findall(r"'([^']*)'", problem)
+            tag = tag[-1].replace("tag:yaml.org,2002:", "!!") if tag else "here"
+            problem = f"the YAML tag '{tag}' is not allowed"
             fix = "specs are plain data: remove the tag (python objects cannot be created from a spec)"
         raise SpecError(problem, fix, Pos(name, line)) from None
     except yaml.YAMLError as err:
@@ -195,12 +211,12 @@ def _with_pos(value: Any, pos: Pos) -> Any:
     return value
 
 
-def _set_path(node: Any, parts: list[str], value: Any, pos: Pos) -> None:
+def _set_path(node: Any, parts: list[str], value: Any, pos: Pos, done: tuple[str, ...] = ()) -> None:
     head, rest = parts[0], parts[1:]
     if isinstance(node, list):
-        index = _list_index(node, head, pos)
+        index = _list_index(node, head, pos, f"'{'.'.join(done)}'" if done else "the list")
         if rest:
-            _set_path(node[index], rest, value, pos)
+            _set_path(node[index], rest, value, pos, done + (head,))
         else:
             node[index] = value
         return
@@ -220,22 +236,43 @@ def _set_path(node: Any, parts: list[str], value: Any, pos: Pos) -> None:
         node[head] = child
         if isinstance(node, LineDict):
             node.key_pos[head] = pos
-    _set_path(node[head], rest, value, pos)
+    _set_path(node[head], rest, value, pos, done + (head,))
 
 
-def _list_index(items: list, key: str, pos: Pos) -> int:
-    names = [item.get("name") for item in items if isinstance(item, dict)]
+def _list_index(items: list, key: str, pos: Pos, where: str = "the list") -> int:
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
     if key in names:
         return names.index(key)
     if key.lstrip("-").isdigit() and -len(items) <= int(key) < len(items):
         return int(key) % len(items)
-    raise SpecError(f"no item named '{key}' in this list", did_you_mean(key, [n for n in names if n]), pos)
+    known = [n for n in names if n]
+    hint = did_you_mean(key, known) if known else f"use an index 0..{len(items) - 1}"
+    raise SpecError(f"{where} has no item named '{key}'", hint, pos)
 
 
 # --- ${...} expressions ----------------------------------------------------------------------
 
 _EXPR = re.compile(r"\$\{([^}]*)\}")
-_env = ImmutableSandboxedEnvironment()
+MAX_EXPR_SIZE = 100_000  # longest string/list an expression may build
+
+
+class _SpecSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox (no attribute tricks, no code), also refusing `*` and `**` that would exhaust memory or CPU."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > MAX_EXPR_SIZE:
+                    raise OverflowError(f"the result would have more than {MAX_EXPR_SIZE} items")
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)) and abs(left) > 1 \
+                and right * math.log2(abs(left)) > 4096:
+            raise OverflowError("the result would be too large")
+        return super().call_binop(context, operator, left, right)
+
+
+_env = _SpecSandbox()
 
 
 def evaluate(text: str, context: dict[str, Any], pos: Pos | None) -> Any:
@@ -250,16 +287,32 @@ def evaluate(text: str, context: dict[str, Any], pos: Pos | None) -> Any:
     return _EXPR.sub(lambda m: str(_eval_one(m.group(1), context, pos)), text)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(expr: str):
+    return _env.compile_expression(expr, undefined_to_none=False)
+
+
 def _eval_one(expr: str, context: dict[str, Any], pos: Pos | None) -> Any:
     try:
-        value = _env.compile_expression(expr, undefined_to_none=False)(**context)
+        value = _compiled(expr)(**context)
+    except UndefinedError as err:
+        name = re.match(r"'([^']*)' is undefined", str(err))
+        value = Undefined(name=name.group(1) if name else None)
+    except SecurityError as err:
+        raise SpecError(f"cannot evaluate ${{{expr}}}: {str(err).rstrip('.')}",
+                        "expressions may use names, numbers and arithmetic only", pos) from None
     except TemplateError as err:
         raise SpecError(f"cannot evaluate ${{{expr}}}: {err}", "use names from vars: (or block params) and arithmetic", pos) from None
     except Exception as err:  # arithmetic errors inside a user's expression, e.g. division by zero
         raise SpecError(f"cannot evaluate ${{{expr}}}: {err}", "check the expression", pos) from None
-    if type(value).__name__ == "Undefined" or value.__class__.__module__.startswith("jinja2"):
+    if isinstance(value, Undefined) or value.__class__.__module__.startswith("jinja2"):
+        name = getattr(value, "_undefined_name", None)
         names = ", ".join(sorted(context)) or "none"
-        raise SpecError(f"${{{expr}}} uses a name that is not defined", f"defined here: {names}", pos)
+        if not name:
+            raise SpecError(f"${{{expr}}} uses a name that is not defined", f"defined here: {names}", pos)
+        hint = did_you_mean(name, context)
+        hint = f"{hint} (defined here: {names})" if hint.startswith("did you mean") else f"defined here: {names}"
+        raise SpecError(f"${{{expr}}} uses '{name}', which is not defined", f"{hint}; or add it under vars:", pos)
     return value
 
 

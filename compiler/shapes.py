@@ -14,6 +14,7 @@ from compiler.graph import in_order
 def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     """Annotate each op node with `module` (on meta), `shape` (C,H,W or F), `params` and `flops`."""
     g.nodes[g.graph["input"]].update(params=0, flops=0)
+    seen: dict[tuple, tuple[int, ...]] = {}  # (op params, input shapes) -> output shape: repeated blocks run once
     with torch.no_grad():
         for name in in_order(g):
             attrs = g.nodes[name]
@@ -21,7 +22,10 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
                 continue
             in_shapes = [g.nodes[source]["shape"] for source in attrs["inputs"]]
             module = _build(name, attrs, in_shapes)
-            shape = _run(name, attrs, module, in_shapes)
+            key = (attrs["op"].model_dump_json(exclude={"name", "from_", "init", "at"}), tuple(in_shapes))
+            if key not in seen:
+                seen[key] = _run(name, attrs, module, in_shapes)
+            shape = seen[key]
             params = sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
             attrs.update(module=module, shape=shape, params=params, flops=attrs["op"].flops(module, shape))
     return g

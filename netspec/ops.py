@@ -38,24 +38,29 @@ def register(cls: type["OpNode"]) -> type["OpNode"]:
     return cls
 
 
-class OpNode(Strict):
-    """Fields every node has."""
+class NodeBase(Strict):
+    """What every entry of a `nodes:` list has: a name and its inputs."""
 
     name: str = Field(description="unique node name; also the name of its parameters (name.weight)")
     from_: str | list[str] | None = Field(
         default=None, alias="from",
         description="input node(s) (Caffe's bottom); defaults to the previous node")
-    init: "NodeInit | None" = Field(default=None, description="weight/bias initialisation for this node only")
-
-    weighted: ClassVar[bool] = False  # has a weight tensor that `init:` applies to (conv, fc)
-    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max number of inputs
-    keeps_shape: ClassVar[bool] = False  # output shape = input shape (element-wise ops skip the meta run)
 
     @property
     def inputs(self) -> list[str]:
         if self.from_ is None:
             return []
         return [self.from_] if isinstance(self.from_, str) else list(self.from_)
+
+
+class OpNode(NodeBase):
+    """A node computed by one op of the registry."""
+
+    init: "NodeInit | None" = Field(default=None, description="weight/bias initialisation for this node only")
+
+    weighted: ClassVar[bool] = False  # has a weight tensor that `init:` applies to (conv, fc)
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max number of inputs
+    keeps_shape: ClassVar[bool] = False  # output shape = input shape (element-wise ops skip the meta run)
 
     def build(self, shapes: list[Shape]) -> nn.Module | Call:
         raise NotImplementedError

@@ -24,17 +24,19 @@ class Strict(BaseModel):
     def _refuse_unknown_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        known = set()
+        known, shown = set(), set()  # accepted keys; the keys a hint offers (`from`, not its python name `from_`)
         for name, field in cls.model_fields.items():
             known.add(name)
             if field.alias:
                 known.add(field.alias)
+            if name != "at":
+                shown.add(field.alias or name)
         for key in data:
             if key not in known and not (cls.model_config.get("extra") == "allow"):
                 raise PydanticCustomError(
                     "unknown_key",
                     "unknown key '{key}' in {section}: {hint}",
-                    {"key": key, "section": cls.section_name(), "hint": did_you_mean(key, sorted(k for k in known if k != "_at" and k != "at"))},
+                    {"key": key, "section": cls.section_name(), "hint": did_you_mean(key, sorted(shown))},
                 )
         pos = getattr(data, "pos", None)
         if pos is not None and "_at" not in data:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from netspec.ops import REGISTRY, NodeInit
+from netspec.ops import REGISTRY, NodeBase, NodeInit
 from netspec.schema_base import Strict
 from runtime.data import DataSpec
 
@@ -19,13 +19,12 @@ MAIN_HEAD = "main"
 
 # --- nodes -----------------------------------------------------------------------------------
 
-class BlockNode(Strict):
-    """An instance of a block from `blocks:`, optionally repeated. Other keys are the block's params."""
+class BlockNode(NodeBase):
+    """An instance of a block from `blocks:`, optionally repeated. Other keys are the block's params.
+    Its nodes are named name.node, or name.i.node when repeated."""
 
-    model_config = {**Strict.model_config, "extra": "allow"}
-    name: str = Field(description="instance name; its nodes are named name.node (name.i.node when repeated)")
+    model_config = {**NodeBase.model_config, "extra": "allow"}
     block: str = Field(description="the block to instantiate (a key of `blocks:`)")
-    from_: str | list[str] | None = Field(default=None, alias="from", description="input node; defaults to the previous node")
     repeat: int = Field(default=1, ge=1, description="how many copies to chain")
     first: dict[str, Any] = Field(default_factory=dict, description="params that differ for the first copy (e.g. stride: 2)")
 

@@ -1,0 +1,49 @@
+"""Pass 9, prune: cut the training GraphModule down to one exit for deployment.
+
+`prune(gm, head)` keeps what that head needs and nothing else: its output is the head's logits (a
+tensor, not a dict), and every node, submodule and parameter of the other heads is gone. The result
+is node for node the module `lower(g, [head], single=True)` builds; for the main head that is the
+spec compiled without its branches (`unbranched_overrides`).
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import fx
+
+from netspec.errors import UserError, did_you_mean
+from netspec.spec import MAIN_HEAD, CrossEntropyLoss, Spec
+
+
+def head_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """The `{head: node}` a training module returns."""
+    outputs = _output_node(gm.graph).args[0]
+    if not isinstance(outputs, dict):
+        raise ValueError("expected a training module returning {head: logits}, got one returning a single tensor")
+    return outputs
+
+
+def prune(gm: fx.GraphModule, head: str = MAIN_HEAD) -> fx.GraphModule:
+    """A copy of the training module `gm` that computes `head` alone; `gm` is left untouched."""
+    heads = head_outputs(gm)
+    if head not in heads:
+        raise UserError(f"there is no exit named '{head}'", f"{did_you_mean(head, heads)} (exits: {', '.join(heads)})")
+    pruned = copy.deepcopy(gm)
+    output = _output_node(pruned.graph)
+    output.args = (output.args[0][head],)
+    pruned.graph.eliminate_dead_code()
+    pruned.delete_all_unused_submodules()
+    pruned.recompile()
+    pruned.meta["heads"] = [head]
+    return pruned
+
+
+def unbranched_overrides(spec: Spec) -> list[str]:
+    """Overrides that compile `spec` as the plain net: no branches, no loss other than cross-entropy on main."""
+    dropped = [name for name, loss in spec.losses.items()
+               if not (isinstance(loss, CrossEntropyLoss) and loss.head == MAIN_HEAD)]
+    return ["branches=null"] + [f"losses.{name}=null" for name in dropped]
+
+
+def _output_node(graph: fx.Graph) -> fx.Node:
+    return next(node for node in reversed(graph.nodes) if node.op == "output")
