@@ -43,3 +43,9 @@ def test_mwbp_exits_follow_the_depth_rule():
 
 def test_resnet_family_spec_is_short():
     assert len(Path("specs/dks_resnet32.yaml").read_text().splitlines()) < 100
+
+
+def test_spec_docs_are_generated_from_the_schema():
+    from netspec.docs import render
+
+    assert Path("docs/spec.md").read_text() == render() + "\n", "run: python -m netspec.docs > docs/spec.md"
