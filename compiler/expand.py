@@ -73,13 +73,13 @@ class _Expander:
         self.all_names[spec.input.name] = spec.input.name
         main = self.chain(spec.nodes, root, spec.input.name, None, "")
         if spec.output:
-            main = self._resolve(spec.output, root, spec.at)
+            main = self._resolve(spec.output, root, spec.where("output"), what="`output:` names")
         heads = {MAIN_HEAD: main}
         for branch_name, branch in spec.branches.items():
             if branch_name in heads or branch_name in root.names:
                 raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
                                 "give the branch its own name", branch.at)
-            attach = self._resolve(branch.from_, root, branch.at, what=f"branch '{branch_name}' attaches to")
+            attach = self._resolve(branch.from_, root, branch.where("from"), what=f"branch '{branch_name}' attaches to")
             scope = Scope(branch_name + ".", {"input": attach}, parent=root)
             heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "")
         for node, refs, scope in self.pending:

@@ -100,7 +100,7 @@ def check_graph(g: nx.DiGraph) -> nx.DiGraph:
         if not any(attrs["kind"] == "loss" for _, attrs in g.adj[node].items()):
             at = spec.branches[head].at if head in spec.branches else g.nodes[node]["pos"]
             raise SpecError(f"head '{head}' has no loss", f"add under losses: {head}: {{type: cross_entropy, head: {head}, "
-                            "weight: 0.3}}, or delete the branch", at)
+                            "weight: 0.3}, or delete the branch", at)
     g.graph["depth"] = head_depths(g)
     return g
 

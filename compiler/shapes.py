@@ -53,6 +53,9 @@ def _build(name: str, attrs: dict, in_shapes: list):
 
 
 def _run(name: str, attrs: dict, module, in_shapes: list) -> tuple[int, ...]:
+    if attrs["op"].needs_map and any(len(s) != 3 for s in in_shapes):
+        raise _fail(name, attrs, in_shapes, f"{attrs['op'].op} needs a (C, H, W) feature map",
+                    "move the node before the flatten/fc/gap that made the vector")
     if attrs["op"].keeps_shape:
         return tuple(in_shapes[0])
     device = "cpu" if isinstance(attrs["op"], Custom) else "meta"

@@ -192,7 +192,7 @@ def _label(path: list, names: list, root: str) -> str:
         else:
             text += f".{key}" if text else str(key)
     if root != "spec":
-        return f"{root}{'.' if text and not text.startswith('[') else ''}{text}"
+        return f"{root}, {text}" if text else root
     return text or root
 
 

@@ -61,6 +61,14 @@ class OpNode(NodeBase):
     weighted: ClassVar[bool] = False  # has a weight tensor that `init:` applies to (conv, fc)
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max number of inputs
     keeps_shape: ClassVar[bool] = False  # output shape = input shape (element-wise ops skip the meta run)
+    needs_map: ClassVar[bool] = False  # needs a (C, H, W) feature map, not a (F,) vector
+
+    @field_validator("from_")
+    @classmethod
+    def _inputs_not_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("`from: []` names no input; leave `from` out to take the previous node")
+        return value
 
     def build(self, shapes: list[Shape]) -> nn.Module | Call:
         raise NotImplementedError
@@ -115,6 +123,8 @@ def concat(*xs: torch.Tensor) -> torch.Tensor:
 @register
 class Conv(OpNode):
     """2-D convolution (Caffe Convolution)."""
+
+    needs_map: ClassVar[bool] = True
 
     op: Literal["conv"]
     out: int = Field(gt=0, description="output channels")
@@ -206,6 +216,7 @@ class LeakyReLU(OpNode):
 
 
 class _Pool(OpNode):
+    needs_map: ClassVar[bool] = True
     kernel: IntPair = Field(description="window size, int or [h, w]")
     stride: IntPair | None = Field(default=None, description="stride; defaults to the kernel size")
     pad: IntPair = Field(default=0, description="zero padding, int or [h, w]")
@@ -241,6 +252,8 @@ class AvgPool(_Pool):
 class GlobalAvgPool(OpNode):
     """Global average pooling to a (C,) vector."""
 
+    needs_map: ClassVar[bool] = True
+
     op: Literal["gap"]
 
     def build(self, shapes):
@@ -250,6 +263,8 @@ class GlobalAvgPool(OpNode):
 @register
 class LRN(OpNode):
     """Local response normalisation across channels (AlexNet, Caffe LRN)."""
+
+    needs_map: ClassVar[bool] = True
 
     op: Literal["lrn"]
     size: int = Field(default=5, gt=0, description="channels in the window")
@@ -333,6 +348,8 @@ class Concat(OpNode):
 @register
 class Shortcut(OpNode):
     """ResNet option A shortcut: identity, or stride-subsample + zero-pad channels to `out`."""
+
+    needs_map: ClassVar[bool] = True
 
     op: Literal["shortcut"]
     out: int = Field(gt=0, description="output channels (>= input channels)")

@@ -18,6 +18,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
 
     at: Pos | None = Field(default=None, alias="_at", exclude=True, repr=False)
+    key_at: dict[str, Pos] = Field(default_factory=dict, alias="_keys", exclude=True, repr=False)
+
+    def where(self, key: str) -> Pos | None:
+        """The position of one key of this section (else of the section)."""
+        return self.key_at.get(key, self.at)
 
     @model_validator(mode="before")
     @classmethod
@@ -29,7 +34,7 @@ class Strict(BaseModel):
             known.add(name)
             if field.alias:
                 known.add(field.alias)
-            if name != "at":
+            if name not in ("at", "key_at"):
                 shown.add(field.alias or name)
         for key in data:
             if key not in known and not (cls.model_config.get("extra") == "allow"):
@@ -40,8 +45,7 @@ class Strict(BaseModel):
                 )
         pos = getattr(data, "pos", None)
         if pos is not None and "_at" not in data:
-            data = dict(data)
-            data["_at"] = pos
+            data = {**data, "_at": pos, "_keys": {str(k): v for k, v in getattr(data, "key_pos", {}).items()}}
         return data
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
 
 from netspec.ops import REGISTRY, NodeBase, NodeInit
 from netspec.schema_base import Strict
@@ -213,12 +213,16 @@ class TrainSpec(Strict):
     lr_schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate policy")
     seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'")
-    amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast (CUDA)")
-    compile: bool = Field(default=False, description="wrap the model in torch.compile")
-    sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes")
+    amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
+                                         "GPUs; also runs on CPU); losses stay fp32")
+    compile: bool = Field(default=False, description="wrap the model in torch.compile (CPU or CUDA; the first steps "
+                                                     "are slow while it compiles)")
+    sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
     steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on steps per epoch (smoke runs)")
-    checkpoint_every: int = Field(default=1, gt=0, description="epochs between checkpoints")
-    out: str | None = Field(default=None, description="run directory; defaults to runs/<spec name>")
+    checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
+                                                               "whenever the main exit's top-1 improves)")
+    out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
+                                                     "defaults to runs/<spec name>")
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -231,7 +235,7 @@ class TrainSpec(Strict):
 class InputSpec(Strict):
     """The input tensor and its normalisation."""
 
-    shape: tuple[int, int, int] = Field(description="C, H, W")
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(description="C, H, W")
     mean: list[float] = Field(default_factory=lambda: [0.0], description="per-channel mean (on 0..1 pixels)")
     std: list[float] = Field(default_factory=lambda: [1.0], description="per-channel std")
     name: str = Field(default="data", description="name of the input node")
@@ -241,7 +245,8 @@ class InputSpec(Strict):
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) not in (1, self.shape[0]):
-                raise ValueError(f"{key} has {len(values)} values for {self.shape[0]} channels; give 1 or {self.shape[0]}")
+                raise ValueError(f"{key} has {len(values)} values for {self.shape[0]} channels; give "
+                                 + ("1" if self.shape[0] == 1 else f"1 or {self.shape[0]}"))
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self

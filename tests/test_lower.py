@@ -1,0 +1,85 @@
+"""Pass 7, lower: a torch.fx GraphModule named after the spec's nodes; init; moving a branch keeps the backbone."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from compiler import analyse, compile_spec
+from compiler.lower import lower
+from conftest import MINI, SPECS, WITH_BRANCH, error_of
+
+
+def test_module_computes_the_spec(write_spec):
+    c = compile_spec(write_spec(MINI))
+    assert isinstance(c.module, fx.GraphModule)
+    sd = c.module.state_dict()
+    assert list(sd) == ["conv1.weight", "conv1.bias", "fc.weight", "fc.bias"]
+    x = torch.randn(2, 1, 8, 8)
+    expected = F.linear(F.relu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"], padding=1)).flatten(1),
+                        sd["fc.weight"], sd["fc.bias"])
+    torch.testing.assert_close(c.module(x)["main"], expected)
+
+
+def test_training_module_returns_every_head_and_one_head_lowers_alone(write_spec):
+    c = compile_spec(write_spec(WITH_BRANCH))
+    out = c.module(torch.randn(3, 1, 8, 8))
+    assert set(out) == {"main", "aux"} and out["aux"].shape == (3, 3)
+    deploy = lower(c.graph, ["main"], single=True)
+    assert isinstance(deploy(torch.randn(3, 1, 8, 8)), torch.Tensor)
+    assert not any(k.startswith("aux.") for k in deploy.state_dict())
+    err = error_of(lower, c.graph, ["axu"])
+    assert "no head named 'axu'" in err.what and "aux" in err.fix
+
+
+def test_init_default_and_per_node_override(write_spec):
+    text = MINI.replace("nodes:", "init: {weight: {type: gaussian, std: 0.01}, bias: 0.5}\nnodes:").replace(
+        "{name: fc, op: fc, out: 3}", "{name: fc, op: fc, out: 3, init: {weight: {type: constant, value: 0.25}, bias: 1}}")
+    text = text.replace("out: 4,", "out: 64,")
+    sd = compile_spec(write_spec(text)).module.state_dict()
+    assert abs(sd["conv1.weight"].std().item() - 0.01) < 0.002 and torch.all(sd["conv1.bias"] == 0.5)
+    assert torch.all(sd["fc.weight"] == 0.25) and torch.all(sd["fc.bias"] == 1)
+
+
+def test_seed_makes_weights_reproducible(write_spec):
+    path = write_spec(MINI)
+    first, second = (compile_spec(path).module.state_dict() for _ in range(2))
+    other = compile_spec(path, ["train.seed=1"]).module.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+
+
+def test_generated_code_names_the_nodes(write_spec):
+    code = compile_spec(write_spec(WITH_BRANCH)).module.code
+    assert "self.conv1(" in code and "aux" in code and "'main'" in code
+
+
+@pytest.fixture(scope="module")
+def cnds8_moved(tmp_path_factory):
+    """specs/cnds8.yaml as released, and a copy whose only change is the branch's `from:` line."""
+    original = (SPECS / "cnds8.yaml").read_text()
+    assert original.count("from: relu3_2") == 1
+    moved = tmp_path_factory.mktemp("moved") / "cnds8.yaml"
+    moved.write_text(original.replace("from: relu3_2", "from: relu4_1"))
+    return compile_spec(SPECS / "cnds8.yaml"), compile_spec(moved)
+
+
+def test_moving_a_branch_keeps_the_backbone(cnds8_moved):
+    before, after = cnds8_moved
+    assert after.graph.nodes["aux1.pool"]["inputs"] == ["relu4_1"]
+    backbone = lambda c: {k: v.shape for k, v in c.module.state_dict().items() if not k.startswith("aux1.")}  # noqa
+    assert backbone(before) == backbone(after)
+    state = {k: v for k, v in before.module.state_dict().items() if not k.startswith("aux1.")}
+    result = after.module.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all(k.startswith("aux1.") for k in result.missing_keys)
+    # the branch's shapes were re-inferred from its new attachment point
+    assert after.graph.nodes["aux1.pool"]["shape"][0] == after.graph.nodes["relu4_1"]["shape"][0]
+
+
+def test_moving_a_branch_by_override(write_spec):
+    path = write_spec((SPECS / "cnds8_fmnist.yaml").read_text())
+    g0 = analyse(path)[1]
+    g = analyse(path, ["branches.aux1.from=relu4_2"])[1]
+    assert g0.nodes["aux1.pool"]["inputs"] == ["relu3_2"] and g.nodes["aux1.pool"]["inputs"] == ["relu4_2"]
+    assert g.graph["depth"]["aux1"] == g0.graph["depth"]["aux1"] + 2  # conv4_1 and conv4_2 now come first

@@ -1,0 +1,85 @@
+"""Pass 6 (shapes, params, FLOPs on the meta device) checked against a real forward, and pass 8 (summary)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from compiler import analyse, compile_spec
+from compiler.graph import exit_ancestry
+from compiler.summary import format_summary, summarise
+from conftest import MINI, SPECS, error_of, marked_line
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return compile_spec(SPECS / "cnds8_fmnist.yaml")
+
+
+def test_inferred_shapes_match_a_real_forward(fmnist):
+    g, module = fmnist.graph, fmnist.module.eval()
+    seen = {}
+    for name, sub in ((n, m) for n, m in module.named_modules() if n in g):
+        sub.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape[1:])))
+    shape = g.nodes["data"]["shape"]
+    out = module(torch.randn(2, *shape))
+    assert {n for n in seen if "." in n} and all(seen[name] == g.nodes[name]["shape"] for name in seen)
+    assert {h: tuple(t.shape) for h, t in out.items()} == {h: (2, fmnist.spec.classes) for h in fmnist.heads}
+
+
+def test_params_and_flops_match_torch(fmnist):
+    g, module = fmnist.graph, fmnist.module.eval()
+    for name, sub in ((n, m) for n, m in module.named_modules() if n in g):
+        assert g.nodes[name]["params"] == sum(p.numel() for p in sub.parameters())
+    summary = summarise(g)
+    with FlopCounterMode(display=False) as counter:
+        module(torch.zeros(1, *g.nodes["data"]["shape"]))
+    assert summary["train"]["flops"] == counter.get_total_flops()
+    assert summary["train"]["params"] == sum(p.numel() for p in module.parameters())
+
+
+def test_summary_train_and_deploy(fmnist):
+    g, s = fmnist.graph, summarise(fmnist.graph)
+    branch = [n for n in s["nodes"] if n["branch"] == "aux1"]
+    assert s["train"]["params"] - s["deploy"]["params"] == sum(n["params"] for n in branch) > 0
+    assert s["deploy"]["nodes"] == len(exit_ancestry(g, "main")) == s["train"]["nodes"] - len(branch)
+    heads = {h["head"]: h for h in s["heads"]}
+    assert heads["main"]["depth_ratio"] == 1 and 0 < heads["aux1"]["depth_ratio"] < 1
+    losses = {l["name"]: l for l in s["losses"]}
+    assert losses["aux1"] == {"name": "aux1", "type": "cross_entropy", "schedule": "cnds", "head": "aux1", "weight": 0.3}
+    text = format_summary(s)
+    for node in s["nodes"]:
+        assert node["name"] in text
+    assert "deployed graph (branches pruned)" in text and "cnds" in text
+
+
+def test_caffe_ceil_pooling(write_spec):
+    base = MINI.replace("input: {shape: [1, 8, 8]}", "input: {shape: [1, 7, 7]}")
+    pooled = lambda ceil: analyse(write_spec(base.replace(  # noqa: E731
+        "{name: relu1, op: relu}", f"{{name: relu1, op: maxpool, kernel: 2, stride: 2, ceil: {ceil}}}")))[1]
+    assert pooled("true").nodes["relu1"]["shape"] == (4, 4, 4)
+    assert pooled("false").nodes["relu1"]["shape"] == (4, 3, 3)
+
+
+def test_same_padding_depthwise_and_dilation(write_spec):
+    text = MINI.replace("{name: relu1, op: relu}",
+                        "{name: relu1, op: conv, out: 8, kernel: 3, pad: same, dilation: 2, groups: depthwise}")
+    g = analyse(write_spec(text.replace("out: 4,", "out: 8,")))[1]
+    assert g.nodes["relu1"]["shape"] == (8, 8, 8)
+    assert g.nodes["relu1"]["params"] == 8 * 1 * 3 * 3 + 8
+
+
+def test_add_mismatch_names_node_both_shapes_and_line(write_spec):
+    text = MINI.replace("  - {name: fc", "  - {name: c2, op: conv, out: 6, kernel: 1, from: conv1}\n"
+                                         "  - {name: sum, op: add, from: [relu1, c2]}  # <-\n  - {name: fc")
+    err = error_of(analyse, write_spec(text))
+    assert err.pos.line == marked_line(text)
+    assert "node 'sum' (add)" in err.what and "(4, 8, 8) from 'relu1'" in err.what and "(6, 8, 8) from 'c2'" in err.what
+    assert "equal shapes" in err.fix
+
+
+def test_meta_inference_allocates_nothing():
+    """CNDS-8's fc6 is 4096 x (256·6·6), 150 MB; shape inference must not materialise it."""
+    g = analyse(SPECS / "cnds8.yaml")[1]
+    assert g.nodes["fc6"]["params"] == 4096 * torch.Size(g.nodes["pool5"]["shape"]).numel() + 4096
+    assert g.nodes["fc6"]["module"].weight.is_meta
