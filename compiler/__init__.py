@@ -21,6 +21,9 @@ from compiler.shapes import infer_shapes
 from compiler.validate import validate
 
 
+NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "output", "branches"}
+
+
 @dataclass
 class Compiled:
     """A compiled spec: the validated spec, the annotated graph and the training GraphModule."""
@@ -36,9 +39,10 @@ class Compiled:
 
     @property
     def spec_hash(self) -> str:
-        """Hash of the resolved spec: a checkpoint records it to recognise its spec."""
-        text = json.dumps(self.spec.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Hash of what decides the weights' names and shapes (the network sections of the resolved spec).
+        A checkpoint records it; `data:`, `train:`, losses and init may change without breaking it."""
+        network = self.spec.model_dump(mode="json", by_alias=True, include=NETWORK_SECTIONS)
+        return hashlib.sha256(json.dumps(network, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, nx.DiGraph]:

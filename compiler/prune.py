@@ -8,6 +8,7 @@ spec compiled without its branches (`unbranched_overrides`).
 from __future__ import annotations
 
 import copy
+from operator import attrgetter
 
 from torch import fx
 
@@ -24,17 +25,23 @@ def head_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
 
 
 def prune(gm: fx.GraphModule, head: str = MAIN_HEAD) -> fx.GraphModule:
-    """A copy of the training module `gm` that computes `head` alone; `gm` is left untouched."""
+    """A new module computing `head` alone from the training module `gm`.
+
+    `gm` keeps its graph and submodules; the layers the exit keeps are shared with it, not copied
+    (so `.eval()` on the result also switches those layers of `gm`)."""
     heads = head_outputs(gm)
     if head not in heads:
         raise UserError(f"there is no exit named '{head}'", f"{did_you_mean(head, heads)} (exits: {', '.join(heads)})")
-    pruned = copy.deepcopy(gm)
+    graph = copy.deepcopy(gm.graph)
+    # A dict root, as `lower` builds it: shallow submodules first, then nested ones, in graph order.
+    attributes = {n.target: attrgetter(n.target)(gm) for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    pruned = fx.GraphModule(attributes, graph, class_name=type(gm).__name__)
     output = _output_node(pruned.graph)
     output.args = (output.args[0][head],)
     pruned.graph.eliminate_dead_code()
     pruned.delete_all_unused_submodules()
     pruned.recompile()
-    pruned.meta["heads"] = [head]
+    pruned.meta.update(gm.meta, heads=[head])
     return pruned
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -115,22 +114,37 @@ def run_draw(args: argparse.Namespace) -> int:
 
 # --- entry point -----------------------------------------------------------------------------
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="netspec", description="Declarative deeply-supervised CNNs: "
-                                  "YAML spec → torch.fx → train → pruned ONNX.")
+DESCRIPTION = "Declarative deeply-supervised CNNs: YAML spec → torch.fx → train → pruned ONNX."
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """`netspec COMMAND ...`: lists the commands without importing them."""
+    top = argparse.ArgumentParser(prog="netspec", description=DESCRIPTION)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is None:
-            continue  # a command whose module is not part of this installation
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(module=module)
-        importlib.import_module(module).add_arguments(command)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return top
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """One command's parser; only that command's module is imported (`predict` never loads torch)."""
+    module, help_text = COMMANDS[name]
+    command = argparse.ArgumentParser(prog=f"netspec {name}", description=help_text)
+    command.set_defaults(command=name, module=module)
+    importlib.import_module(module).add_arguments(command)
+    return command
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    if not argv or argv[0] not in COMMANDS:
+        top_parser().parse_args(argv)  # prints usage, or help, and exits
+    # intermixed: options may stand between the spec, overrides and output file
+    return command_parser(argv[0]).parse_intermixed_args(argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser().parse_args(argv)
+        args = parse(sys.argv[1:] if argv is None else list(argv))
         return importlib.import_module(args.module).run(args) or 0
     except UserError as err:
         print(err, file=sys.stderr)
