@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 import netspec
-
 from netspec.cli import add_spec_arguments, load
 from netspec.errors import UserError
 from netspec.project import atomic_write
