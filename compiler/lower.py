@@ -16,30 +16,23 @@ from compiler.graph import data_graph, in_order
 
 
 def materialise(g: nx.DiGraph, seed: int | None = None) -> None:
-    """Give the meta modules real storage on the CPU and initialise them (PyTorch default, then `init:`)."""
+    """Build each node's real module on the CPU for its inferred input shapes, initialised by the
+    spec (`init:` of the node over the spec's; PyTorch's default where neither says)."""
     spec = g.graph["spec"]
     if seed is not None:
         torch.manual_seed(seed)
     for name in in_order(g):
         attrs = g.nodes[name]
-        module = attrs.get("module")
-        if not isinstance(module, nn.Module) or attrs.get("materialised"):
+        if attrs["kind"] != "op" or "module" in attrs:
             continue
+        module = attrs["op"].build(attrs["in_shapes"])
         weight_init, bias = _node_init(attrs["op"], spec.init)
-        fully_set = weight_init is not None and weight_init.type != "default" and (bias is not None or module.bias is None)
-        if any(t.is_meta for t in module.state_dict().values()):
-            module.to_empty(device="cpu")
-            for sub in module.modules():
-                if hasattr(sub, "reset_parameters") and not fully_set:
-                    sub.reset_parameters()
-                if hasattr(sub, "reset_running_stats"):
-                    sub.reset_running_stats()
         with torch.no_grad():
             if weight_init is not None:
                 weight_init.apply(module.weight)
             if bias is not None and module.bias is not None:
                 module.bias.fill_(bias)
-        attrs["materialised"] = True
+        attrs["module"] = module
 
 
 def _node_init(op, default: NodeInit):

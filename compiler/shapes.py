@@ -12,22 +12,27 @@ from compiler.graph import in_order
 
 
 def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
-    """Annotate each op node with `module` (on meta), `shape` (C,H,W or F), `params` and `flops`."""
+    """Annotate each op node with `shape` (C,H,W or F), `params` and `flops` (for one example).
+
+    Nodes with the same op parameters and input shapes (the copies of a repeated block) are built and
+    run once; the modules built here stay on the meta device and are dropped (lowering builds real ones).
+    """
     g.nodes[g.graph["input"]].update(params=0, flops=0)
-    seen: dict[tuple, tuple[int, ...]] = {}  # (op params, input shapes) -> output shape: repeated blocks run once
+    seen: dict[tuple, tuple] = {}  # (op params, input shapes) -> (shape, params, flops)
     with torch.no_grad():
         for name in in_order(g):
             attrs = g.nodes[name]
             if attrs["kind"] != "op":
                 continue
             in_shapes = [g.nodes[source]["shape"] for source in attrs["inputs"]]
-            module = _build(name, attrs, in_shapes)
-            key = (attrs["op"].model_dump_json(exclude={"name", "from_", "init", "at"}), tuple(in_shapes))
+            key = (type(attrs["op"]), attrs["op"].model_dump_json(exclude={"name", "from_", "init"}), tuple(in_shapes))
             if key not in seen:
-                seen[key] = _run(name, attrs, module, in_shapes)
-            shape = seen[key]
-            params = sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
-            attrs.update(module=module, shape=shape, params=params, flops=attrs["op"].flops(module, shape))
+                module = _build(name, attrs, in_shapes)
+                shape = _run(name, attrs, module, in_shapes)
+                params = sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
+                seen[key] = (shape, params, attrs["op"].flops(module, shape))
+            shape, params, flops = seen[key]
+            attrs.update(in_shapes=in_shapes, shape=shape, params=params, flops=flops)
     return g
 
 

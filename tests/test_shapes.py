@@ -82,4 +82,4 @@ def test_meta_inference_allocates_nothing():
     """CNDS-8's fc6 is 4096 x (256·6·6), 150 MB; shape inference must not materialise it."""
     g = analyse(SPECS / "cnds8.yaml")[1]
     assert g.nodes["fc6"]["params"] == 4096 * torch.Size(g.nodes["pool5"]["shape"]).numel() + 4096
-    assert g.nodes["fc6"]["module"].weight.is_meta
+    assert "module" not in g.nodes["fc6"]  # real modules are built by lowering, not by shape inference
