@@ -475,7 +475,7 @@ class Batches:
     """One epoch of a split as (float32 normalised images, int64 labels) batches on `device`.
 
     Training (`train=True`): the order is a permutation seeded by (seed, epoch), the same on
-    every rank; each rank takes its contiguous shard of it, and with `drop_last` every rank has
+    every rank; each rank takes every world_size-th example of it, and with `drop_last` every rank has
     the same number of batches. Augmentation runs on the device, seeded by (seed, epoch, rank,
     batch index). Test: the data in order, no augmentation, shards as even as possible (the
     remainder goes to the lower ranks). `batch_size` is per rank.
@@ -509,21 +509,21 @@ class Batches:
         """Choose the epoch whose shuffle and augmentation the next iteration uses."""
         self.epoch = epoch
 
-    def _shard(self) -> tuple[int, int]:
-        """(start, size) of this rank's part of the epoch order."""
+    def _shard_size(self) -> int:
+        """How many examples of the epoch this rank sees (equal on every rank with drop_last)."""
         base, rem = divmod(len(self.y), self.world_size)
-        start = self.rank * base + min(self.rank, rem)
-        return start, base if self.drop_last else base + (self.rank < rem)
+        return base if self.drop_last else base + (self.rank < rem)
 
     def __len__(self) -> int:
-        size = self._shard()[1]
+        size = self._shard_size()
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self):
         n = len(self.y)
         order = torch.randperm(n, generator=_generator(self.seed, self.epoch)) if self.train else torch.arange(n)
-        start, size = self._shard()
-        mine = order[start:start + size].to(self.x.device)
+        # every world_size-th example: together the ranks' b-th batches are the single-process run's b-th
+        # batch of world_size × batch_size examples, so DDP and one process see the same data step for step
+        mine = order[self.rank::self.world_size][: self._shard_size()].to(self.x.device)
         for b in range(len(self)):
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.x.index_select(0, idx).to(self.device, non_blocking=True)

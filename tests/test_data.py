@@ -56,7 +56,7 @@ def test_spec_defaults_and_strictness():
         DataSpec.model_validate({"augment": {"crop_pd": 4}})
     with pytest.raises(ValidationError, match="data.download works for"):
         DataSpec.model_validate({"source": "npz", "download": True})
-    assert all(f.description for f in DataSpec.model_fields.values() if f.alias != "_at")
+    assert all(f.description for f in DataSpec.model_fields.values() if f.alias not in ("_at", "_keys"))
 
 
 # ---------------------------------------------------------------- IDX
@@ -378,8 +378,16 @@ def test_batches_shards_disjoint_and_covering(train):
         full = [Batches(x, y, 4, train=True, mean=[0.0], std=[1.0], seed=7, rank=r, world_size=world, drop_last=False) for r in range(world)]
         assert sorted(v for s in full for v in collect(s, 5)[1].tolist()) == list(range(23))
     else:
-        assert flat == list(range(23))  # in order, remainder to the lower ranks
+        assert sorted(flat) == list(range(23)) and labels[0][:3] == [0, 3, 6]  # strided, remainder to low ranks
         assert [len(p) for p in labels] == [8, 8, 7] and [len(s) for s in shards] == [2, 2, 2]
+
+
+def test_ranks_together_see_the_single_process_batches():
+    """With world_size ranks of batch B, step b covers exactly the single process's step b of batch world·B."""
+    x, y = toy(n=24)
+    single = [set(b[1].tolist()) for b in Batches(x, y, 6, train=True, mean=[0.0], std=[1.0], seed=3)]
+    ranks = [list(Batches(x, y, 3, train=True, mean=[0.0], std=[1.0], seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert single == [set(ranks[0][b][1].tolist()) | set(ranks[1][b][1].tolist()) for b in range(len(single))]
 
 
 def test_batches_normalisation_and_no_augment_on_test():

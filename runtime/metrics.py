@@ -1,0 +1,102 @@
+"""What a run reports: a progress bar with ETA, the metrics files, and the per-exit table.
+
+Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `loss`, `loss/<term>`,
+`top1/<exit>`, `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from compiler.summary import human
+from netspec.project import atomic_write
+
+
+class Progress:
+    """A one-line progress bar with ETA on a terminal; in a log file, a line a minute and one per epoch;
+    with no stream, silent."""
+
+    def __init__(self, total_steps: int, done_steps: int = 0, stream: TextIO | None = sys.stderr,
+                 width: int = 24, log_every: float = 60.0):
+        self.total, self.done = total_steps, done_steps
+        self.stream, self.width, self.log_every = stream, width, log_every
+        self.live = stream is not None and stream.isatty()
+        self.started, self.started_at = time.perf_counter(), done_steps
+        self.last_draw = self.started
+
+    def eta(self) -> float:
+        """Seconds left, from the mean step time since this bar started."""
+        steps = self.done - self.started_at
+        return (time.perf_counter() - self.started) / steps * (self.total - self.done) if steps else float("nan")
+
+    def step(self, prefix: str, step: int, steps: int, loss: float) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.stream is None or now - self.last_draw < (0.2 if self.live else self.log_every):
+            return
+        filled = self.width * step // steps
+        bar = "#" * filled + "." * (self.width - filled)
+        text = f"{prefix} [{bar}] {step}/{steps} loss {loss:.4f} ETA {clock(self.eta())}"
+        self.stream.write(f"\r{text}\033[K" if self.live else text + "\n")
+        self.stream.flush()
+        self.last_draw = now
+
+    def end_epoch(self, line: str) -> None:
+        """Replace the bar by the epoch's summary line (and say how long the run still has)."""
+        if self.stream is None:
+            return
+        erase = ("\r", "\033[K") if self.live else ("", "")
+        self.stream.write(f"{erase[0]}{line}  ETA {clock(self.eta())}{erase[1]}\n")
+        self.stream.flush()
+
+
+def clock(seconds: float) -> str:
+    if seconds != seconds:  # nan: nothing measured yet
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class MetricsLog:
+    """The run's per-epoch records, rewritten whole (and atomically) to metrics.jsonl and metrics.csv."""
+
+    def __init__(self, folder: Path, keep_until_epoch: int = 0):
+        """Start empty, or (resuming) keep the records of epochs up to `keep_until_epoch`."""
+        self.folder = folder
+        self.records: list[dict] = []
+        path = folder / "metrics.jsonl"
+        if keep_until_epoch and path.is_file():
+            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["epoch"] <= keep_until_epoch]
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        atomic_write(self.folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        columns = list(dict.fromkeys(key for r in self.records for key in r))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(self.records)
+        atomic_write(self.folder / "metrics.csv", text.getvalue())
+
+
+def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]]) -> list[dict]:
+    """One row per exit: depth, params and FLOPs of the model cut at that exit, and its test accuracy."""
+    return [{"exit": h["head"], "depth": h["depth"], "params": h["params"], "flops": h["flops"],
+             "top1": accuracy[h["head"]][0], "top5": accuracy[h["head"]][1]}
+            for h in sorted(summary["heads"], key=lambda h: h["depth"])]
+
+
+def format_exit_table(rows: list[dict]) -> str:
+    """MW-BP's "several compact models at once": every exit as a model of its own."""
+    width = max(4, *(len(r["exit"]) for r in rows))
+    lines = [f"{'exit':<{width}}  {'depth':>5}  {'params':>9}  {'FLOPs':>9}  {'top-1':>7}  {'top-5':>7}"]
+    for r in rows:
+        lines.append(f"{r['exit']:<{width}}  {r['depth']:>5}  {human(r['params']):>9}  {human(r['flops']):>9}  "
+                     f"{100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%")
+    return "\n".join(lines)
