@@ -27,10 +27,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing $TORCH_PIN and netspec into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  echo "setup: installing $TORCH_PIN and netspec into $VENV (log: $VENV/install.log)"
+  if ! { "$VENV/bin/python" -m pip install "$TORCH_PIN" && "$VENV/bin/python" -m pip install -e ".[test]"; } \
+      > "$VENV/install.log" 2>&1; then
+    tail -30 "$VENV/install.log" >&2
+    echo "setup: pip install failed (full log: $VENV/install.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
