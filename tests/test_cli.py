@@ -100,3 +100,14 @@ def test_console_script_in_a_real_process(project):
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["name"] == "cnds8_fmnist"
+
+
+def test_options_may_stand_between_the_spec_and_its_overrides(project, capsys):
+    code, out, _ = run(capsys, "compile", "specs/fm.yaml", "--json", "vars.w=8")
+    assert code == 0 and {n["name"]: n["shape"] for n in json.loads(out)["nodes"]}["conv1"] == [8, 28, 28]
+
+
+def test_unknown_command_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["compil"])
+    assert stop.value.code == 2 and "compile" in capsys.readouterr().err
