@@ -46,7 +46,11 @@ def in_order(g: nx.DiGraph) -> list[str]:
     (computed once per graph; passes do not change the set of op nodes)."""
     if "in_order" not in g.graph:
         data = data_graph(g)
-        g.graph["in_order"] = list(nx.lexicographical_topological_sort(data, key=lambda n: g.nodes[n]["order"]))
+        order = {n: g.nodes[n]["order"] for n in data}
+        if all(order[u] < order[v] for u, v in data.edges):  # the usual case: written in order, no forward `from:`
+            g.graph["in_order"] = sorted(data, key=order.__getitem__)
+        else:
+            g.graph["in_order"] = list(nx.lexicographical_topological_sort(data, key=order.__getitem__))
     return g.graph["in_order"]
 
 
@@ -64,10 +68,7 @@ def data_graph(g: nx.DiGraph) -> nx.DiGraph:
 def check_graph(g: nx.DiGraph) -> nx.DiGraph:
     """Cycles, arity, unreachable and unused nodes, heads without a loss. Records each head's depth."""
     data = data_graph(g)
-    try:
-        cycle = nx.find_cycle(data)
-    except nx.NetworkXNoCycle:
-        cycle = None
+    cycle = None if nx.is_directed_acyclic_graph(data) else nx.find_cycle(data)
     if cycle:
         path = " → ".join([u for u, _ in cycle] + [cycle[0][0]])
         first = cycle[0][1]
