@@ -1,4 +1,4 @@
-"""Pass 9, draw: the graph as Graphviz DOT, as CNDS Fig. 1 draws it.
+"""Pass 10, draw: the graph as Graphviz DOT, as CNDS Fig. 1 draws it.
 
 The main path is plain; each auxiliary branch sits in a dashed red cluster; loss nodes are
 octagons; loss edges carry weight and schedule; synergy pairs are dotted arrows labelled β;

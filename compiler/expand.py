@@ -65,7 +65,8 @@ class _Expander:
         self.nodes: list[FlatNode] = []
         self.pending: list[tuple[FlatNode, list[str], Scope]] = []  # refs resolved once all names exist
         self.all_names: dict[str, str] = {}  # every qualified name and alias -> node name
-        self.defined_at: dict[str, Pos | None] = {}
+        self.defined_at: dict[str, Pos | None] = {spec.input.name: spec.input.at}
+        self.expanding: list[str] = []  # blocks being instantiated, innermost last (to refuse recursion)
 
     def run(self) -> Expanded:
         spec = self.spec
@@ -106,6 +107,9 @@ class _Expander:
 
     def instantiate(self, node: BlockNode, scope: Scope, previous: str, branch: str | None, via: str) -> str:
         """Unroll `repeat` copies of a block; returns the output of the last copy."""
+        if node.block in self.expanding:
+            chain = " → ".join([*self.expanding, node.block])
+            raise SpecError(f"block '{node.block}' uses itself: {chain}", "a block cannot contain itself", node.at)
         block = self.spec.blocks.get(node.block)
         if block is None:
             raise SpecError(f"node '{node.name}' uses block '{node.block}', which is not defined",
@@ -129,7 +133,9 @@ class _Expander:
             copy_via = f"{here}in {prefix[:-1]} ({node.at})"
             body = [validate_node(substitute(raw, {**self.context, **params, "index": index}, _pos(raw)))
                     for raw in block.nodes]
+            self.expanding.append(node.block)
             entry = self.chain(body, inner, entry, branch, copy_via)
+            self.expanding.pop()
             if node.repeat > 1:
                 self.all_names[prefix[:-1]] = entry
                 scope.names.setdefault(f"{node.name}.{index}", entry)

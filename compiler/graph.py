@@ -26,6 +26,9 @@ def build_graph(spec: Spec, expanded: Expanded) -> nx.DiGraph:
     for head, node in expanded.heads.items():
         g.nodes[node].setdefault("heads", []).append(head)
     for name, loss in spec.losses.items():
+        if isinstance(loss, SynergyLoss) and loss.heads == "all" and len(expanded.heads) < 2:
+            raise SpecError(f"synergy loss '{name}' needs two or more heads; this spec has only 'main'",
+                            "add a branch, or delete the synergy loss", loss.at)
         g.add_node(loss_id(name), kind="loss", loss=loss, name=name, branch=None, pos=loss.at)
         for head in _loss_heads(loss, expanded.heads):
             if head not in expanded.heads:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import networkx as nx
 import torch
-from torch import fx, nn
+from torch import fx
 
 from netspec.errors import SpecError
 from netspec.ops import Call, NodeInit

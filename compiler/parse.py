@@ -257,7 +257,8 @@ MAX_EXPR_SIZE = 100_000  # longest string/list an expression may build
 
 
 class _SpecSandbox(ImmutableSandboxedEnvironment):
-    """jinja2's sandbox (no attribute tricks, no code), also refusing `*` and `**` that would exhaust memory or CPU."""
+    """jinja2's sandbox (no attribute tricks, no code), also refusing calls, and `*` and `**` that would exhaust
+    memory or CPU. Expressions are arithmetic, comparisons, indexing and a few filters (`SAFE_FILTERS`)."""
 
     intercepted_binops = frozenset(["*", "**"])
 
@@ -272,7 +273,14 @@ class _SpecSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+    def is_safe_callable(self, obj) -> bool:
+        return False  # no calls at all: `'a'.center(10**10)` and friends would exhaust memory
+
+
+SAFE_FILTERS = ("abs", "int", "float", "round", "min", "max", "length", "first", "last", "sum", "join", "lower", "upper")
 _env = _SpecSandbox()
+_env.globals.clear()  # no range(), lipsum(), cycler(), ...
+_env.filters = {name: _env.filters[name] for name in SAFE_FILTERS}
 
 
 def evaluate(text: str, context: dict[str, Any], pos: Pos | None) -> Any:

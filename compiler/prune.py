@@ -1,4 +1,4 @@
-"""Pass 9, prune: cut the training GraphModule down to one exit for deployment.
+"""Pass 8, prune: cut the training GraphModule down to one exit for deployment.
 
 `prune(gm, head)` keeps what that head needs and nothing else: its output is the head's logits (a
 tensor, not a dict), and every node, submodule and parameter of the other heads is gone. The result

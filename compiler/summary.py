@@ -1,4 +1,4 @@
-"""Pass 8, summarise: per node op, shape, params, FLOPs; per head its depth and losses; train vs deploy totals."""
+"""Pass 9, summarise: per node op, shape, params, FLOPs; per head its depth and losses; train vs deploy totals."""
 from __future__ import annotations
 
 import networkx as nx
@@ -8,7 +8,7 @@ from compiler.graph import exit_ancestry, in_order, synergy_pairs
 
 
 def schedule_text(schedule) -> str:
-    extra = {k: v for k, v in schedule.model_dump(exclude={"type"}).items()}
+    extra = schedule.model_dump(exclude={"type"})
     return schedule.type + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Union
 
 import torch
 from pydantic import Field, field_validator
-from torch import nn
+from torch import fx, nn
 
 from netspec.schema_base import Strict
 
@@ -38,13 +39,30 @@ def register(cls: type["OpNode"]) -> type["OpNode"]:
     return cls
 
 
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# a submodule with such a name would shadow a method or attribute of the module holding it
+RESERVED_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
+
+
+def check_name(name: str) -> str:
+    """A node or branch name: an identifier that is not an nn.Module/GraphModule attribute."""
+    if not NAME.match(name):
+        raise ValueError(f"'{name}' is not a valid name: use letters, digits and _, not starting with a digit")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"'{name}' is reserved (a method of torch modules); choose another name, e.g. '{name}_'")
+    return name
+
+
 class NodeBase(Strict):
     """What every entry of a `nodes:` list has: a name and its inputs."""
 
-    name: str = Field(description="unique node name; also the name of its parameters (name.weight)")
+    name: str = Field(description="unique node name (letters, digits, _); also the name of its parameters "
+                                  "(name.weight)")
     from_: str | list[str] | None = Field(
         default=None, alias="from",
         description="input node(s) (Caffe's bottom); defaults to the previous node")
+
+    _valid_name = field_validator("name")(classmethod(lambda cls, value: check_name(value)))
 
     @property
     def inputs(self) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
 
-from netspec.ops import REGISTRY, NodeBase, NodeInit
+from netspec.ops import REGISTRY, NodeBase, NodeInit, check_name
 from netspec.schema_base import Strict
 from runtime.data import DataSpec
 
@@ -157,6 +157,13 @@ class SynergyLoss(Strict):
 
     type: Literal["synergy"]
     heads: list[str] | Literal["all"] = Field(default="all", description="the heads that take part ('all' = every head)")
+
+    @field_validator("heads")
+    @classmethod
+    def _two_distinct_heads(cls, value):
+        if isinstance(value, list) and (len(set(value)) < 2 or len(set(value)) != len(value)):
+            raise ValueError("a synergy loss needs two or more different heads, each listed once")
+        return value
     direction: Literal["bidirectional", "top_down", "bottom_up"] = Field(
         default="bidirectional", description="top_down: deeper heads teach shallower ones; bottom_up: the reverse; both")
     beta: float = Field(default=1.0, ge=0, description="β, the weight of each pair")
@@ -212,7 +219,8 @@ class TrainSpec(Strict):
         default_factory=lambda: SGD(type="sgd"), description="the solver")
     lr_schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate policy")
     seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
-    device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+                        description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
                                          "GPUs; also runs on CPU); losses stay fp32")
     compile: bool = Field(default=False, description="wrap the model in torch.compile (CPU or CUDA; the first steps "
@@ -271,7 +279,7 @@ class Spec(Strict):
     blocks: dict[str, BlockDef] = Field(default_factory=dict, description="reusable parameterised blocks")
     nodes: list[Node] = Field(min_length=1, description="the backbone, input to main head, in order")
     output: str | None = Field(default=None, description=f"backbone node that is the '{MAIN_HEAD}' head; default the last")
-    branches: dict[str, Branch] = Field(default_factory=dict, description="auxiliary branches; each is a head named after it")
+    branches: dict[Annotated[str, AfterValidator(check_name)], Branch] = Field(default_factory=dict, description="auxiliary branches; each is a head named after it")
     losses: dict[str, Loss] = Field(
         default_factory=lambda: {MAIN_HEAD: CrossEntropyLoss(type="cross_entropy", head=MAIN_HEAD)},
         description="loss nodes by name; default: cross-entropy on the main head")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import pickle
@@ -205,7 +206,7 @@ def download(source: str, name: str, root: Path) -> Path:
         dest = root / name
         os.replace(tmp, dest)
         return dest
-    except OSError as e:  # URLError, timeouts, HTTP errors, full disks
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, HTTP, bad mirror URL, disk
         raise UserError(f"could not download {url}: {e}",
                         f"check the network (or NETSPEC_DATA_MIRROR), or put {name} into {root} by hand") from e
     finally:
@@ -342,7 +343,7 @@ def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spl
             raise _missing(spec, root, f"{lay.folder}/{lay.train[0]}")
         archive = download(spec.source, lay.archive, root)
         _extract_tar(archive, root)
-        archive.unlink()
+        archive.unlink(missing_ok=True)
         folder = root / lay.folder
     batches = [_cifar_batch(folder / name, lay.labels) for name in lay.train]
     train = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])

@@ -49,6 +49,9 @@ def pick_device(option: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device is '{option}' but this machine has no usable CUDA device",
                         "set train.device=cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"train.device is '{device}' but this machine has {torch.cuda.device_count()} CUDA device(s)",
+                        "use cuda:0 .. cuda:N-1, or cuda (one device per process under torchrun)")
     return device
 
 
@@ -71,12 +74,13 @@ def teardown(ctx: Context) -> None:
 
 
 def main_first(ctx: Context, fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 first (it may download), then on the other ranks."""
-    if ctx.is_main:
+    """Run `fn` on each machine's first process (it may download into that machine's cache), then on the others."""
+    first = ctx.local_rank == 0
+    if first:
         result = fn()
     if ctx.distributed:
         dist.barrier()
-    if not ctx.is_main:
+    if not first:
         result = fn()
     return result
 

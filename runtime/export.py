@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
     parser.add_argument("--checkpoint", metavar="CKPT", help="weights to export (default: the run's best.pt, else last.pt)")
     parser.add_argument("--random-init", action="store_true", help="export untrained weights (a smoke test)")
-    parser.add_argument("--prune-aux", action="store_true", help="deploy the main exit alone, without any branch")
-    parser.add_argument("--exit", metavar="NAME", help="deploy this exit alone: the backbone up to it and its head")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--prune-aux", action="store_true", help="deploy the main exit alone, without any branch")
+    which.add_argument("--exit", metavar="NAME", help="deploy this exit alone: the backbone up to it and its head")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """PNG plots of a run's curves: `curves.png` in the run directory (matplotlib's Agg canvas, no pyplot)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -17,7 +18,7 @@ def plot_curves(records: list[dict], folder: Path) -> Path:
     losses, accuracy = fig.subplots(1, 2)
 
     for key in ["loss"] + [k for k in keys if k.startswith("loss/")]:
-        losses.plot(epochs, [r[key] for r in records], marker="o", lw=2.5 if key == "loss" else 1.2,
+        losses.plot(epochs, [r.get(key, math.nan) for r in records], marker="o", lw=2.5 if key == "loss" else 1.2,
                     label="total" if key == "loss" else key[len("loss/"):])
     losses.set(xlabel="epoch", ylabel="training loss (weighted, epoch mean)", title="loss terms")
     losses.grid(alpha=0.3)
@@ -25,8 +26,8 @@ def plot_curves(records: list[dict], folder: Path) -> Path:
 
     for key in (k for k in keys if k.startswith("top1/")):
         head = key[len("top1/"):]
-        (line,) = accuracy.plot(epochs, [100 * r[key] for r in records], marker="o", label=f"{head} top-1")
-        accuracy.plot(epochs, [100 * r[f"top5/{head}"] for r in records], ls="--", color=line.get_color(),
+        (line,) = accuracy.plot(epochs, [100 * r.get(key, math.nan) for r in records], marker="o", label=f"{head} top-1")
+        accuracy.plot(epochs, [100 * r.get(f"top5/{head}", math.nan) for r in records], ls="--", color=line.get_color(),
                       label=f"{head} top-5")
     accuracy.set(xlabel="epoch", ylabel="test accuracy (%)", title="every exit")
     accuracy.grid(alpha=0.3)

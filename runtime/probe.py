@@ -41,8 +41,9 @@ from compiler.parse import load_yaml, read_spec_file
 from netspec.errors import SpecError, UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
 from netspec.project import atomic_write, build_root
-from netspec.spec import MAIN_HEAD, CrossEntropyLoss, SGD
+from netspec.spec import MAIN_HEAD, SGD
 from runtime.data import Batches, load_dataset
+from runtime.objective import Objective
 
 INITS = {"gaussian": lambda std: Gaussian(type="gaussian", std=std), "kaiming": lambda: Kaiming(type="kaiming"),
          "xavier": lambda: Xavier(type="xavier"), "default": lambda: TorchDefault(type="default")}
@@ -309,16 +310,11 @@ def initialise(g: nx.DiGraph, init: WeightInit | None, seed: int) -> None:
 
 
 def objective(compiled: Compiled, branches: bool):
-    """loss(outputs, labels): plain cross-entropy at the top, or the spec's cross-entropy losses at epoch 0."""
+    """loss(outputs, labels): plain cross-entropy at the top, or the spec's whole training objective at epoch 0."""
     if not branches:
         return F.cross_entropy
-    spec, depth = compiled.spec, compiled.graph.graph["depth"]
-    terms = [(loss.head, loss.weight * loss.schedule.factor(0, spec.train.epochs, depth[loss.head] / depth[MAIN_HEAD]),
-              loss.label_smoothing) for loss in spec.losses.values() if isinstance(loss, CrossEntropyLoss)]
-
-    def loss(outputs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        return sum(w * F.cross_entropy(outputs[h], y, label_smoothing=s) for h, w, s in terms)
-    return loss
+    full = Objective(compiled.graph)
+    return lambda outputs, y: full(outputs, y, 0.0)[0]
 
 
 def probe(compiled: Compiled, dataset, config: Settings, *, branches: bool) -> dict[str, list[float]]:
@@ -607,11 +603,11 @@ def _check_and_write(text: str, target: Path, overrides: list[str], backup: Path
         try:
             analyse(tmp, overrides)
         except SpecError as err:
-            raise UserError(f"the spec with the new branch(es) does not compile: {err.what}",
-                            "pick another --branch-template (a branch must fit the feature map it attaches to), "
-                            "or add the branch by hand") from None
+            raise UserError(f"the spec with the new branch(es) does not compile: {err}",
+                            "check the message: a template must fit the feature map it attaches to (--branch-template), "
+                            "and `extends:` paths are relative to the new file's folder") from None
         if backup is not None:
             atomic_write(backup, target.read_text())
-        os.replace(tmp, target)
+        atomic_write(target, text)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=${NETSPEC_VENV:-.venv}
-TORCH_PIN=${NETSPEC_TORCH:-torch==2.13.0}   # the CPU build; GPU users: set NETSPEC_TORCH or install torch first
+TORCH_PIN=${NETSPEC_TORCH:-torch==2.13.0}   # GPU users: set NETSPEC_TORCH (e.g. "torch>=2.4") or install torch first
+# Where torch comes from: this project's machines keep the 2.13.0 CPU build on disk (pip's find-links). Elsewhere
+# plain PyPI serves a CUDA build; for the small CPU build set NETSPEC_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX=(${NETSPEC_TORCH_INDEX:+--index-url "$NETSPEC_TORCH_INDEX"})
 
 need_apt=()
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
@@ -28,7 +31,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing $TORCH_PIN and netspec into $VENV (log: $VENV/install.log)"
-  if ! { "$VENV/bin/python" -m pip install "$TORCH_PIN" && "$VENV/bin/python" -m pip install -e ".[test]"; } \
+  if ! { "$VENV/bin/python" -m pip install "${TORCH_INDEX[@]}" "$TORCH_PIN" && "$VENV/bin/python" -m pip install -e ".[test]"; } \
       > "$VENV/install.log" 2>&1; then
     tail -30 "$VENV/install.log" >&2
     echo "setup: pip install failed (full log: $VENV/install.log)" >&2

@@ -144,6 +144,19 @@ CASES = [
      "relative to this spec"),
     ("custom_op_not_allowed", H + "nodes:\n  - {name: c, op: custom, target: 'torch.nn:Identity'}  # <-\n" + FC,
      "custom ops import code; run with --allow-custom", "trust"),
+    # --- names that would break the module, recursion, degenerate losses, devices
+    ("reserved_node_name", H + "nodes:\n  - {name: train, op: conv, out: 4, kernel: 3}  # <-\n" + FC,
+     "'train' is reserved", "name"),
+    ("invalid_node_name", H + "nodes:\n  - {name: 'loss:main', op: relu}  # <-\n" + FC, "is not a valid name", "name"),
+    ("reserved_branch_name", NODES + "branches:\n  forward:  # <-\n    from: relu1\n    nodes: [{name: fc, op: fc, out: 3}]\n",
+     "'forward' is reserved", ""),
+    ("block_uses_itself", H + "blocks:\n  b:\n    nodes:\n      - {name: x, op: relu}\n      - {name: y, block: b}  # <-\n"
+     "nodes:\n  - {name: inst, block: b}\n" + FC, "block 'b' uses itself: b → b", "cannot contain itself"),
+    ("synergy_with_one_head", NODES + "losses:\n  main: {head: main}\n  syn: {type: synergy, heads: [main]}  # <-\n",
+     "two or more different heads", ""),
+    ("synergy_all_without_branches", NODES + "losses:\n  main: {head: main}\n  syn: {type: synergy}  # <-\n",
+     "needs two or more heads", "add a branch"),
+    ("bad_device", NODES + "train:\n  device: gpu  # <-\n", "train.device", ""),
 ]
 
 OVERRIDE_CASES = [
