@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from netspec.errors import UserError
 from netspec.project import atomic_write
@@ -101,3 +102,33 @@ def set_rng_state(state: dict) -> None:
     random.setstate((python[0], tuple(python[1:]), gauss[0] if gauss else None))
     pos, has_gauss, cached = state["numpy_extra"].tolist()
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path, *,
+                 missing_ok: bool = False, unused_ok: bool = False) -> tuple[list[str], list[str]]:
+    """Copy tensors into `model` by name; returns the (copied, missing) names of the model.
+
+    A shape mismatch is a UserError naming the layer. So are tensors the model needs that `weights` lacks
+    (unless `missing_ok`, as for init.from) and tensors of `weights` the model has no place for (unless
+    `unused_ok`, as for an export that pruned the branches away)."""
+    own = model.state_dict()
+    for name, tensor in weights.items():
+        if name in own and own[name].shape != tensor.shape:
+            layer = name.rsplit(".", 1)[0]
+            raise UserError(f"layer '{layer}': {name} is {tuple(tensor.shape)} in {source} but "
+                            f"{tuple(own[name].shape)} in this spec",
+                            f"give '{layer}' the same shape, or rename it so it starts fresh")
+    copied = [n for n in own if n in weights]
+    missing = [n for n in own if n not in weights]
+    unused = [n for n in weights if n not in own]
+    if (missing and not missing_ok) or (unused and not unused_ok):
+        raise UserError(f"{source} does not fit this spec: missing {layers(missing) or 'nothing'}; "
+                        f"not in the spec {layers(unused) if not unused_ok and unused else 'nothing'}",
+                        "use the spec the checkpoint was trained with (or init.from to copy what matches)")
+    model.load_state_dict({n: weights[n] for n in copied}, strict=False)
+    return copied, missing
+
+
+def layers(names: list[str]) -> str:
+    """Tensor names grouped by layer: 'conv1, conv2, fc8'."""
+    return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))

@@ -90,8 +90,9 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     start = ckpt.load_checkpoint(folder / ckpt.LAST) if resume else None
     if start is None and spec.init.from_:
         source = Path(spec.init.from_)
-        copied, new = load_weights(raw, ckpt.load_checkpoint(source)["model"], source, strict=False)
-        say(f"init.from {source}: copied {_layers(copied)}; new: {_layers(new) or 'none'}")
+        copied, new = ckpt.load_weights(raw, ckpt.load_checkpoint(source)["model"], source,
+                                        missing_ok=True, unused_ok=True)
+        say(f"init.from {source}: copied {ckpt.layers(copied)}; new: {ckpt.layers(new) or 'none'}")
     net = torch.compile(raw) if cfg.compile else raw
     model = distributed.wrap(net, ctx, cfg.sync_bn)
     objective = Objective(compiled.graph)
@@ -117,7 +118,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     # --- resume, or start afresh
     epoch, step, best = 0, 0, -1.0
     if start is not None:
-        load_weights(raw, start["model"], folder / ckpt.LAST, strict=True)
+        ckpt.load_weights(raw, start["model"], folder / ckpt.LAST)
         optimizer.load_state_dict(start["optimizer"])
         scheduler.load_state_dict(start["scheduler"])
         epoch, step, best = start["epoch"], start["step"], start["best"]
@@ -266,7 +267,7 @@ def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dic
     state = ckpt.load_checkpoint(path)
     ctx = distributed.Context(0, 1, 0, distributed.pick_device(spec.train.device))
     model = compiled.module.to(ctx.device)
-    load_weights(model, state["model"], path, strict=True)
+    ckpt.load_weights(model, state["model"], path)
     if state.get("spec_hash") != compiled.spec_hash:
         print(f"note: {path} was written for another version of the spec '{state.get('spec_name')}'", file=sys.stderr)
     _, test_batches = make_batches(spec, load_dataset(spec.data, spec.input.shape), ctx)
@@ -275,33 +276,6 @@ def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dic
     print(f"{spec.name}: {path} (epoch {state.get('epoch')}), test split")
     print(format_exit_table(rows))
     return rows
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path,
-                 *, strict: bool) -> tuple[list[str], list[str]]:
-    """Copy tensors into `model` by name; (copied, new) names. A shape mismatch is a UserError naming the layer;
-    with `strict`, so are tensors missing on either side."""
-    own = model.state_dict()
-    for name, tensor in weights.items():
-        if name in own and own[name].shape != tensor.shape:
-            layer = name.rsplit(".", 1)[0]
-            raise UserError(f"layer '{layer}': {name} is {tuple(tensor.shape)} in {source} but "
-                            f"{tuple(own[name].shape)} in this spec",
-                            f"give '{layer}' the same shape, or rename it so it starts fresh")
-    copied = [n for n in own if n in weights]
-    new = [n for n in own if n not in weights]
-    unknown = [n for n in weights if n not in own]
-    if strict and (new or unknown):
-        raise UserError(f"{source} does not fit this spec: missing {_layers(new) or 'nothing'}; "
-                        f"not in the spec {_layers(unknown) or 'nothing'}",
-                        "use the spec the checkpoint was trained with (or init.from to copy what matches)")
-    model.load_state_dict({n: weights[n] for n in copied}, strict=False)
-    return copied, new
-
-
-def _layers(names: list[str]) -> str:
-    """Tensor names grouped by layer: 'conv1, conv2, fc8'."""
-    return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
 
 
 def _check_classes(spec: Spec, data: Dataset) -> None:

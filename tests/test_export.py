@@ -73,10 +73,13 @@ class Project:
         self.printed: dict[str, str] = {}
         self.save_checkpoint(self.checkpoint, self.compiled.spec_hash)
 
-    def save_checkpoint(self, path: Path, spec_hash: str) -> None:
+    def save_checkpoint(self, path: Path, spec_hash: str, misfit: bool = False) -> None:
+        """`misfit`: the main classifier has another shape (a checkpoint of another spec)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": self.compiled.module.state_dict(), "spec_name": "tiny", "spec_hash": spec_hash,
-                    "epoch": 3}, path)
+        weights = self.compiled.module.state_dict()
+        if misfit:
+            weights = {**weights, "fc.weight": torch.zeros(7, *weights["fc.weight"].shape[1:])}
+        torch.save({"model": weights, "spec_name": "tiny", "spec_hash": spec_hash, "epoch": 3}, path)
 
     def export(self, *flags: str, name: str) -> Path:
         """Run `netspec export`; keep what it printed in `self.printed[name]`."""
@@ -187,12 +190,13 @@ def test_mismatch_fails_with_status_1_and_writes_nothing(project, monkeypatch, c
 @pytest.mark.parametrize("words, message", [
     (["--exit", "axu1"], "there is no exit named 'axu1' — did you mean 'aux1'?"),
     (["--checkpoint", "{root}/nothing.pt"], "no checkpoint at"),
-    (["--checkpoint", "{root}/foreign.pt"], "was trained from spec 'tiny' (hash 0123456789abcdef)"),
+    (["--checkpoint", "{root}/foreign.pt"], "was trained from spec 'tiny' (hash 0123456789abcdef), whose weights "
+                                            "do not fit"),
     (["train.out={root}/elsewhere"], "pass --random-init"),
     (["--random-init", "--checkpoint", "{root}/foreign.pt"], "exclude each other"),
 ])
 def test_user_errors_are_one_line_and_exit_2(project, words, message, capsys):
-    project.save_checkpoint(project.root / "foreign.pt", "0123456789abcdef")
+    project.save_checkpoint(project.root / "foreign.pt", "0123456789abcdef", misfit=True)
     words = [w.format(root=project.root) for w in words]
     assert main(["export", *words, str(project.spec), str(project.root / "x.onnx")]) == 2
     err = capsys.readouterr().err
@@ -249,3 +253,11 @@ def test_predict_refuses_inputs_of_the_wrong_shape(aux_model, tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((2, 8, 9), np.uint8))
     assert main(["predict", str(aux_model), str(tmp_path / "wide.npy")]) == 2
     assert "is not one or many 1×8×8 images" in capsys.readouterr().err
+
+
+def test_checkpoint_whose_weights_fit_exports_with_a_note(project, capsys):
+    """A moved branch changes the spec hash but not the pruned model's weights: export goes on, and says so."""
+    project.save_checkpoint(project.root / "moved.pt", "0123456789abcdef")
+    out = project.root / "moved.onnx"
+    assert main(["export", "--prune-aux", "--checkpoint", str(project.root / "moved.pt"), str(project.spec), str(out)]) == 0
+    assert "every weight this model needs is in it" in capsys.readouterr().err and out.exists()
