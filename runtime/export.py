@@ -272,6 +272,8 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
         for label, image in read_input(path, shape):
             labels.append(label)
             pixels.append(image)
+    if not pixels:
+        raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
     print(f"{model}: exit {output} of spec {meta.get(META + 'spec_name')}, top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     for start in range(0, len(pixels), PREDICT_BATCH):

@@ -242,7 +242,10 @@ def threshold_ladder(table: dict[str, float]) -> list[tuple[str, float, float]]:
 def weight_layers(g: nx.DiGraph) -> list[str]:
     """The backbone's weight layers (conv, fc), input to top."""
     backbone = exit_ancestry(g, MAIN_HEAD)
-    return [n for n in in_order(g) if n in backbone and g.nodes[n]["op"].weighted]
+    layers = [n for n in in_order(g) if n in backbone and g.nodes[n]["op"].weighted]
+    if not layers:
+        raise UserError("the backbone has no weight layer (conv or fc) to probe", "probe a spec with conv/fc layers")
+    return layers
 
 
 def candidates(g: nx.DiGraph) -> list[str]:
