@@ -26,23 +26,27 @@ def materialise(g: nx.DiGraph, seed: int | None = None) -> None:
         if attrs["kind"] != "op" or "module" in attrs:
             continue
         module = attrs["op"].build(attrs["in_shapes"])
-        weight_init, bias = _node_init(attrs["op"], spec.init)
-        with torch.no_grad():
-            if weight_init is not None:
-                weight_init.apply(module.weight)
-            if bias is not None and module.bias is not None:
-                module.bias.fill_(bias)
+        apply_init(module, *node_init(attrs["op"], spec.init))
         attrs["module"] = module
 
 
-def _node_init(op, default: NodeInit):
-    """The weight filler and bias constant for a weight layer (node's `init:` over the spec's), else none."""
+def node_init(op, default: NodeInit):
+    """(weight filler, bias constant) of a weight layer: the node's `init:` over the spec's; (None, None) else."""
     if not op.weighted:
         return None, None
     override = op.init
     weight_init = (override and override.weight) or default.weight
     bias = override.bias if override and override.bias is not None else default.bias
     return weight_init, bias
+
+
+def apply_init(module, weight_init, bias: float | None) -> None:
+    """Apply a weight filler and a bias constant (either may be None: leave as built)."""
+    with torch.no_grad():
+        if weight_init is not None:
+            weight_init.apply(module.weight)
+        if bias is not None and module.bias is not None:
+            module.bias.fill_(bias)
 
 
 def lower(g: nx.DiGraph, heads: list[str] | None = None, single: bool = False) -> fx.GraphModule:

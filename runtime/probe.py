@@ -36,7 +36,7 @@ from torch import nn
 
 from compiler import Compiled, analyse
 from compiler.graph import data_graph, exit_ancestry, in_order
-from compiler.lower import lower
+from compiler.lower import apply_init, lower, node_init
 from compiler.parse import load_yaml, read_spec_file
 from netspec.errors import SpecError, UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
@@ -300,16 +300,8 @@ def initialise(g: nx.DiGraph, init: WeightInit | None, seed: int) -> None:
                 if hasattr(sub, reset):
                     getattr(sub, reset)()
         op = attrs["op"]
-        if not op.weighted:
-            continue
-        own = op.init
-        weight = init if init is not None else (own and own.weight) or spec.init.weight
-        bias = 0.0 if init is not None else own.bias if own and own.bias is not None else spec.init.bias
-        with torch.no_grad():
-            if weight is not None:
-                weight.apply(module.weight)
-            if bias is not None and module.bias is not None:
-                module.bias.fill_(bias)
+        if op.weighted:
+            apply_init(module, *((init, 0.0) if init is not None else node_init(op, spec.init)))
 
 
 def objective(compiled: Compiled, branches: bool):
