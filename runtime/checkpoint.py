@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +65,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"no checkpoint at {path}", "train first (`netspec train`), or give the path of a .pt file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except Exception as e:  # a damaged or foreign file can make the unpickler raise nearly anything
         raise UserError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})",
                         "use the other checkpoint in its directory (last.pt or best.pt), or train again") from e
     if not isinstance(state, dict) or "model" not in state:

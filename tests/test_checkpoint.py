@@ -129,3 +129,13 @@ def test_init_from_copies_by_name_and_names_a_mismatched_layer(tmp_path, capsys)
     with pytest.raises(UserError, match=r"layer 'conv2': conv2.weight is \(8, 4, 3, 3\) in .* but \(6, 4, 3, 3\)"):
         train(spec)
     assert torch.equal(ckpt.load_checkpoint(source)["model"]["conv1.weight"], before["conv1.weight"])
+
+
+def test_a_file_that_is_no_checkpoint_at_all_is_a_user_error(tmp_path):
+    from netspec.errors import UserError
+    from runtime.checkpoint import load_checkpoint
+
+    text = tmp_path / "passwd.pt"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(UserError, match="damaged or not a checkpoint"):
+        load_checkpoint(text)
