@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from netspec.errors import UserError
+from netspec.images import IMAGE_SUFFIXES, read_image
 from netspec.schema_base import Strict
 
 Source = Literal["fashion-mnist", "mnist", "idx", "cifar10", "cifar100", "imagefolder", "npz"]
@@ -355,7 +356,6 @@ def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spl
 
 # ---------------------------------------------------------------- ImageFolder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGEFOLDER_TEST_FRACTION, IMAGEFOLDER_SPLIT_SEED = 0.1, 0
 
 
@@ -373,21 +373,10 @@ def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
 
 def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Split:
     """Decode, convert to L or RGB and resize every image to `shape` (C, H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
     c, h, w = shape
-    if c not in (1, 3):
-        raise UserError(f"imagefolder data can feed 1 (grey) or 3 (RGB) channels, not {c}", "set input.shape to [1, H, W] or [3, H, W]")
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, (f, _) in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if c == 1 else "RGB")
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                x[i] = np.asarray(im).reshape(h, w, c)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"cannot read image {f}: {e}", "delete or replace the file") from e
+        x[i] = read_image(f, shape)
     return x.transpose(0, 3, 1, 2), np.array([label for _, label in files], np.int64)
 
 

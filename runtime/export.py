@@ -23,6 +23,7 @@ import numpy as np
 import netspec
 from netspec.cli import add_spec_arguments, load
 from netspec.errors import UserError
+from netspec.images import IMAGE_SUFFIXES, read_image
 from netspec.project import atomic_write
 
 TOLERANCE = 1e-4  # largest |onnxruntime − torch| allowed, times the logit scale max(1, max |torch logit|)
@@ -30,7 +31,6 @@ RANDOM_BATCH, TEST_BATCH, PREDICT_BATCH = 8, 64, 256
 BATCH_AXIS = "batch"
 META = "netspec."  # prefix of every metadata key netspec writes
 ALL_HEADS = "all"  # the `exit` metadata of an unpruned model
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class ExportMismatch(UserError):
@@ -296,7 +296,7 @@ def read_input(path: Path, shape: tuple[int, int, int]) -> list[tuple[str, np.nd
         images = _as_images(_read_array(path), shape, path)
         return [(str(path), images[0])] if len(images) == 1 else [(f"{path}[{i}]", im) for i, im in enumerate(images)]
     if suffix in IMAGE_SUFFIXES:
-        return [(str(path), _read_image(path, shape))]
+        return [(str(path), read_image(path, shape).transpose(2, 0, 1) / np.float32(255.0))]
     raise UserError(f"cannot classify {path}: unknown file type '{suffix}'",
                     f"give an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a .npy/.npz array")
 
@@ -331,18 +331,3 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
     return a.astype(np.float32) / (1.0 if a.dtype.kind == "f" else 255.0)
 
 
-def _read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = shape
-    if c not in (1, 3):
-        raise UserError(f"the model takes {c} channels; images give 1 (grey) or 3 (RGB)", "give .npy arrays instead")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.asarray(im, np.float32).reshape(h, w, c)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}", "give a PNG, JPG, ... file") from None
-    return pixels.transpose(2, 0, 1) / 255.0
