@@ -12,7 +12,7 @@ from torch import fx
 
 from netspec.errors import SpecError
 from netspec.ops import Call, NodeInit
-from compiler.graph import data_graph, in_order
+from compiler.graph import exit_ancestry, in_order
 
 
 def materialise(g: nx.DiGraph, seed: int | None = None) -> None:
@@ -58,11 +58,7 @@ def lower(g: nx.DiGraph, heads: list[str] | None = None, single: bool = False) -
     if single and len(heads) != 1:
         raise ValueError("single=True needs exactly one head")
     materialise(g, g.graph["spec"].train.seed)
-    data = data_graph(g)
-    wanted = set()
-    for head in heads:
-        node = g.graph["heads"][head]
-        wanted |= nx.ancestors(data, node) | {node}
+    wanted = set().union(*(exit_ancestry(g, head) for head in heads))
     graph, modules, values = fx.Graph(), {}, {}
     values[g.graph["input"]] = graph.placeholder(g.graph["input"])
     for name in in_order(g):

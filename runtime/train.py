@@ -82,7 +82,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     spec, cfg = compiled.spec, compiled.spec.train
     say = functools.partial(print, file=sys.stderr, flush=True) if ctx.is_main else _silent
     run = ckpt.run_dir(spec)
-    folder = run / "checkpoints"
+    folder = ckpt.checkpoint_dir(spec)
     heads = list(compiled.heads)
 
     # --- model: the compiled GraphModule, parameters named as in the spec
@@ -96,7 +96,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     net = torch.compile(raw) if cfg.compile else raw
     model = distributed.wrap(net, ctx, cfg.sync_bn)
     objective = Objective(compiled.graph)
-    autocast = functools.partial(torch.autocast, ctx.device.type, torch.bfloat16, enabled=cfg.amp == "bf16")
+    autocast = _autocast(ctx, cfg.amp)
 
     # --- data: whole splits in memory, each rank its shard of every global batch
     if cfg.batch_size % ctx.world_size:
@@ -271,11 +271,16 @@ def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dic
     if state.get("spec_hash") != compiled.spec_hash:
         print(f"note: {path} was written for another version of the spec '{state.get('spec_name')}'", file=sys.stderr)
     _, test_batches = make_batches(spec, load_dataset(spec.data, spec.input.shape), ctx)
-    autocast = functools.partial(torch.autocast, ctx.device.type, torch.bfloat16, enabled=spec.train.amp == "bf16")
+    autocast = _autocast(ctx, spec.train.amp)
     rows = exit_rows(summarise(compiled.graph), evaluate(model, test_batches, list(compiled.heads), ctx, autocast))
     print(f"{spec.name}: {path} (epoch {state.get('epoch')}), test split")
     print(format_exit_table(rows))
     return rows
+
+
+def _autocast(ctx: distributed.Context, amp: str) -> Callable[[], torch.autocast]:
+    """A context factory for the forward pass: bf16 autocast when `train.amp` says so, else a no-op."""
+    return functools.partial(torch.autocast, ctx.device.type, torch.bfloat16, enabled=amp == "bf16")
 
 
 def _check_classes(spec: Spec, data: Dataset) -> None:
