@@ -5,10 +5,12 @@ commands need no argument: they reuse the current build's spec file and override
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Iterator
 
 from netspec.errors import UserError
 
@@ -50,21 +52,27 @@ def resolve_spec(words: list[str]) -> tuple[Path, list[str]]:
     raise UserError("no spec given and no current build", "run `netspec compile specs/NAME.yaml` first, or name a spec")
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that a reader sees the old or the new content, never half (temp, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_file(path: Path, binary: bool = False) -> Iterator[IO]:
+    """A file to write `path` through: readers see the old or the new content, never half of it (temp file beside
+    it, fsync, rename). An exception inside the block leaves `path` as it was and no temp file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a whole file atomically (see `atomic_file`)."""
+    with atomic_file(path, binary=isinstance(data, bytes)) as f:
+        f.write(data)
 
 
 def _umask() -> int:

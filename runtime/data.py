@@ -15,7 +15,6 @@ import pickle
 import struct
 import sys
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -30,6 +29,7 @@ from pydantic import Field, model_validator
 
 from netspec.errors import UserError
 from netspec.images import IMAGE_SUFFIXES, read_image
+from netspec.project import atomic_file
 from netspec.schema_base import Strict
 
 Source = Literal["fashion-mnist", "mnist", "idx", "cifar10", "cifar100", "imagefolder", "npz"]
@@ -189,30 +189,21 @@ def download(source: str, name: str, root: Path) -> Path:
     """Fetch one published file of `source` into `root`, checking its MD5; atomic, no partial file left."""
     url = (os.environ.get("NETSPEC_DATA_MIRROR") or MIRRORS[source]).rstrip("/") + "/" + name
     expected = CHECKSUMS[source][name]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-    except OSError as e:
-        raise UserError(f"cannot write to {root}: {e}", "set data.path or NETSPEC_CACHE to a writable directory") from e
+    dest = root / name
     print(f"netspec: downloading {url}", file=sys.stderr)
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        with atomic_file(dest, binary=True) as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != expected:
-            raise UserError(f"{url} has MD5 {digest.hexdigest()}, expected {expected}",
-                            "the download was damaged or the mirror serves other data: try again, or fix NETSPEC_DATA_MIRROR")
-        dest = root / name
-        os.replace(tmp, dest)
+            if digest.hexdigest() != expected:  # raised inside: nothing is written
+                raise UserError(f"{url} has MD5 {digest.hexdigest()}, expected {expected}", "the download was damaged "
+                                "or the mirror serves other data: try again, or fix NETSPEC_DATA_MIRROR")
         return dest
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, HTTP, bad mirror URL, disk
         raise UserError(f"could not download {url}: {e}",
                         f"check the network (or NETSPEC_DATA_MIRROR), or put {name} into {root} by hand") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _extract_tar(archive: Path, root: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from netspec.project import atomic_file
+
 
 def plot_curves(records: list[dict], folder: Path) -> Path:
     """Left: every loss term and the total per epoch. Right: top-1 (solid) and top-5 (dashed) of every exit
@@ -37,7 +39,7 @@ def plot_curves(records: list[dict], folder: Path) -> Path:
     lr.set_ylabel("learning rate (end of epoch)", color="grey")
 
     fig.tight_layout()
-    path, tmp = folder / "curves.png", folder / ".curves.png.tmp"
-    fig.savefig(tmp, dpi=100, format="png")
-    tmp.replace(path)  # a viewer never sees half a file
+    path = folder / "curves.png"
+    with atomic_file(path, binary=True) as f:  # a viewer never sees half a file
+        fig.savefig(f, dpi=100, format="png")
     return path
