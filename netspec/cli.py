@@ -15,7 +15,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
-from netspec.errors import UserError
+from netspec.errors import UserError, did_you_mean
 from netspec.project import atomic_write, build_root, resolve_spec
 
 COMMANDS = {
@@ -148,7 +148,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if not argv or argv[0] not in COMMANDS:
         top_parser().parse_args(argv)  # prints usage, or help, and exits
     # intermixed: options may stand between the spec, overrides and output file
-    return command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    command = command_parser(argv[0])
+    args, unknown = command.parse_known_intermixed_args(argv[1:])
+    if unknown:
+        raise UserError(f"`{argv[0]}` has no option {unknown[0]}", _option_hint(command, unknown[0]))
+    return args
+
+
+def _option_hint(command: argparse.ArgumentParser, option: str) -> str:
+    """A did-you-mean among the command's options, or the override when the option names a spec setting."""
+    from netspec.spec import Spec
+
+    key = option.lstrip("-").split("=")[0].replace("-", "_")
+    sections = [name for name, field in Spec.model_fields.items()
+                if isinstance(field.annotation, type) and key in getattr(field.annotation, "model_fields", {})]
+    if sections:
+        return f"spec settings are overrides: {sections[0]}.{key}=VALUE"
+    options = [o for action in command._actions for o in action.option_strings]
+    hint = did_you_mean(option.split("=")[0], options)
+    return hint if hint.startswith("did you mean") else "see --help; spec settings are overrides like train.epochs=3"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,3 +111,10 @@ def test_unknown_command_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["compil"])
     assert stop.value.code == 2 and "compile" in capsys.readouterr().err
+
+
+def test_an_option_that_is_a_spec_setting_points_to_the_override(project, capsys):
+    code, _, err = run(capsys, "compile", "specs/fm.yaml", "--epochs", "3")
+    assert code == 2 and "`compile` has no option --epochs" in err and "train.epochs=VALUE" in err
+    code, _, err = run(capsys, "draw", "specs/fm.yaml", "--outptu", "g.svg")
+    assert code == 2 and "did you mean '--output'?" in err
