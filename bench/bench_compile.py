@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from compiler.expand import expand  # noqa: E402
-from compiler.graph import build_graph, check_graph  # noqa: E402
-from compiler.lower import lower  # noqa: E402
-from compiler.parse import parse  # noqa: E402
-from compiler.shapes import infer_shapes  # noqa: E402
-from compiler.validate import validate  # noqa: E402
+from netspec.compiler.expand import expand
+from netspec.compiler.graph import build_graph, check_graph
+from netspec.compiler.lower import lower
+from netspec.compiler.parse import parse
+from netspec.compiler.shapes import infer_shapes
+from netspec.compiler.validate import validate
 
 CASES = [("ResNet-20", "resnet32", 3), ("ResNet-20 + DKS", "dks_resnet32", 3),
          ("ResNet-110", "resnet32", 18), ("ResNet-110 + DKS", "dks_resnet32", 18),
@@ -45,7 +41,7 @@ def timed_compile(spec: str, n: int) -> tuple[dict[str, float], int]:
     lap("expand")
     graph = check_graph(build_graph(model, flat))
     lap("graph")
-    infer_shapes(graph)
+    graph = infer_shapes(graph)
     lap("shapes")
     lower(graph)
     lap("lower")

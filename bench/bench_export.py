@@ -22,11 +22,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from compiler import compile_spec
-from compiler.lower import lower
-from compiler.prune import prune, unbranched_overrides
+from netspec.compiler import compile_spec
+from netspec.compiler.lower import lower
+from netspec.compiler.prune import prune, unbranched_overrides
 from netspec.spec import MAIN_HEAD
-from runtime.export import to_onnx
+from netspec.runtime.export import to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = [ROOT / "specs/cnds8_fmnist.yaml", ROOT / "specs/dks_resnet32.yaml"]
@@ -86,7 +86,7 @@ def bench_spec(path: Path, threads: int, seconds: float, rounds: int) -> tuple[s
     compiled = compile_spec(path)
     spec = compiled.spec
     pruned = prune(compiled.module).eval()
-    plain = lower(compile_spec(path, unbranched_overrides(spec)).graph, [MAIN_HEAD], single=True)
+    plain = lower(compile_spec(path, unbranched_overrides(spec)).network, [MAIN_HEAD], single=True)
     plain.load_state_dict(pruned.state_dict())
     plain.eval()
     models = {

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler import compile_spec
-from compiler.lower import lower
-from compiler.summary import summarise
-from runtime.data import Batches, load_dataset
-from runtime.objective import Objective
+from netspec.compiler import compile_spec
+from netspec.compiler.lower import lower
+from netspec.compiler.summary import summarise
+from netspec.runtime.data import Batches, load_dataset
+from netspec.runtime.objective import Objective
 
 SPEC = "specs/cnds8_fmnist.yaml"
 
@@ -103,7 +103,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     compiled = compile_spec(SPEC)
-    spec, graph = compiled.spec, compiled.graph
+    spec, graph = compiled.spec, compiled.network
     objective = Objective(graph)
     summary = summarise(graph)
     x = torch.randn(args.batch, *spec.input.shape)

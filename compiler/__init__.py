@@ -1,6 +1,7 @@
 """The netspec compiler: parse → validate → expand → build graph → check → infer shapes → lower.
 
-Each pass is a small function from one representation to the next; `compile_spec` chains them.
+Each pass is a small function from one representation to the next (the typed IR is in `ir.py`);
+`compile_spec` chains them.
 """
 from __future__ import annotations
 
@@ -9,33 +10,33 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
 from torch import fx
 
 from netspec.spec import Spec
-from compiler.expand import expand
-from compiler.graph import build_graph, check_graph
-from compiler.lower import lower
-from compiler.parse import parse
-from compiler.shapes import infer_shapes
-from compiler.validate import validate
-
+from netspec.compiler.expand import expand
+from netspec.compiler.graph import build_graph, check_graph
+from netspec.compiler.ir import Network
+from netspec.compiler.lower import lower
+from netspec.compiler.parse import parse
+from netspec.compiler.prune import prune
+from netspec.compiler.shapes import infer_shapes
+from netspec.compiler.validate import validate
 
 NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "output", "branches"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compiled:
-    """A compiled spec: the validated spec, the annotated graph and the training GraphModule."""
+    """A compiled spec: the validated spec, the checked network (typed IR) and the training GraphModule."""
 
     path: Path
     spec: Spec
-    graph: nx.DiGraph
+    network: Network
     module: fx.GraphModule
 
     @property
     def heads(self) -> dict[str, str]:
-        return self.graph.graph["heads"]
+        return dict(self.network.heads)
 
     @property
     def spec_hash(self) -> str:
@@ -44,16 +45,20 @@ class Compiled:
         network = self.spec.model_dump(mode="json", by_alias=True, include=NETWORK_SECTIONS)
         return hashlib.sha256(json.dumps(network, sort_keys=True).encode()).hexdigest()[:16]
 
+    def exit_module(self, head: str) -> fx.GraphModule:
+        """A module computing one exit alone (the backbone up to it and its head), sharing this one's layers."""
+        return prune(self.module, head)
 
-def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, nx.DiGraph]:
-    """All passes up to shape inference: the checked graph with shapes, params and FLOPs."""
+
+def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]:
+    """All passes up to shape inference: the checked network with shapes, params and FLOPs."""
     raw, context = parse(path, overrides)
     spec = validate(raw)
-    graph = check_graph(build_graph(spec, expand(spec, context)))
-    return spec, infer_shapes(graph)
+    network = check_graph(build_graph(spec, expand(spec, context)))
+    return spec, infer_shapes(network)
 
 
 def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:
     """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule."""
-    spec, graph = analyse(path, overrides)
-    return Compiled(Path(path), spec, graph, lower(graph))
+    spec, network = analyse(path, overrides)
+    return Compiled(Path(path), spec, network, lower(network))

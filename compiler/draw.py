@@ -10,12 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import networkx as nx
-
 from netspec.errors import UserError
 from netspec.spec import CrossEntropyLoss, SynergyLoss
-from compiler.graph import in_order, loss_id, synergy_pairs
-from compiler.summary import human, schedule_text
+from netspec.compiler.ir import Network, loss_id
+from netspec.compiler.summary import human, schedule_text
 
 OP_COLOURS = {"conv": "#cfe2f3", "fc": "#d9ead3", "batchnorm": "#fff2cc", "maxpool": "#ead1dc", "avgpool": "#ead1dc",
               "gap": "#ead1dc", "add": "#fce5cd", "concat": "#fce5cd"}
@@ -29,16 +27,17 @@ def _shape(shape) -> str:
     return "×".join(map(str, shape))
 
 
-def to_dot(g: nx.DiGraph) -> str:
+def to_dot(net: Network) -> str:
     """DOT source for the whole training graph."""
-    spec = g.graph["spec"]
+    spec = net.spec
     out = [f"digraph {_q(spec.name)} {{", "  rankdir=TB; node [shape=box, style=\"rounded,filled\", fillcolor=white, "
            "fontname=Helvetica, fontsize=10]; edge [fontname=Helvetica, fontsize=8];"]
-    inp = g.graph["input"]
-    out.append(f"  {_q(inp)} [label={_q(inp + chr(10) + _shape(g.nodes[inp]['shape']))}, shape=parallelogram];")
+    inp = net.input.name
+    out.append(f"  {_q(inp)} [label={_q(inp + chr(10) + _shape(net.input.shape))}, shape=parallelogram];")
     by_branch: dict[str | None, list[str]] = {}
-    for name in in_order(g)[1:]:
-        by_branch.setdefault(g.nodes[name]["branch"], []).append(name)
+    for node in net:
+        by_branch.setdefault(node.branch, []).append(node.name)
+    head_nodes = net.head_nodes()
     for branch, names in by_branch.items():
         indent = "  "
         if branch is not None:
@@ -46,31 +45,31 @@ def to_dot(g: nx.DiGraph) -> str:
                        "color=red; fontcolor=red;")
             indent = "    "
         for name in names:
-            attrs = g.nodes[name]
-            op = attrs["op"].op
-            label = f"{name}\\n{op}" + (f" · {human(attrs['params'])}" if attrs["params"] else "")
-            heads = attrs.get("heads")
+            node = net.nodes[name]
+            op = node.op.op
+            label = f"{name}\\n{op}" + (f" · {human(node.params)}" if node.params else "")
+            heads = head_nodes.get(name)
             extra = f", peripheries=2, xlabel={_q('head ' + ', '.join(heads))}" if heads else ""
             out.append(f"{indent}{_q(name)} [label=\"{label}\", fillcolor={_q(OP_COLOURS.get(op, 'white'))}{extra}];")
         if branch is not None:
             out.append("  }")
-    for u, v, attrs in g.edges(data=True):
-        if attrs["kind"] == "data":
-            style = ", color=red" if g.nodes[v]["branch"] and not g.nodes[u]["branch"] else ""
-            out.append(f"  {_q(u)} -> {_q(v)} [label={_q(_shape(g.nodes[u]['shape']))}{style}];")
+    for node in net:
+        for u in node.inputs:
+            style = ", color=red" if node.branch and (u == inp or not net.nodes[u].branch) else ""
+            out.append(f"  {_q(u)} -> {_q(node.name)} [label={_q(_shape(net.shape(u)))}{style}];")
     for name, loss in spec.losses.items():
         node = loss_id(name)
         out.append(f"  {_q(node)} [label={_q(name + chr(10) + loss.type)}, shape=octagon, style=filled, fillcolor=\"#f4cccc\"];")
         if isinstance(loss, CrossEntropyLoss):
             label = f"α={loss.weight} · {schedule_text(loss.schedule)}"
-            out.append(f"  {_q(g.graph['heads'][loss.head])} -> {_q(node)} [label={_q(label)}, style=bold];")
+            out.append(f"  {_q(net.heads[loss.head])} -> {_q(node)} [label={_q(label)}, style=bold];")
         elif isinstance(loss, SynergyLoss):
-            for m, n in synergy_pairs(loss, g):
+            for m, n in net.synergy_pairs(loss):
                 label = f"β={loss.beta}" + (f", T={loss.temperature}" if loss.temperature != 1 else "")
-                out.append(f"  {_q(g.graph['heads'][m])} -> {_q(g.graph['heads'][n])} [label={_q(label)}, style=dotted, "
+                out.append(f"  {_q(net.heads[m])} -> {_q(net.heads[n])} [label={_q(label)}, style=dotted, "
                            "color=blue, fontcolor=blue, constraint=false];")
-            for head in sorted({h for pair in synergy_pairs(loss, g) for h in pair}):
-                out.append(f"  {_q(g.graph['heads'][head])} -> {_q(node)} [style=dotted, color=blue];")
+            for head in sorted({h for pair in net.synergy_pairs(loss) for h in pair}):
+                out.append(f"  {_q(net.heads[head])} -> {_q(node)} [style=dotted, color=blue];")
     out.append("}")
     return "\n".join(out) + "\n"
 

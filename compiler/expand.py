@@ -12,20 +12,24 @@ from typing import Any
 from netspec.errors import Pos, SpecError, did_you_mean
 from netspec.ops import OpNode
 from netspec.spec import MAIN_HEAD, BlockNode, Spec
-from compiler.parse import LineDict, substitute
-from compiler.validate import validate_node
+from netspec.compiler.ir import Node
+from netspec.compiler.template import substitute
+from netspec.compiler.tree import LineDict
+from netspec.compiler.validate import validate_node
 
 
 @dataclass
-class FlatNode:
-    """One op of the expanded network."""
+class _Pending:
+    """A node being expanded: its inputs are resolved once every name is known."""
 
     name: str
     op: OpNode
-    inputs: list[str]
+    refs: list[str]
+    scope: "Scope | None"
     branch: str | None
     pos: Pos | None
-    via: str = ""  # "in stage1.3 (spec.yaml:40)" for nodes that come from a block
+    via: str
+    inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,9 +56,11 @@ class Scope:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Expanded:
-    nodes: list[FlatNode]
+    """What expand returns: flat nodes in spec order, the heads, the input's name."""
+
+    nodes: tuple[Node, ...]
     heads: dict[str, str]  # head name -> node that produces its logits
     input_name: str
 
@@ -62,8 +68,7 @@ class Expanded:
 class _Expander:
     def __init__(self, spec: Spec, context: dict[str, Any]):
         self.spec, self.context = spec, context
-        self.nodes: list[FlatNode] = []
-        self.pending: list[tuple[FlatNode, list[str], Scope]] = []  # refs resolved once all names exist
+        self.nodes: list[_Pending] = []  # refs resolved once all names exist
         self.all_names: dict[str, str] = {}  # every qualified name and alias -> node name
         self.defined_at: dict[str, Pos | None] = {spec.input.name: spec.input.at}
         self.expanding: list[str] = []  # blocks being instantiated, innermost last (to refuse recursion)
@@ -83,9 +88,9 @@ class _Expander:
             attach = self._resolve(branch.from_, root, branch.where("from"), what=f"branch '{branch_name}' attaches to")
             scope = Scope(branch_name + ".", {"input": attach}, parent=root)
             heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "")
-        for node, refs, scope in self.pending:
-            node.inputs = [self._resolve(ref, scope, node.pos, node) for ref in refs]
-        return Expanded(self.nodes, heads, spec.input.name)
+        nodes = tuple(Node(n.name, n.op, tuple(self._resolve(ref, n.scope, n.pos, n) for ref in n.refs) if n.refs
+                           else tuple(n.inputs), n.branch, n.pos, n.via) for n in self.nodes)
+        return Expanded(nodes, heads, spec.input.name)
 
     def chain(self, nodes: list, scope: Scope, previous: str, branch: str | None, via: str) -> str:
         """Emit nodes one after another; each defaults to the previous one's output. Returns the last."""
@@ -98,10 +103,8 @@ class _Expander:
         if isinstance(node, BlockNode):
             return self.instantiate(node, scope, previous, branch, via)
         qualified = scope.prefix + node.name
-        flat = FlatNode(qualified, node, [previous], branch, node.at, via)  # `previous` is already qualified
-        self.nodes.append(flat)
-        if node.inputs:
-            self.pending.append((flat, node.inputs, scope))
+        # without `from:` the input is `previous`, already qualified
+        self.nodes.append(_Pending(qualified, node, node.inputs, scope, branch, node.at, via, [previous]))
         self._define(node.name, qualified, scope, node.at)
         return qualified
 
@@ -154,7 +157,7 @@ class _Expander:
         self.all_names[scope.prefix + local] = qualified
         self.defined_at[scope.prefix + local] = pos
 
-    def _resolve(self, ref: str, scope: Scope, pos: Pos | None, node: FlatNode | None = None, what: str = "") -> str:
+    def _resolve(self, ref: str, scope: Scope, pos: Pos | None, node: _Pending | None = None, what: str = "") -> str:
         found = scope.lookup(ref) or self.all_names.get(ref)
         if found is None:
             who = what or (f"node '{node.name}' takes input from" if node else "this refers to")

@@ -1,36 +1,34 @@
-"""Pass 7, lower: the checked, shaped graph becomes a `torch.fx.GraphModule`.
+"""Pass 7, lower: the checked, shaped network becomes a `torch.fx.GraphModule`.
 
 Submodules are named after the spec's nodes (`conv1`, `stage1.0.conv1`, `aux1.fc`), so parameter
 names are stable when a branch moves. The training module returns `{head: logits}`; a module lowered
-for one head returns that head's logits alone.
+for one head returns that head's logits alone. Every call builds fresh modules; the network is not changed.
 """
 from __future__ import annotations
 
-import networkx as nx
 import torch
-from torch import fx
+from torch import fx, nn
 
 from netspec.errors import SpecError
-from netspec.ops import Call, NodeInit
-from compiler.graph import exit_ancestry, in_order
+from netspec.ops import Call, NodeInit, OpNode
+from netspec.compiler.ir import Network
 
 
-def materialise(g: nx.DiGraph, seed: int | None = None) -> None:
-    """Build each node's real module on the CPU for its inferred input shapes, initialised by the
-    spec (`init:` of the node over the spec's; PyTorch's default where neither says)."""
-    spec = g.graph["spec"]
+def build_modules(net: Network, seed: int | None = None) -> dict[str, nn.Module | Call]:
+    """Each node's real module on the CPU for its inferred input shapes, initialised by the spec (`init:` of the
+    node over the spec's; PyTorch's default where neither says). Built for every node in network order from
+    `seed`, so a node's initial weights do not depend on which heads are lowered."""
     if seed is not None:
         torch.manual_seed(seed)
-    for name in in_order(g):
-        attrs = g.nodes[name]
-        if attrs["kind"] != "op" or "module" in attrs:
-            continue
-        module = attrs["op"].build(attrs["in_shapes"])
-        apply_init(module, *node_init(attrs["op"], spec.init))
-        attrs["module"] = module
+    modules = {}
+    for node in net:
+        module = node.op.build(list(node.in_shapes))
+        apply_init(module, *node_init(node.op, net.spec.init))
+        modules[node.name] = module
+    return modules
 
 
-def node_init(op, default: NodeInit):
+def node_init(op: OpNode, default: NodeInit):
     """(weight filler, bias constant) of a weight layer: the node's `init:` over the spec's; (None, None) else."""
     if not op.weighted:
         return None, None
@@ -49,33 +47,32 @@ def apply_init(module, weight_init, bias: float | None) -> None:
             module.bias.fill_(bias)
 
 
-def lower(g: nx.DiGraph, heads: list[str] | None = None, single: bool = False) -> fx.GraphModule:
+def lower(net: Network, heads: list[str] | None = None, single: bool = False) -> fx.GraphModule:
     """Build the GraphModule computing `heads` (default: all). `single` returns one tensor, not a dict."""
-    heads = list(g.graph["heads"]) if heads is None else heads
+    heads = list(net.heads) if heads is None else heads
     for head in heads:
-        if head not in g.graph["heads"]:
-            raise SpecError(f"there is no head named '{head}'", f"heads: {', '.join(g.graph['heads'])}")
+        if head not in net.heads:
+            raise SpecError(f"there is no head named '{head}'", f"heads: {', '.join(net.heads)}")
     if single and len(heads) != 1:
         raise ValueError("single=True needs exactly one head")
-    materialise(g, g.graph["spec"].train.seed)
-    wanted = set().union(*(exit_ancestry(g, head) for head in heads))
+    built = build_modules(net, net.spec.train.seed)
+    wanted = set().union(*(net.ancestry(head) for head in heads))
     graph, modules, values = fx.Graph(), {}, {}
-    values[g.graph["input"]] = graph.placeholder(g.graph["input"])
-    for name in in_order(g):
-        attrs = g.nodes[name]
-        if attrs["kind"] != "op" or name not in wanted:
+    values[net.input.name] = graph.placeholder(net.input.name)
+    for node in net:
+        if node.name not in wanted:
             continue
-        args = tuple(values[source] for source in attrs["inputs"])
-        module = attrs["module"]
+        args = tuple(values[source] for source in node.inputs)
+        module = built[node.name]
         if isinstance(module, Call):
-            values[name] = graph.call_function(module.fn, args, dict(module.kwargs))
-            values[name].name = _fx_name(name)
+            values[node.name] = graph.call_function(module.fn, args, dict(module.kwargs))
+            values[node.name].name = _fx_name(node.name)
         else:
-            modules[name] = module
-            values[name] = graph.call_module(name, args)
-    outputs = {head: values[g.graph["heads"][head]] for head in heads}
+            modules[node.name] = module
+            values[node.name] = graph.call_module(node.name, args)
+    outputs = {head: values[net.heads[head]] for head in heads}
     graph.output(outputs[heads[0]] if single else outputs)
-    gm = fx.GraphModule(modules, graph, class_name=_class_name(g.graph["spec"].name))
+    gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
     gm.meta["heads"] = heads
     return gm
 

@@ -1,10 +1,8 @@
 """Pass 9, summarise: per node op, shape, params, FLOPs; per head its depth and losses; train vs deploy totals."""
 from __future__ import annotations
 
-import networkx as nx
-
 from netspec.spec import MAIN_HEAD, CrossEntropyLoss, SynergyLoss
-from compiler.graph import exit_ancestry, in_order, synergy_pairs
+from netspec.compiler.ir import Network
 
 
 def schedule_text(schedule) -> str:
@@ -12,22 +10,21 @@ def schedule_text(schedule) -> str:
     return schedule.type + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
 
 
-def summarise(g: nx.DiGraph) -> dict:
+def summarise(net: Network) -> dict:
     """Everything `netspec compile` reports, as plain data (also written as summary.json)."""
-    spec = g.graph["spec"]
+    spec = net.spec
     nodes = []
-    for name in in_order(g)[1:]:
-        attrs = g.nodes[name]
-        nodes.append({"name": name, "op": attrs["op"].op, "branch": attrs["branch"], "inputs": attrs["inputs"],
-                      "shape": list(attrs["shape"]), "params": attrs["params"], "flops": attrs["flops"],
-                      "line": attrs["pos"].line if attrs["pos"] else None})
-    depth = g.graph["depth"]
+    for node in net:
+        nodes.append({"name": node.name, "op": node.op.op, "branch": node.branch, "inputs": list(node.inputs),
+                      "shape": list(node.shape), "params": node.params, "flops": node.flops,
+                      "line": node.pos.line if node.pos else None})
+    depth = net.depth
     deepest = max(depth.values())
     heads = []
-    for head, node in g.graph["heads"].items():
-        keep = exit_ancestry(g, head)
-        heads.append({"head": head, "node": node, "depth": depth[head], "depth_ratio": depth[head] / deepest,
-                      "params": sum(g.nodes[n]["params"] for n in keep), "flops": sum(g.nodes[n]["flops"] for n in keep)})
+    for head, name in net.heads.items():
+        keep = net.ancestry(head)
+        heads.append({"head": head, "node": name, "depth": depth[head], "depth_ratio": depth[head] / deepest,
+                      "params": sum(net.nodes[n].params for n in keep), "flops": sum(net.nodes[n].flops for n in keep)})
     losses = []
     for name, loss in spec.losses.items():
         entry = {"name": name, "type": loss.type, "schedule": schedule_text(loss.schedule)}
@@ -35,10 +32,10 @@ def summarise(g: nx.DiGraph) -> dict:
             entry.update(head=loss.head, weight=loss.weight)
         elif isinstance(loss, SynergyLoss):
             entry.update(direction=loss.direction, beta=loss.beta, temperature=loss.temperature,
-                         pairs=[f"{m}->{n}" for m, n in synergy_pairs(loss, g)])
+                         pairs=[f"{m}->{n}" for m, n in net.synergy_pairs(loss)])
         losses.append(entry)
-    deploy = exit_ancestry(g, MAIN_HEAD)
-    total = lambda key, names: sum(g.nodes[n][key] for n in names)  # noqa: E731
+    deploy = net.ancestry(MAIN_HEAD)
+    total = lambda key, names: sum(getattr(net.nodes[n], key) for n in names)  # noqa: E731
     ops = [n["name"] for n in nodes]
     return {
         "name": spec.name, "input": list(spec.input.shape), "classes": spec.classes,

@@ -1,124 +1,25 @@
 """The `netspec` command line. Every user mistake ends as `file:line: what — fix`, exit status 2.
 
-Commands live in modules with `add_arguments(parser)` and `run(args)`; this file only dispatches.
+Commands live in `netspec/commands/`, each module with `add_arguments(parser, name)` and `run(args)`; this file
+only dispatches, importing just the command it runs (`predict` never loads torch).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
-import time
-from pathlib import Path
-
-import networkx as nx
-import yaml
 
 from netspec.errors import UserError, did_you_mean
-from netspec.project import atomic_write, build_root, resolve_spec
 
 COMMANDS = {
-    "compile": ("netspec.cli", "validate a spec, print its summary, write build/<name>/"),
-    "draw": ("netspec.cli", "render the graph with graphviz (svg, png, pdf or dot)"),
-    "train": ("runtime.train", "train with all losses, on CPU, a GPU or many (DDP)"),
-    "eval": ("runtime.train", "per-exit accuracy table on the test split"),
-    "export": ("runtime.export", "write an ONNX model (--prune-aux: without branches) and check it in onnxruntime"),
-    "predict": ("runtime.export", "classify images or arrays with an ONNX model (onnxruntime only)"),
-    "probe": ("runtime.probe", "CNDS's gradient probe: where should a branch go?"),
+    "compile": ("netspec.commands.build", "validate a spec, print its summary, write build/<name>/"),
+    "draw": ("netspec.commands.build", "render the graph with graphviz (svg, png, pdf or dot)"),
+    "train": ("netspec.commands.train", "train with all losses, on CPU, a GPU or many (DDP)"),
+    "eval": ("netspec.commands.train", "per-exit accuracy table on the test split"),
+    "export": ("netspec.commands.export", "write an ONNX model (--prune-aux: without branches) and check it in onnxruntime"),
+    "predict": ("netspec.commands.predict", "classify images or arrays with an ONNX model (onnxruntime only)"),
+    "probe": ("netspec.commands.probe", "CNDS's gradient probe: where should a branch go?"),
 }
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """`[SPEC] [key=value ...]`, shared by every command that reads a spec."""
-    parser.add_argument("words", nargs="*", metavar="[SPEC] [key=value]",
-                        help="spec file (default: the current build's, else specs/cnds8.yaml) and overrides")
-    parser.add_argument("--allow-custom", action="store_true", help="allow `op: custom` nodes to import code")
-
-
-def load(args: argparse.Namespace):
-    """Compile the spec a command names (or the current build's)."""
-    from compiler import compile_spec
-    from netspec.ops import Custom
-
-    Custom.allowed = args.allow_custom or os.environ.get("NETSPEC_ALLOW_CUSTOM") == "1"
-    path, overrides = resolve_spec(args.words)
-    return compile_spec(path, overrides), overrides
-
-
-# --- compile ---------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser)
-    if parser.prog.endswith("compile"):
-        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    else:
-        parser.add_argument("-o", "--output", default=None, help="output file (.svg, .png, .pdf, .dot); "
-                            "default build/<name>/graph.svg")
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_compile(args) if args.command == "compile" else run_draw(args)
-
-
-def run_compile(args: argparse.Namespace) -> int:
-    from compiler.draw import to_dot
-    from compiler.summary import format_summary, summarise
-
-    started = time.perf_counter()
-    compiled, overrides = load(args)
-    summary = summarise(compiled.graph)
-    summary["compile_seconds"] = round(time.perf_counter() - started, 3)
-    out = build_root() / compiled.spec.name
-    atomic_write(out / "spec.resolved.yaml", yaml.safe_dump(compiled.spec.model_dump(mode="json", by_alias=True),
-                                                           sort_keys=False))
-    atomic_write(out / "model.py", _model_source(compiled))
-    atomic_write(out / "graph.json", json.dumps(_graph_json(compiled.graph), indent=1))
-    atomic_write(out / "graph.dot", to_dot(compiled.graph))
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
-    atomic_write(out / "summary.txt", format_summary(summary) + "\n")
-    atomic_write(out / "build.json", json.dumps({"spec": str(compiled.path), "overrides": overrides,
-                                                 "spec_hash": compiled.spec_hash, "heads": list(compiled.heads)}, indent=1))
-    atomic_write(build_root() / "CURRENT", compiled.spec.name + "\n")
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(format_summary(summary))
-        print(f"\nwrote {out}/ (current build) in {summary['compile_seconds']:.2f}s")
-    return 0
-
-
-def _model_source(compiled) -> str:
-    """The generated forward of the training GraphModule, with the imports its functions need (for reading;
-    the module itself is `compile_spec(...).module`)."""
-    code = compiled.module.graph.python_code(root_module="self")
-    imports = sorted(f"from {fn.__module__} import {fn.__qualname__} as {name}" for name, fn in code.globals.items()
-                     if callable(fn) and getattr(fn, "__module__", "").startswith("netspec"))
-    return "\n".join([f"# Generated by netspec from {compiled.path}: the forward of the training graph.",
-                      f"# Heads: {', '.join(compiled.heads)}. Submodules are named after the spec's nodes.",
-                      "import torch", *imports, "", compiled.module.code])
-
-
-def _graph_json(g: nx.DiGraph) -> dict:
-    nodes = []
-    for name, attrs in g.nodes(data=True):
-        entry = {"id": name, "kind": attrs["kind"], "branch": attrs.get("branch")}
-        if attrs["kind"] == "op":
-            entry.update(op=attrs["op"].op, shape=list(attrs["shape"]), params=attrs["params"], inputs=attrs["inputs"])
-        elif attrs["kind"] == "loss":
-            entry.update(loss=attrs["loss"].model_dump(mode="json"))
-        nodes.append(entry)
-    edges = [{"from": u, "to": v, **attrs} for u, v, attrs in g.edges(data=True)]
-    return {"heads": g.graph["heads"], "depth": g.graph["depth"], "nodes": nodes, "edges": edges}
-
-
-def run_draw(args: argparse.Namespace) -> int:
-    from compiler.draw import render, to_dot
-
-    compiled, _ = load(args)
-    output = Path(args.output) if args.output else build_root() / compiled.spec.name / "graph.svg"
-    print(f"wrote {render(to_dot(compiled.graph), output)}")
-    return 0
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -140,7 +41,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     module, help_text = COMMANDS[name]
     command = argparse.ArgumentParser(prog=f"netspec {name}", description=help_text)
     command.set_defaults(command=name, module=module)
-    importlib.import_module(module).add_arguments(command)
+    importlib.import_module(module).add_arguments(command, name)
     return command
 
 

@@ -10,8 +10,8 @@ import typing
 
 from pydantic import BaseModel
 
-from netspec import ops, spec
-from runtime.data import Augment, DataSpec
+from netspec import ops, schedules, solver, spec
+from netspec.data_spec import Augment, DataSpec
 
 INTRO = """# The netspec spec language
 
@@ -101,11 +101,12 @@ def render() -> str:
     parts.append("## Loss weight schedules\n\nThe effective weight at epoch t of N is `weight × factor(t)`. "
                  "Default: `constant`. CNDS specs use `cnds`; `mwbp` depends on the head's depth, not on t.\n")
     parts += [section(f"`schedule: {m.model_fields['type'].annotation.__args__[0]}`", m, "###")
-              for m in union_members(spec.Schedule)]
-    parts += [section("`data:`", DataSpec), section("`data.augment:`", Augment), section("`train:`", spec.TrainSpec),
-              section("`train.lr_schedule:`", spec.LRSchedule)]
+              for m in schedules.SCHEDULES.classes()]
+    parts += [section("`data:`", DataSpec), section("`data.augment:`", Augment), section("`train:`", solver.TrainSpec)]
+    parts += [section(f"`train.lr_schedule` `type: {m.model_fields['type'].annotation.__args__[0]}`", m, "###")
+              for m in solver.LR_POLICIES.classes()]
     parts += [section(f"`train.optimizer` `type: {'/'.join(m.model_fields['type'].annotation.__args__)}`", m, "###")
-              for m in (spec.SGD, spec.Adam)]
+              for m in solver.OPTIMIZERS.classes()]
     parts.append(op_section())
     return "\n".join(parts)
 

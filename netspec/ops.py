@@ -16,12 +16,14 @@ import torch
 from pydantic import Field, field_validator
 from torch import fx, nn
 
+from netspec.registry import Registry
 from netspec.schema_base import Strict
 
 Shape = tuple[int, ...]
 IntPair = Union[int, tuple[int, int]]
 
-REGISTRY: dict[str, type["OpNode"]] = {}
+REGISTRY = Registry("op")
+register = REGISTRY.register  # class decorator: make an op usable in specs under the name in its `op` Literal
 
 
 @dataclass
@@ -30,13 +32,6 @@ class Call:
 
     fn: Callable
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def register(cls: type["OpNode"]) -> type["OpNode"]:
-    """Class decorator: make an op usable in specs under the name in its `op` Literal."""
-    name = cls.model_fields["op"].annotation.__args__[0]
-    REGISTRY[name] = cls
-    return cls
 
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
 
+from netspec.data_spec import DataSpec
 from netspec.ops import REGISTRY, NodeBase, NodeInit, check_name
+from netspec.schedules import SCHEDULES, Schedule, constant, schedule_shorthand
 from netspec.schema_base import Strict
-from runtime.data import DataSpec
+from netspec.solver import TrainSpec
 
 MAIN_HEAD = "main"
 
@@ -60,80 +62,6 @@ class Branch(Strict):
     nodes: list[Node] = Field(min_length=1, description="the branch's nodes; the last one's output is the head's logits")
 
 
-# --- loss weight schedules -------------------------------------------------------------------
-
-class ConstantSchedule(Strict):
-    """The weight stays as given."""
-
-    type: Literal["constant"]
-
-    def factor(self, epoch: float, epochs: int, depth_ratio: float) -> float:
-        return 1.0
-
-
-class CNDSSchedule(Strict):
-    """CNDS eq. 2, applied every epoch: α_t ← α_{t-1}·(1 − t/N), i.e. α_t = α·Π_{s=1..t}(1 − s/N)."""
-
-    type: Literal["cnds"]
-
-    def factor(self, epoch, epochs, depth_ratio):
-        out = 1.0
-        for s in range(1, int(epoch) + 1):
-            out *= max(0.0, 1.0 - s / epochs)
-        return out
-
-
-class DSNSchedule(Strict):
-    """DSN's linear decay: α_t = α·(1 − t/N)."""
-
-    type: Literal["dsn"]
-
-    def factor(self, epoch, epochs, depth_ratio):
-        return max(0.0, 1.0 - epoch / epochs)
-
-
-class ZeroAfterSchedule(Strict):
-    """DSN's companion-loss cut-off: full weight until `epoch`, zero from then on."""
-
-    type: Literal["zero_after"]
-    epoch: int = Field(ge=0, description="first epoch with weight zero")
-
-    def factor(self, epoch, epochs, depth_ratio):
-        return 1.0 if epoch < self.epoch else 0.0
-
-
-class RampSchedule(Strict):
-    """Linear warm-up of the weight from `start`·α to α over `epochs` epochs."""
-
-    type: Literal["ramp"]
-    epochs: int = Field(gt=0, description="epochs to reach the full weight")
-    start: float = Field(default=0.0, ge=0, description="fraction of the weight at epoch 0")
-
-    def factor(self, epoch, epochs, depth_ratio):
-        return self.start + (1.0 - self.start) * min(1.0, epoch / self.epochs)
-
-
-class MWBPSchedule(Strict):
-    """MW-BP's depth rule: γ_k = max(floor, (L_k / L_K)^power), L = weight layers from the input to the head."""
-
-    type: Literal["mwbp"]
-    floor: float = Field(default=0.01, ge=0, description="smallest weight")
-    power: float = Field(default=2.0, description="exponent of the depth ratio")
-
-    def factor(self, epoch, epochs, depth_ratio):
-        return max(self.floor, depth_ratio ** self.power)
-
-
-Schedule = Annotated[
-    Union[ConstantSchedule, CNDSSchedule, DSNSchedule, ZeroAfterSchedule, RampSchedule, MWBPSchedule],
-    Field(discriminator="type"),
-]
-
-
-def _schedule_shorthand(value: Any) -> Any:
-    return {"type": value} if isinstance(value, str) else value
-
-
 # --- losses ----------------------------------------------------------------------------------
 
 class CrossEntropyLoss(Strict):
@@ -142,11 +70,11 @@ class CrossEntropyLoss(Strict):
     type: Literal["cross_entropy"]
     head: str = Field(description=f"head to supervise: '{MAIN_HEAD}' (the backbone's output) or a branch name")
     weight: float = Field(default=1.0, ge=0, description="α, the loss weight")
-    schedule: Schedule = Field(default_factory=lambda: ConstantSchedule(type="constant"),
-                               description="how the weight changes: constant (default), cnds, dsn, zero_after, ramp, mwbp")
+    schedule: Schedule = Field(default_factory=constant,
+                               description=f"how the weight changes: {SCHEDULES.names()} (default constant)")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="label smoothing")
 
-    _shorthand = field_validator("schedule", mode="before")(_schedule_shorthand)
+    _shorthand = field_validator("schedule", mode="before")(schedule_shorthand)
 
 
 class SynergyLoss(Strict):
@@ -168,74 +96,12 @@ class SynergyLoss(Strict):
         default="bidirectional", description="top_down: deeper heads teach shallower ones; bottom_up: the reverse; both")
     beta: float = Field(default=1.0, ge=0, description="β, the weight of each pair")
     temperature: float = Field(default=1.0, gt=0, description="softmax temperature T")
-    schedule: Schedule = Field(default_factory=lambda: ConstantSchedule(type="constant"), description="how β changes")
+    schedule: Schedule = Field(default_factory=constant, description="how β changes")
 
-    _shorthand = field_validator("schedule", mode="before")(_schedule_shorthand)
+    _shorthand = field_validator("schedule", mode="before")(schedule_shorthand)
 
 
 Loss = Annotated[Union[CrossEntropyLoss, SynergyLoss], Field(discriminator="type")]
-
-
-# --- training (Caffe's solver) ---------------------------------------------------------------
-
-class SGD(Strict):
-    """SGD with momentum (Caffe's solver)."""
-
-    type: Literal["sgd"]
-    lr: float = Field(default=0.1, gt=0, description="base learning rate")
-    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum")
-    nesterov: bool = Field(default=False, description="Nesterov momentum")
-    weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
-
-
-class Adam(Strict):
-    """Adam or AdamW."""
-
-    type: Literal["adam", "adamw"]
-    lr: float = Field(default=1e-3, gt=0, description="base learning rate")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="moment decay rates")
-    weight_decay: float = Field(default=0.0, ge=0, description="weight decay (decoupled for adamw)")
-
-
-class LRSchedule(Strict):
-    """Learning-rate policy per epoch, after an optional linear warm-up."""
-
-    type: Literal["constant", "step", "multistep", "poly", "cosine"] = Field(default="cosine", description="policy")
-    step_size: int = Field(default=30, gt=0, description="step: epochs between drops")
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which to drop")
-    gamma: float = Field(default=0.1, gt=0, description="step/multistep: drop factor")
-    power: float = Field(default=1.0, gt=0, description="poly: exponent")
-    min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
-    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up length in epochs")
-
-
-class TrainSpec(Strict):
-    """How `netspec train` runs."""
-
-    epochs: int = Field(default=10, gt=0, description="N, the number of epochs (also the N of the loss schedules)")
-    batch_size: int = Field(default=128, gt=0, description="global batch size (split across processes)")
-    eval_batch_size: int = Field(default=512, gt=0, description="batch size for evaluation")
-    optimizer: Annotated[Union[SGD, Adam], Field(discriminator="type")] = Field(
-        default_factory=lambda: SGD(type="sgd"), description="the solver")
-    lr_schedule: LRSchedule = Field(default_factory=LRSchedule, description="learning-rate policy")
-    seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
-                        description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
-                                         "GPUs; also runs on CPU); losses stay fp32")
-    compile: bool = Field(default=False, description="wrap the model in torch.compile (CPU or CUDA; the first steps "
-                                                     "are slow while it compiles)")
-    sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
-    steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on steps per epoch (smoke runs)")
-    checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
-                                                               "whenever the main exit's top-1 improves)")
-    out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
-                                                     "defaults to runs/<spec name>")
-
-    @field_validator("optimizer", mode="before")
-    @classmethod
-    def _shorthand(cls, value):
-        return {"type": value} if isinstance(value, str) else value
 
 
 # --- the spec --------------------------------------------------------------------------------
@@ -289,10 +155,14 @@ class Spec(Strict):
     @field_validator("losses", mode="before")
     @classmethod
     def _loss_type_default(cls, value):
-        """`type:` may be left out of a loss: cross_entropy, or synergy when it lists heads/direction."""
+        """`type:` may be left out of a cross-entropy loss; a synergy loss says `type: synergy`."""
         if not isinstance(value, dict):
             return value
         for loss in value.values():
             if isinstance(loss, dict) and "type" not in loss:
-                loss["type"] = "synergy" if {"heads", "direction", "beta"} & set(loss) else "cross_entropy"
+                synergy_keys = sorted({"heads", "direction", "beta", "temperature"} & set(loss))
+                if synergy_keys:
+                    raise ValueError(f"a loss with `{synergy_keys[0]}:` is a synergy loss: add `type: synergy` "
+                                     "(a loss without `type:` is cross_entropy)")
+                loss["type"] = "cross_entropy"
         return value

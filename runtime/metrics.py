@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from compiler.summary import human
+from netspec.compiler.summary import human
 from netspec.project import atomic_write
 
 

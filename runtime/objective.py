@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import torch
 import torch.nn.functional as F
 
-from compiler.graph import synergy_pairs
+from netspec.compiler.ir import Network
 from netspec.spec import CrossEntropyLoss, SynergyLoss
 
 
@@ -36,9 +35,8 @@ class Term:
 class Objective:
     """The sum of every loss term of a compiled spec, evaluated on the `{head: logits}` of a forward."""
 
-    def __init__(self, graph: nx.DiGraph):
-        spec = graph.graph["spec"]
-        depth = graph.graph["depth"]
+    def __init__(self, net: Network):
+        spec, depth = net.spec, net.depth
         deepest = max(depth.values())
         self.epochs = spec.train.epochs
         self.terms: list[Term] = []
@@ -46,7 +44,7 @@ class Objective:
             if isinstance(loss, CrossEntropyLoss):
                 self.terms.append(Term(name, loss, loss.head, depth_ratio=depth[loss.head] / deepest))
             else:
-                for teacher, student in synergy_pairs(loss, graph):
+                for teacher, student in net.synergy_pairs(loss):
                     self.terms.append(Term(f"{name}:{teacher}->{student}", loss, student, teacher,
                                            depth_ratio=depth[student] / deepest))
 

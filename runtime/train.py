@@ -1,4 +1,4 @@
-"""`netspec train` and `netspec eval`. The training loop reads top to bottom:
+"""Training and evaluation (`netspec train`, `netspec eval`). The training loop reads top to bottom:
 
 process group and device → model (init.from, torch.compile, DDP) → data → optimiser and per-step
 LR schedule → resume → epochs of [train on every loss term, evaluate every exit, log, checkpoint]
@@ -6,7 +6,6 @@ LR schedule → resume → epochs of [train on every loss term, evaluate every e
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -22,42 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from compiler import Compiled
-from compiler.summary import summarise
-from netspec.cli import add_spec_arguments, load
+from netspec.compiler import Compiled
+from netspec.compiler.summary import summarise
 from netspec.errors import UserError
 from netspec.project import atomic_write
-from netspec.spec import MAIN_HEAD, LRSchedule, Spec
-from runtime import checkpoint as ckpt
-from runtime import distributed
-from runtime.data import Batches, Dataset, load_dataset
-from runtime.metrics import MetricsLog, Progress, exit_rows, format_exit_table
-from runtime.objective import Objective
-from runtime.plots import plot_curves
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser)
-    if parser.prog.endswith("eval"):
-        parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                            help="checkpoint to evaluate (default: the run's best.pt, else last.pt)")
-    else:
-        parser.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
-        parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                            help="train in N processes on this machine (DDP through torchrun)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.command == "eval":
-        compiled, _ = load(args)
-        evaluate_checkpoint(compiled, args.checkpoint)
-        return 0
-    if args.nproc_per_node > 1 and not distributed.launched_by_torchrun():
-        again = ["train", *args.words] + ["--resume"] * args.resume + ["--allow-custom"] * args.allow_custom
-        return distributed.launch(args.nproc_per_node, again)
-    compiled, _ = load(args)
-    train(compiled, resume=args.resume)
-    return 0
+from netspec.solver import LRPolicy
+from netspec.spec import MAIN_HEAD, Spec
+from netspec.runtime import checkpoint as ckpt
+from netspec.runtime import distributed
+from netspec.runtime.data import Batches, Dataset, load_dataset
+from netspec.runtime.metrics import MetricsLog, Progress, exit_rows, format_exit_table
+from netspec.runtime.objective import Objective
+from netspec.runtime.plots import plot_curves
 
 
 @dataclass
@@ -95,7 +70,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
         say(f"init.from {source}: copied {ckpt.layers(copied)}; new: {ckpt.layers(new) or 'none'}")
     net = torch.compile(raw) if cfg.compile else raw
     model = distributed.wrap(net, ctx, cfg.sync_bn)
-    objective = Objective(compiled.graph)
+    objective = Objective(compiled.network)
     autocast = _autocast(ctx, cfg.amp)
 
     # --- data: whole splits in memory, each rank its shard of every global batch
@@ -111,7 +86,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
                         f"{cfg.batch_size}", "lower train.batch_size, or raise data.train_limit")
 
     # --- optimiser and learning rate, set every step
-    optimizer = build_optimizer(raw.parameters(), spec)
+    optimizer = cfg.optimizer.build(raw.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.lr_schedule, cfg.optimizer.lr,
                                                                          cfg.epochs, steps))
 
@@ -187,7 +162,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     # --- the per-exit table: every exit as a compact model of its own (MW-BP)
     if accuracy is None:  # resumed a finished run
         accuracy = evaluate(net, test_batches, heads, ctx, autocast)
-    rows = exit_rows(summarise(compiled.graph), accuracy)
+    rows = exit_rows(summarise(compiled.network), accuracy)
     if ctx.is_main:
         atomic_write(run / "exits.json", json.dumps({"epoch": cfg.epochs, "exits": rows}, indent=1) + "\n")
         print(f"\n{spec.name}: test accuracy of every exit after {cfg.epochs} epochs (best main top-1 "
@@ -206,36 +181,13 @@ def make_batches(spec: Spec, data: Dataset, ctx: distributed.Context) -> tuple[B
     return train_batches, test_batches
 
 
-def build_optimizer(params, spec: Spec) -> torch.optim.Optimizer:
-    """The spec's solver: SGD (momentum, Nesterov, weight decay), Adam or AdamW."""
-    opt = spec.train.optimizer
-    if opt.type == "sgd":
-        if opt.nesterov and opt.momentum == 0:
-            raise UserError("train.optimizer.nesterov needs momentum > 0", "set train.optimizer.momentum (e.g. 0.9)")
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
-                               weight_decay=opt.weight_decay)
-    kind = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
-    return kind(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-
-
-def lr_factor(schedule: LRSchedule, base_lr: float, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_factor(policy: LRPolicy, base_lr: float, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the base learning rate at each optimiser step: the policy at epoch step/steps_per_epoch,
     times a linear warm-up from 1/warm-up steps to 1 over the first `warmup_epochs`."""
-    warmup_steps = schedule.warmup_epochs * steps_per_epoch
+    warmup_steps = policy.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        epoch = step / steps_per_epoch
-        if schedule.type == "step":
-            value = schedule.gamma ** (int(epoch) // schedule.step_size)
-        elif schedule.type == "multistep":
-            value = schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
-        elif schedule.type == "poly":
-            value = max(0.0, 1.0 - epoch / epochs) ** schedule.power
-        elif schedule.type == "cosine":
-            floor = schedule.min_lr / base_lr
-            value = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch / epochs)))
-        else:
-            value = 1.0
+        value = policy.factor(step / steps_per_epoch, epochs, base_lr)
         return value * min(1.0, (step + 1) / warmup_steps) if warmup_steps else value
 
     return factor
@@ -272,7 +224,7 @@ def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dic
         print(f"note: {path} was written for another version of the spec '{state.get('spec_name')}'", file=sys.stderr)
     _, test_batches = make_batches(spec, load_dataset(spec.data, spec.input.shape), ctx)
     autocast = _autocast(ctx, spec.train.amp)
-    rows = exit_rows(summarise(compiled.graph), evaluate(model, test_batches, list(compiled.heads), ctx, autocast))
+    rows = exit_rows(summarise(compiled.network), evaluate(model, test_batches, list(compiled.heads), ctx, autocast))
     print(f"{spec.name}: {path} (epoch {state.get('epoch')}), test split")
     print(format_exit_table(rows))
     return rows

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from compiler import analyse
+from netspec.compiler import analyse
 from netspec.cli import main
 from netspec.errors import SpecErrors, UserError
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import compile_spec
+from netspec.compiler import compile_spec
 from netspec import cli
 from netspec.errors import UserError
-from runtime import checkpoint as ckpt
-from runtime import objective
-from runtime.train import train
+from netspec.runtime import checkpoint as ckpt
+from netspec.runtime import objective
+from netspec.runtime.train import train
 from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
 
 
@@ -133,7 +133,7 @@ def test_init_from_copies_by_name_and_names_a_mismatched_layer(tmp_path, capsys)
 
 def test_a_file_that_is_no_checkpoint_at_all_is_a_user_error(tmp_path):
     from netspec.errors import UserError
-    from runtime.checkpoint import load_checkpoint
+    from netspec.runtime.checkpoint import load_checkpoint
 
     text = tmp_path / "passwd.pt"
     text.write_text("root:x:0:0:root:/root:/bin/bash\n")

@@ -19,8 +19,9 @@ import torch
 from pydantic import ValidationError
 
 from netspec.errors import UserError
-from runtime import data
-from runtime.data import Augment, Batches, DataSpec, load_dataset, read_idx
+from netspec.data_spec import Augment, DataSpec
+from netspec.runtime.data import Batches, batches, download, load_dataset, sources
+from netspec.runtime.data.sources import read_idx
 
 RNG = np.random.default_rng(1)
 
@@ -113,7 +114,7 @@ def test_missing_fashion_mnist_mentions_apt_get(tmp_path, monkeypatch):
         load_dataset(DataSpec(path=str(tmp_path / "nope")), (1, 28, 28))
     assert "apt-get install dataset-fashion-mnist" in e.value.fix and "data.download" in e.value.fix
     assert str(tmp_path / "nope") in e.value.what
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     monkeypatch.setenv("NETSPEC_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UserError, match=str(tmp_path / "cache" / "fashion-mnist")):
         load_dataset(DataSpec(), (1, 28, 28))
@@ -140,7 +141,7 @@ def test_real_fashion_mnist():
 
 def write_cifar(root: Path, source: str, protocol: int, n: int = 6) -> dict[str, tuple[np.ndarray, list[int]]]:
     """A CIFAR python dir in the original layout (bytes keys, as the python-2 pickles have)."""
-    lay = data.CIFAR[source]
+    lay = sources.CIFAR[source]
     folder = root / lay.folder
     folder.mkdir(parents=True)
     n_classes = 10 if source == "cifar10" else 100
@@ -159,7 +160,7 @@ def write_cifar(root: Path, source: str, protocol: int, n: int = 6) -> dict[str,
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar(tmp_path, source, protocol):
     batches = write_cifar(tmp_path, source, protocol)
-    lay = data.CIFAR[source]
+    lay = sources.CIFAR[source]
     for path in (tmp_path, tmp_path / lay.folder):
         d = load_dataset(DataSpec(source=source, path=str(path)), (3, 32, 32))
         assert d.train_x.shape == (6 * len(lay.train), 3, 32, 32)
@@ -288,7 +289,7 @@ def md5(path: Path) -> str:
 
 def test_download_idx(mirror, tmp_path, monkeypatch):
     make_idx_dir(mirror)
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", {p.name: md5(p) for p in mirror.iterdir()})
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", {p.name: md5(p) for p in mirror.iterdir()})
     d = load_dataset(DataSpec(source="mnist", download=True), (1, 28, 28))
     assert d.train_x.shape == (12, 1, 28, 28) and d.classes == [str(i) for i in range(10)]
     cache = tmp_path / "cache" / "mnist"
@@ -297,14 +298,14 @@ def test_download_idx(mirror, tmp_path, monkeypatch):
 
 def test_download_checksum_mismatch_leaves_nothing(mirror, tmp_path, monkeypatch):
     make_idx_dir(mirror)
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", {p.name: "0" * 32 for p in mirror.iterdir()})
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", {p.name: "0" * 32 for p in mirror.iterdir()})
     with pytest.raises(UserError, match="has MD5 .*expected 0000"):
         load_dataset(DataSpec(source="mnist", download=True), (1, 28, 28))
     assert list((tmp_path / "cache" / "mnist").iterdir()) == []
 
 
 def test_download_missing_file_is_a_user_error(mirror, tmp_path, monkeypatch):
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", {n + ".gz": "0" * 32 for pair in data.IDX_FILES.values() for n in pair})
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", {n + ".gz": "0" * 32 for pair in sources.IDX_FILES.values() for n in pair})
     with pytest.raises(UserError, match="could not download .*404"):
         load_dataset(DataSpec(source="mnist", download=True, path=str(tmp_path / "dl")), (1, 28, 28))
     assert list((tmp_path / "dl").iterdir()) == []
@@ -323,7 +324,7 @@ def test_download_cifar_tarball(mirror, tmp_path, monkeypatch):
     write_cifar(src, "cifar10", 2)
     folder = src / "cifar-10-batches-py"
     make_tar(mirror / "cifar-10-python.tar.gz", {f"cifar-10-batches-py/{p.name}": p.read_bytes() for p in folder.iterdir()})
-    monkeypatch.setitem(data.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": md5(mirror / "cifar-10-python.tar.gz")})
+    monkeypatch.setitem(download.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": md5(mirror / "cifar-10-python.tar.gz")})
     d = load_dataset(DataSpec(source="cifar10", download=True), (3, 32, 32))
     assert d.train_x.shape == (30, 3, 32, 32)
     assert [p.name for p in (tmp_path / "cache" / "cifar10").iterdir()] == ["cifar-10-batches-py"]
@@ -331,7 +332,7 @@ def test_download_cifar_tarball(mirror, tmp_path, monkeypatch):
 
 def test_download_refuses_unsafe_tarball(mirror, tmp_path, monkeypatch):
     make_tar(mirror / "cifar-10-python.tar.gz", {"../escape": b"x"})
-    monkeypatch.setitem(data.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": md5(mirror / "cifar-10-python.tar.gz")})
+    monkeypatch.setitem(download.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": md5(mirror / "cifar-10-python.tar.gz")})
     with pytest.raises(UserError, match="unsafe archive member '../escape'"):
         load_dataset(DataSpec(source="cifar10", download=True), (3, 32, 32))
     assert not (tmp_path / "cache" / "escape").exists()
@@ -403,13 +404,13 @@ def test_batches_normalisation_and_no_augment_on_test():
 
 def test_augment_flip_and_crop():
     x, y = toy(n=64)
-    gen = data._generator(0)
-    flipped = data.augment_batch(x, Augment(flip=True), gen)
+    gen = batches._generator(0)
+    flipped = batches.augment_batch(x, Augment(flip=True), gen)
     same = (flipped == x).flatten(1).all(1)
     mirrored = (flipped == x.flip(3)).flatten(1).all(1)
     assert (same | mirrored).all() and same.any() and mirrored.any()
 
-    cropped = data.augment_batch(x, Augment(crop_pad=2), data._generator(1))
+    cropped = batches.augment_batch(x, Augment(crop_pad=2), batches._generator(1))
     assert cropped.shape == x.shape and cropped.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(len(x)):  # every output is some window of its padded input

@@ -9,9 +9,9 @@ import sys
 
 import torch
 
-from compiler import compile_spec
-from runtime.checkpoint import load_checkpoint
-from runtime.train import train
+from netspec.compiler import compile_spec
+from netspec.runtime.checkpoint import load_checkpoint
+from netspec.runtime.train import train
 from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
 
 # Every epoch is one full batch of the 32 examples kept, so the two ranks' halves make up exactly the batch a
@@ -20,8 +20,8 @@ FULL_BATCH = ["data.train_limit=32", "train.batch_size=32", "train.epochs=4", "t
 
 RANK_SCRIPT = """\
 import os, sys, torch
-from compiler import compile_spec
-from runtime.train import train
+from netspec.compiler import compile_spec
+from netspec.runtime.train import train
 result = train(compile_spec(sys.argv[1], sys.argv[2:]))
 torch.save(result.model.state_dict(), os.path.join(os.path.dirname(sys.argv[1]), f"rank{os.environ['RANK']}.pt"))
 """

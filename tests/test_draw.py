@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from compiler import analyse
-from compiler.draw import render, to_dot
+from netspec.compiler import analyse
+from netspec.compiler.draw import render, to_dot
 from netspec.errors import UserError
 from conftest import WITH_BRANCH, error_of
 

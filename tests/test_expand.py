@@ -1,9 +1,9 @@
 """Pass 3, expand: blocks, repeat and branches unrolled to flat, qualified nodes; `from:` resolved."""
 from __future__ import annotations
 
-from compiler.expand import expand
-from compiler.parse import parse
-from compiler.validate import validate
+from netspec.compiler.expand import expand
+from netspec.compiler.parse import parse
+from netspec.compiler.validate import validate
 from conftest import MINI, WITH_BRANCH, error_of
 
 RESNETISH = """\
@@ -42,7 +42,7 @@ def flat(write_spec, text, overrides=()):
 
 def test_plain_chain_defaults_from_to_previous(write_spec):
     ex = flat(write_spec, MINI)
-    assert [(n.name, n.inputs) for n in ex.nodes] == [("conv1", ["data"]), ("relu1", ["conv1"]), ("fc", ["relu1"])]
+    assert [(n.name, n.inputs) for n in ex.nodes] == [("conv1", ("data",)), ("relu1", ("conv1",)), ("fc", ("relu1",))]
     assert ex.heads == {"main": "fc"} and ex.input_name == "data"
 
 
@@ -52,8 +52,8 @@ def test_blocks_repeat_first_and_qualified_names(write_spec):
     assert [n for n in nodes if n.startswith("stage2.")] == [
         f"stage2.{i}.{part}" for i in range(2) for part in ("conv1", "relu1", "conv2", "short", "sum")]
     # `from: input` is the block's input: the previous copy's output, or the node before the block
-    assert nodes["stage1.0.short"].inputs == ["stem"] and nodes["stage1.1.short"].inputs == ["stage1.0.sum"]
-    assert nodes["stage1.0.sum"].inputs == ["stage1.0.conv2", "stage1.0.short"]
+    assert nodes["stage1.0.short"].inputs == ("stem",) and nodes["stage1.1.short"].inputs == ("stage1.0.sum",)
+    assert nodes["stage1.0.sum"].inputs == ("stage1.0.conv2", "stage1.0.short")
     # params: `first:` only for copy 0, expressions with vars
     assert nodes["stage2.0.conv1"].op.stride == 2 and nodes["stage2.1.conv1"].op.stride == 1
     assert nodes["stage2.1.conv1"].op.out == 8 and nodes["stage1.0.conv1"].op.out == 4
@@ -64,9 +64,9 @@ def test_branch_names_are_prefixed_and_local_names_shadow(write_spec):
     ex = flat(write_spec, RESNETISH)
     nodes = {n.name: n for n in ex.nodes}
     # a branch attaches after a block instance = the block's output
-    assert nodes["aux.conv"].inputs == ["stage1.1.sum"] and nodes["aux.conv"].branch == "aux"
+    assert nodes["aux.conv"].inputs == ("stage1.1.sum",) and nodes["aux.conv"].branch == "aux"
     # `fc` inside the branch is the branch's own, not the backbone's fc
-    assert nodes["aux.fc"].inputs == ["aux.conv"]
+    assert nodes["aux.fc"].inputs == ("aux.conv",)
     assert ex.heads == {"main": "fc", "aux": "aux.fc"}
     assert all(n.branch is None for n in ex.nodes if not n.name.startswith("aux."))
 
@@ -76,7 +76,7 @@ def test_moving_a_branch_changes_only_its_attachment(write_spec):
     after = flat(write_spec, WITH_BRANCH, ["branches.aux.from=conv1"])
     assert [n.name for n in before.nodes] == [n.name for n in after.nodes]
     changed = {n.name for n, m in zip(before.nodes, after.nodes) if n.inputs != m.inputs}
-    assert changed == {"aux.pool"} and after.nodes[3].inputs == ["conv1"]
+    assert changed == {"aux.pool"} and after.nodes[3].inputs == ("conv1",)
 
 
 def test_output_picks_the_main_head(write_spec):
@@ -90,7 +90,7 @@ def test_block_reference_to_a_backbone_node_and_index(write_spec):
     text = text.replace("  - {name: fc", "  - {name: t, block: tap, repeat: 2}\n  - {name: fc")
     ex = flat(write_spec, text)
     nodes = {n.name: n for n in ex.nodes}
-    assert nodes["t.0.c"].inputs == ["conv1"] and nodes["t.1.c"].op.out == 2
+    assert nodes["t.0.c"].inputs == ("conv1",) and nodes["t.1.c"].op.out == 2
 
 
 def test_expand_errors_name_the_line(write_spec):

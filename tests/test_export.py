@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from compiler import compile_spec
-from compiler.lower import lower
-from compiler.prune import unbranched_overrides
+from netspec.compiler import compile_spec
+from netspec.compiler.lower import lower
+from netspec.compiler.prune import unbranched_overrides
 from netspec.cli import main
-from runtime import export as export_module
-from runtime.data import Batches, load_dataset
-from runtime.export import META, to_onnx
-from runtime.train import evaluate_checkpoint
+from netspec.runtime import verify
+from netspec.runtime.data import Batches, load_dataset
+from netspec.runtime.export import META, to_onnx
+from netspec.runtime.train import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "emu"]
@@ -155,7 +155,7 @@ def test_pruned_model_is_the_never_branched_net(main_model, project):
     pruned = onnx.load(main_model)
     assert "aux1" not in str(pruned.graph)
     plain = compile_spec(project.spec, unbranched_overrides(project.compiled.spec))
-    plain_module = lower(plain.graph, ["main"], single=True)
+    plain_module = lower(plain.network, ["main"], single=True)
     plain_module.load_state_dict({k: v for k, v in project.compiled.module.state_dict().items() if not k.startswith("aux1.")})
     never_branched = to_onnx(plain_module.eval(), "data", (1, 8, 8), ["main"])
     assert node_list(pruned) == node_list(never_branched)
@@ -178,7 +178,7 @@ def test_export_reports_the_difference_on_random_and_test_batches(project, main_
 
 
 def test_mismatch_fails_with_status_1_and_writes_nothing(project, monkeypatch, capsys):
-    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # every difference is now too large
+    monkeypatch.setattr(verify, "TOLERANCE", -1.0)  # every difference is now too large
     out = project.root / "never.onnx"
     code = main(["export", "--random-init", "--prune-aux", str(project.spec), "data.path=/nonexistent.npz", str(out)])
     captured = capsys.readouterr()
@@ -233,7 +233,7 @@ def test_predict_prints_the_top_classes_by_name(aux_model, project, tmp_path, ca
 def test_predict_does_not_import_torch(aux_model, tmp_path):
     files, _ = write_inputs(tmp_path)
     code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-            "from pathlib import Path\nfrom runtime.export import predict\n"
+            "from pathlib import Path\nfrom netspec.runtime.predict import predict\n"
             f"predict(Path({str(aux_model)!r}), [Path(p) for p in {list(map(str, files))!r}], 3)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -1,14 +1,14 @@
-"""Passes 4 and 5: the networkx graph (ops, heads, loss nodes, loss edges) and its checks."""
+"""Passes 4 and 5: the network (typed nodes, heads, data edges, losses on heads) and its checks."""
 from __future__ import annotations
 
 import networkx as nx
 import pytest
 
-from compiler.expand import expand
-from compiler.graph import (build_graph, check_graph, data_graph, exit_ancestry, head_depths, in_order, loss_id,
-                            synergy_pairs)
-from compiler.parse import parse
-from compiler.validate import validate
+from netspec.compiler.expand import expand
+from netspec.compiler.graph import build_graph, check_graph, head_depths
+from netspec.compiler.ir import Node, loss_id
+from netspec.compiler.parse import parse
+from netspec.compiler.validate import validate
 from conftest import MINI, WITH_BRANCH, error_of, marked_line
 
 # Heads at three depths: a1 after conv1, a2 after conv2, main at the end.
@@ -41,30 +41,36 @@ def graph(write_spec, text, check=True):
 
 def test_nodes_edges_and_loss_nodes(write_spec):
     g = graph(write_spec, WITH_BRANCH)
-    kinds = {n: k for n, k in g.nodes(data="kind")}
-    assert kinds["data"] == "input" and kinds["aux.fc"] == "op"
-    assert {n for n, k in kinds.items() if k == "loss"} == {loss_id("main"), loss_id("aux")}
-    assert g.edges["fc", loss_id("main")] == {"kind": "loss", "head": "main"}
-    assert g.edges["aux.fc", loss_id("aux")]["head"] == "aux"
-    assert g.edges["relu1", "aux.pool"] == {"kind": "data", "index": 0}
-    assert g.graph["heads"] == {"main": "fc", "aux": "aux.fc"}
-    assert loss_id("main") not in data_graph(g)
+    assert g.input.name == "data" and isinstance(g.nodes["aux.fc"], Node) and g.nodes["aux.fc"].branch == "aux"
+    assert g.nodes["aux.pool"].inputs == ("relu1",) and g.data.has_edge("relu1", "aux.pool")
+    losses = g.loss_graph()
+    assert losses.has_edge("fc", loss_id("main")) and losses.has_edge("aux.fc", loss_id("aux"))
+    assert g.heads == {"main": "fc", "aux": "aux.fc"}
+    assert loss_id("main") not in g.data
+    with pytest.raises(Exception):  # the IR is frozen: passes return new records
+        g.nodes["fc"].inputs = ()
 
 
-def test_in_order_is_topological_and_follows_the_spec(write_spec):
+def test_nodes_are_in_topological_order_following_the_spec(write_spec):
     g = graph(write_spec, WITH_BRANCH)
-    order = in_order(g)
-    assert order[0] == "data" and order.index("relu1") < order.index("aux.pool")
+    order = [g.input.name, *g.nodes]
     assert order == ["data", "conv1", "relu1", "fc", "aux.pool", "aux.fc"]
-    for u, v in data_graph(g).edges:
+    for u, v in g.data.edges:
         assert order.index(u) < order.index(v)
+
+
+def test_a_forward_from_is_sorted_topologically(write_spec):
+    text = MINI.replace("  - {name: fc, op: fc, out: 3}", "  - {name: fc, op: fc, out: 3, from: relu2}\n"
+                        "  - {name: relu2, op: relu, from: relu1}").replace("nodes:", "output: fc\nnodes:")
+    g = graph(write_spec, text)
+    assert list(g.nodes) == ["conv1", "relu1", "relu2", "fc"]
 
 
 def test_head_depths_count_weight_layers(write_spec):
     g = graph(write_spec, THREE_HEADS.replace("DIRECTION", "bidirectional"))
-    weighted = lambda head: sum(g.nodes[n]["op"].weighted for n in exit_ancestry(g, head))  # noqa: E731
-    assert head_depths(g) == g.graph["depth"] == {h: weighted(h) for h in ("main", "a1", "a2")}
-    assert g.graph["depth"]["a1"] < g.graph["depth"]["a2"] < g.graph["depth"]["main"]
+    weighted = lambda head: sum(g.nodes[n].op.weighted for n in g.ancestry(head))  # noqa: E731
+    assert head_depths(g) == g.depth == {h: weighted(h) for h in ("main", "a1", "a2")}
+    assert g.depth["a1"] < g.depth["a2"] < g.depth["main"]
 
 
 @pytest.mark.parametrize("direction, expected", [
@@ -73,22 +79,22 @@ def test_head_depths_count_weight_layers(write_spec):
 ])
 def test_synergy_pairs(write_spec, direction, expected):
     g = graph(write_spec, THREE_HEADS.replace("DIRECTION", direction))
-    assert sorted(synergy_pairs(g.graph["spec"].losses["syn"], g)) == expected
+    assert sorted(g.synergy_pairs(g.spec.losses["syn"])) == expected
     # the synergy loss node is fed by every head
-    assert {v for v, _ in g.in_edges(loss_id("syn"))} == {"fc", "a1.fc", "a2.fc"}
+    assert {v for v, _ in g.loss_graph().in_edges(loss_id("syn"))} == {"fc", "a1.fc", "a2.fc"}
 
 
 def test_bidirectional_is_both(write_spec):
     g = graph(write_spec, THREE_HEADS.replace("DIRECTION", "bidirectional"))
-    pairs = synergy_pairs(g.graph["spec"].losses["syn"], g)
+    pairs = g.synergy_pairs(g.spec.losses["syn"])
     assert len(pairs) == 6 and {(n, m) for m, n in pairs} == set(pairs)
 
 
 def test_exit_ancestry_is_what_an_exit_needs(write_spec):
     g = graph(write_spec, WITH_BRANCH)
-    assert exit_ancestry(g, "aux") == {"conv1", "relu1", "aux.pool", "aux.fc"}
-    assert exit_ancestry(g, "main") == {"conv1", "relu1", "fc"}
-    assert "did you mean 'aux'?" in error_of(exit_ancestry, g, "axu").fix
+    assert g.ancestry("aux") == {"conv1", "relu1", "aux.pool", "aux.fc"}
+    assert g.ancestry("main") == {"conv1", "relu1", "fc"}
+    assert "did you mean 'aux'?" in error_of(g.ancestry, "axu").fix
 
 
 def test_cycle_is_shown_as_its_path(write_spec):
@@ -117,5 +123,6 @@ def test_unused_node(write_spec):
 
 def test_loss_graph_is_a_dag_with_losses_as_sinks(write_spec):
     g = graph(write_spec, THREE_HEADS.replace("DIRECTION", "bidirectional"))
-    assert nx.is_directed_acyclic_graph(g)
-    assert all(g.out_degree(n) == 0 for n, k in g.nodes(data="kind") if k == "loss")
+    losses = g.loss_graph()
+    assert nx.is_directed_acyclic_graph(losses)
+    assert all(losses.out_degree(loss_id(name)) == 0 for name in g.spec.losses)

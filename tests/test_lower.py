@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from compiler import analyse, compile_spec
-from compiler.lower import lower
+from netspec.compiler import analyse, compile_spec
+from netspec.compiler.lower import lower
 from conftest import MINI, SPECS, WITH_BRANCH, error_of
 
 
@@ -26,10 +26,10 @@ def test_training_module_returns_every_head_and_one_head_lowers_alone(write_spec
     c = compile_spec(write_spec(WITH_BRANCH))
     out = c.module(torch.randn(3, 1, 8, 8))
     assert set(out) == {"main", "aux"} and out["aux"].shape == (3, 3)
-    deploy = lower(c.graph, ["main"], single=True)
+    deploy = lower(c.network, ["main"], single=True)
     assert isinstance(deploy(torch.randn(3, 1, 8, 8)), torch.Tensor)
     assert not any(k.startswith("aux.") for k in deploy.state_dict())
-    err = error_of(lower, c.graph, ["axu"])
+    err = error_of(lower, c.network, ["axu"])
     assert "no head named 'axu'" in err.what and "aux" in err.fix
 
 
@@ -67,19 +67,19 @@ def cnds8_moved(tmp_path_factory):
 
 def test_moving_a_branch_keeps_the_backbone(cnds8_moved):
     before, after = cnds8_moved
-    assert after.graph.nodes["aux1.pool"]["inputs"] == ["relu4_1"]
+    assert after.network.nodes["aux1.pool"].inputs == ("relu4_1",)
     backbone = lambda c: {k: v.shape for k, v in c.module.state_dict().items() if not k.startswith("aux1.")}  # noqa
     assert backbone(before) == backbone(after)
     state = {k: v for k, v in before.module.state_dict().items() if not k.startswith("aux1.")}
     result = after.module.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith("aux1.") for k in result.missing_keys)
     # the branch's shapes were re-inferred from its new attachment point
-    assert after.graph.nodes["aux1.pool"]["shape"][0] == after.graph.nodes["relu4_1"]["shape"][0]
+    assert after.network.nodes["aux1.pool"].shape[0] == after.network.nodes["relu4_1"].shape[0]
 
 
 def test_moving_a_branch_by_override(write_spec):
     path = write_spec((SPECS / "cnds8_fmnist.yaml").read_text())
     g0 = analyse(path)[1]
     g = analyse(path, ["branches.aux1.from=relu4_2"])[1]
-    assert g0.nodes["aux1.pool"]["inputs"] == ["relu3_2"] and g.nodes["aux1.pool"]["inputs"] == ["relu4_2"]
-    assert g.graph["depth"]["aux1"] == g0.graph["depth"]["aux1"] + 2  # conv4_1 and conv4_2 now come first
+    assert g0.nodes["aux1.pool"].inputs == ("relu3_2",) and g.nodes["aux1.pool"].inputs == ("relu4_2",)
+    assert g.depth["aux1"] == g0.depth["aux1"] + 2  # conv4_1 and conv4_2 now come first

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compiler import analyse
-from runtime.objective import Objective
+from netspec.compiler import analyse
+from netspec.runtime.objective import Objective
 
 SPEC = """\
 name: three_heads

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from compiler.parse import LineDict, LineList, apply_overrides, evaluate, load_yaml, parse, read_spec_file
+from netspec.compiler.parse import apply_overrides, load_yaml, parse, read_spec_file
+from netspec.compiler.template import evaluate
+from netspec.compiler.tree import LineDict, LineList
 from netspec.errors import SpecError
 from conftest import MINI, error_of
 

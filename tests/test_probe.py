@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import compile_spec
+from netspec.compiler import compile_spec
 from netspec.cli import main
-from runtime.probe import add_entries, attach_points, set_name, threshold_ladder
+from netspec.runtime.placement import attach_points, threshold_ladder
+from netspec.runtime.spec_edit import add_entries, set_name
 
 TINY = """\
 # a tiny net for the probe tests
@@ -180,7 +181,7 @@ def test_apply_writes_a_spec_that_compiles_with_the_branch_where_suggested(spec:
         assert "nothing to do" in capsys.readouterr().out
         return
     assert set(compiled.heads) == {"main", "aux1", "aux2"}
-    assert compiled.graph.nodes["aux2.pool"]["inputs"] == [point["from"]]
+    assert compiled.network.nodes["aux2.pool"].inputs == (point["from"],)
     loss = compiled.spec.losses["aux2"]
     assert (loss.head, loss.weight, loss.schedule.type) == ("aux2", 0.3, "cnds")
     # never overwrites; --in-place keeps a backup
@@ -202,7 +203,7 @@ def test_apply_to_a_spec_whose_branches_are_deleted_uses_the_default_head(spec: 
     compiled = compile_spec(plain.with_name("plain_probed.yaml"))
     assert compiled.spec.name == "plain_probed"
     assert set(compiled.heads) == {"main", "aux2"}  # aux1 stays deleted; the new one is named apart from it
-    assert "aux2.conv" in compiled.graph  # the CNDS head: pool, 1x1 conv, fc ...
+    assert "aux2.conv" in compiled.network  # the CNDS head: pool, 1x1 conv, fc ...
     assert "default CNDS head" in capsys.readouterr().out
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import fx
 
-from compiler import compile_spec
-from compiler.lower import lower
-from compiler.prune import head_outputs, prune, unbranched_overrides
+from netspec.compiler import compile_spec
+from netspec.compiler.lower import lower
+from netspec.compiler.prune import head_outputs, prune, unbranched_overrides
 from netspec.errors import UserError
 from netspec.spec import MAIN_HEAD
 
@@ -100,14 +100,14 @@ def test_pruned_main_is_the_spec_compiled_without_branches(spec_path):
     full = compiled(spec_path)
     plain = compiled(spec_path, tuple(unbranched_overrides(full.spec)))
     assert list(plain.heads) == [MAIN_HEAD]
-    assert_same_net(prune(full.module), lower(plain.graph, [MAIN_HEAD], single=True))
+    assert_same_net(prune(full.module), lower(plain.network, [MAIN_HEAD], single=True))
 
 
 def test_every_exit_is_the_net_lowered_for_it_alone(spec_path):
     full = compiled(spec_path)
     for head in full.heads:
         pruned = prune(full.module, head)
-        assert_same_net(pruned, lower(full.graph, [head], single=True))
+        assert_same_net(pruned, lower(full.network, [head], single=True))
         assert pruned.meta["heads"] == [head]
 
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from compiler import analyse, compile_spec
-from compiler.graph import exit_ancestry
-from compiler.summary import format_summary, summarise
+from netspec.compiler import analyse, compile_spec
+from netspec.compiler.summary import format_summary, summarise
 from conftest import MINI, SPECS, error_of, marked_line
 
 
@@ -17,32 +16,32 @@ def fmnist():
 
 
 def test_inferred_shapes_match_a_real_forward(fmnist):
-    g, module = fmnist.graph, fmnist.module.eval()
+    g, module = fmnist.network, fmnist.module.eval()
     seen = {}
     for name, sub in ((n, m) for n, m in module.named_modules() if n in g):
         sub.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape[1:])))
-    shape = g.nodes["data"]["shape"]
+    shape = g.input.shape
     out = module(torch.randn(2, *shape))
-    assert {n for n in seen if "." in n} and all(seen[name] == g.nodes[name]["shape"] for name in seen)
+    assert {n for n in seen if "." in n} and all(seen[name] == g.nodes[name].shape for name in seen)
     assert {h: tuple(t.shape) for h, t in out.items()} == {h: (2, fmnist.spec.classes) for h in fmnist.heads}
 
 
 def test_params_and_flops_match_torch(fmnist):
-    g, module = fmnist.graph, fmnist.module.eval()
+    g, module = fmnist.network, fmnist.module.eval()
     for name, sub in ((n, m) for n, m in module.named_modules() if n in g):
-        assert g.nodes[name]["params"] == sum(p.numel() for p in sub.parameters())
+        assert g.nodes[name].params == sum(p.numel() for p in sub.parameters())
     summary = summarise(g)
     with FlopCounterMode(display=False) as counter:
-        module(torch.zeros(1, *g.nodes["data"]["shape"]))
+        module(torch.zeros(1, *g.input.shape))
     assert summary["train"]["flops"] == counter.get_total_flops()
     assert summary["train"]["params"] == sum(p.numel() for p in module.parameters())
 
 
 def test_summary_train_and_deploy(fmnist):
-    g, s = fmnist.graph, summarise(fmnist.graph)
+    g, s = fmnist.network, summarise(fmnist.network)
     branch = [n for n in s["nodes"] if n["branch"] == "aux1"]
     assert s["train"]["params"] - s["deploy"]["params"] == sum(n["params"] for n in branch) > 0
-    assert s["deploy"]["nodes"] == len(exit_ancestry(g, "main")) == s["train"]["nodes"] - len(branch)
+    assert s["deploy"]["nodes"] == len(g.ancestry("main")) == s["train"]["nodes"] - len(branch)
     heads = {h["head"]: h for h in s["heads"]}
     assert heads["main"]["depth_ratio"] == 1 and 0 < heads["aux1"]["depth_ratio"] < 1
     losses = {l["name"]: l for l in s["losses"]}
@@ -57,16 +56,16 @@ def test_caffe_ceil_pooling(write_spec):
     base = MINI.replace("input: {shape: [1, 8, 8]}", "input: {shape: [1, 7, 7]}")
     pooled = lambda ceil: analyse(write_spec(base.replace(  # noqa: E731
         "{name: relu1, op: relu}", f"{{name: relu1, op: maxpool, kernel: 2, stride: 2, ceil: {ceil}}}")))[1]
-    assert pooled("true").nodes["relu1"]["shape"] == (4, 4, 4)
-    assert pooled("false").nodes["relu1"]["shape"] == (4, 3, 3)
+    assert pooled("true").nodes["relu1"].shape == (4, 4, 4)
+    assert pooled("false").nodes["relu1"].shape == (4, 3, 3)
 
 
 def test_same_padding_depthwise_and_dilation(write_spec):
     text = MINI.replace("{name: relu1, op: relu}",
                         "{name: relu1, op: conv, out: 8, kernel: 3, pad: same, dilation: 2, groups: depthwise}")
     g = analyse(write_spec(text.replace("out: 4,", "out: 8,")))[1]
-    assert g.nodes["relu1"]["shape"] == (8, 8, 8)
-    assert g.nodes["relu1"]["params"] == 8 * 1 * 3 * 3 + 8
+    assert g.nodes["relu1"].shape == (8, 8, 8)
+    assert g.nodes["relu1"].params == 8 * 1 * 3 * 3 + 8
 
 
 def test_add_mismatch_names_node_both_shapes_and_line(write_spec):
@@ -81,5 +80,5 @@ def test_add_mismatch_names_node_both_shapes_and_line(write_spec):
 def test_meta_inference_allocates_nothing():
     """CNDS-8's fc6 is 4096 x (256·6·6), 150 MB; shape inference must not materialise it."""
     g = analyse(SPECS / "cnds8.yaml")[1]
-    assert g.nodes["fc6"]["params"] == 4096 * torch.Size(g.nodes["pool5"]["shape"]).numel() + 4096
-    assert "module" not in g.nodes["fc6"]  # real modules are built by lowering, not by shape inference
+    assert g.nodes["fc6"].params == 4096 * torch.Size(g.nodes["pool5"].shape).numel() + 4096
+    assert not hasattr(g.nodes["fc6"], "module")  # real modules are built by lowering, not by shape inference

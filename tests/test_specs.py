@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler import analyse
-from compiler.summary import summarise
+from netspec.compiler import analyse
+from netspec.compiler.summary import summarise
 
 SPECS = sorted(Path("specs").glob("*.yaml"))
 
@@ -14,7 +14,7 @@ def test_every_spec_compiles_through_shape_inference(path):
     spec, graph = analyse(path)
     summary = summarise(graph)
     assert summary["deploy"]["params"] <= summary["train"]["params"]
-    assert set(graph.graph["heads"]) == {"main", *spec.branches}
+    assert set(graph.heads) == {"main", *spec.branches}
 
 
 @pytest.mark.parametrize("name, expected", [("resnet32", 0.46e6), ("resnet110", 1.7e6), ("resnet1202", 19.4e6)])
@@ -34,7 +34,7 @@ def test_dks_deployed_graph_is_the_plain_resnet():
 
 def test_mwbp_exits_follow_the_depth_rule():
     spec, graph = analyse("specs/mwbp_resnet56.yaml")
-    depth = graph.graph["depth"]
+    depth = graph.depth
     assert depth["main"] == 56  # conv1 + 27 blocks × 2 convs + fc
     assert depth["exit8"] == 1 + 8 * 2 + 1
     gamma = spec.losses["exit8"].schedule.factor(0, 10, depth["exit8"] / depth["main"])

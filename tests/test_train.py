@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import compile_spec
+from netspec.compiler import compile_spec
 from netspec import cli
 from netspec.errors import UserError
-from netspec.spec import LRSchedule
-from runtime import train as train_mod
-from runtime.metrics import Progress
+from netspec.solver import TrainSpec
+from netspec.runtime import train as train_mod
+from netspec.runtime.metrics import Progress
 
 
 @pytest.fixture(autouse=True)
@@ -118,9 +118,14 @@ def test_train_writes_metrics_plots_checkpoints_and_the_exit_table(tmp_path, cap
     assert capsys.readouterr().out.splitlines()[-1].split()[-2:] == table[2].split()[-2:]
 
 
+def policy(**fields):
+    """An lr policy as the schema reads it from `train.lr_schedule`."""
+    return TrainSpec(lr_schedule=fields).lr_schedule
+
+
 def test_lr_policies_and_warmup():
     def lr(steps_per_epoch=10, epochs=4, **kw):
-        f = train_mod.lr_factor(LRSchedule(**kw), 0.1, epochs, steps_per_epoch)
+        f = train_mod.lr_factor(policy(**kw), 0.1, epochs, steps_per_epoch)
         return [round(f(s), 6) for s in (0, 10, 20, 30, 39)]
 
     assert lr(type="constant") == [1, 1, 1, 1, 1]
@@ -128,17 +133,17 @@ def test_lr_policies_and_warmup():
     assert lr(type="multistep", milestones=[1, 3], gamma=0.5) == [1, 0.5, 0.5, 0.25, 0.25]
     assert lr(type="poly", power=2) == [1, 0.5625, 0.25, 0.0625, round((1 - 3.9 / 4) ** 2, 6)]
     assert lr(type="cosine", min_lr=0.01)[:3] == [1, round(0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2, 6), 0.55]
-    warm = train_mod.lr_factor(LRSchedule(type="constant", warmup_epochs=1), 0.1, 4, 10)
+    warm = train_mod.lr_factor(policy(type="constant", warmup_epochs=1), 0.1, 4, 10)
     assert [warm(s) for s in (0, 4, 9, 10)] == [0.1, 0.5, 1.0, 1.0]
 
 
 def test_optimizers(tmp_path):
     spec = compile_spec(tiny_spec(tmp_path), ["train.optimizer={type: adamw, weight_decay: 0.01}"]).spec
-    opt = train_mod.build_optimizer([torch.nn.Parameter(torch.zeros(1))], spec)
+    opt = spec.train.optimizer.build([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
     spec = compile_spec(tiny_spec(tmp_path), ["train.optimizer.nesterov=true", "train.optimizer.momentum=0"]).spec
     with pytest.raises(UserError, match="nesterov needs momentum"):
-        train_mod.build_optimizer([torch.nn.Parameter(torch.zeros(1))], spec)
+        spec.train.optimizer.build([torch.nn.Parameter(torch.zeros(1))])
 
 
 def test_progress_without_a_terminal_prints_one_line_per_epoch():

@@ -1,11 +1,13 @@
 """Pass 2, validate: the schema, and pydantic's errors turned into `file:line: what — fix`."""
 from __future__ import annotations
 
-from compiler.parse import load_yaml, parse
-from compiler.validate import spec_errors, validate, validate_node
+from netspec.compiler.parse import load_yaml, parse
+from netspec.compiler.validate import spec_errors, validate, validate_node
 from netspec.errors import SpecErrors
 from netspec.ops import Conv
-from netspec.spec import ConstantSchedule, CrossEntropyLoss, Spec, SynergyLoss, TrainSpec
+from netspec.schedules import ConstantSchedule
+from netspec.solver import TrainSpec
+from netspec.spec import CrossEntropyLoss, Spec, SynergyLoss
 from conftest import MINI, error_of, marked_line
 
 
@@ -16,7 +18,7 @@ def check(text: str, tmp_path):
 
 
 def test_valid_spec_and_defaults(tmp_path):
-    spec = check(MINI + "losses:\n  aux: {head: main, schedule: dsn}\n  syn: {beta: 2}\n", tmp_path)
+    spec = check(MINI + "losses:\n  aux: {head: main, schedule: dsn}\n  syn: {type: synergy, beta: 2}\n", tmp_path)
     assert isinstance(spec, Spec) and [n.name for n in spec.nodes] == ["conv1", "relu1", "fc"]
     assert isinstance(spec.losses["aux"], CrossEntropyLoss) and spec.losses["aux"].schedule.type == "dsn"
     assert isinstance(spec.losses["syn"], SynergyLoss) and spec.losses["syn"].direction == "bidirectional"
@@ -95,3 +97,16 @@ def test_spec_errors_locates_through_union_tags():
     except ValidationError as exc:
         err = spec_errors(exc, raw)
     assert str(err).startswith("f:5: nodes.i.repeat: must be greater than or equal to 1, got 0 — repeat: ")
+
+
+def test_a_loss_without_type_is_cross_entropy_never_silently_synergy(tmp_path):
+    text = MINI + "losses:\n  main: {head: main}\n  syn: {beta: 2}\n"
+    err = error_of(check, text, tmp_path)
+    assert "add `type: synergy`" in err.what
+
+
+def test_extends_with_another_type_replaces_the_section(tmp_path):
+    (tmp_path / "base.yaml").write_text(MINI + "train:\n  lr_schedule: {type: multistep, milestones: [2], gamma: 0.5}\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\ntrain:\n  lr_schedule: {type: cosine, min_lr: 0.01}\n")
+    schedule = validate(parse(tmp_path / "top.yaml")[0]).train.lr_schedule
+    assert schedule.type == "cosine" and schedule.min_lr == 0.01 and not hasattr(schedule, "gamma")

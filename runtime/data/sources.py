@@ -1,38 +1,29 @@
-"""The data layer: the spec's `data:` section, readers that hold whole data sets as uint8
-tensors, and `Batches`, which turns a split into shuffled, sharded, augmented float batches.
+"""Data sources: readers that hold whole data sets as uint8 tensors, one registered reader per source.
 
-Readers: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 python pickles, ImageFolder trees and `.npz`.
+Readers: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 python pickles, ImageFolder trees and `.npz`. Adding a
+source: its name in `netspec.data_spec.SOURCES` and its reader here (`@reader("name")`).
 Every bad or missing file is a `UserError` naming the file and the fix, never a traceback.
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import math
 import os
 import pickle
 import struct
-import sys
-import tarfile
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import Field, model_validator
 
+from netspec.data_spec import DataSpec
 from netspec.errors import UserError
-from netspec.images import IMAGE_SUFFIXES, read_image
-from netspec.project import atomic_file
-from netspec.schema_base import Strict
-
-Source = Literal["fashion-mnist", "mnist", "idx", "cifar10", "cifar100", "imagefolder", "npz"]
+from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
+from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -40,65 +31,6 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-
-# Where each downloadable source is published; NETSPEC_DATA_MIRROR replaces the base URL.
-MIRRORS = {
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "cifar10": "https://www.cs.toronto.edu/~kriz/",
-    "cifar100": "https://www.cs.toronto.edu/~kriz/",
-}
-
-# The published MD5 of every file a source downloads.
-CHECKSUMS: dict[str, dict[str, str]] = {
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-    "cifar100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-}
-
-DOWNLOAD_TIMEOUT = 60.0
-_CORRUPT = "the file is damaged or not what its name says: delete it and fetch it again"
-
-
-class Augment(Strict):
-    """Training-time augmentation, done batched on the device."""
-
-    __section__ = "data.augment"
-
-    crop_pad: int = Field(0, ge=0, description="Pad each side by this many pixels, then crop a random window of the original size (CIFAR uses 4); 0 turns it off.")
-    flip: bool = Field(False, description="Flip each training image horizontally with probability 1/2.")
-
-
-class DataSpec(Strict):
-    """Where the training data comes from and how it is augmented."""
-
-    __section__ = "data"
-
-    source: Source = Field("fashion-mnist", description="The data set's format: fashion-mnist, mnist and idx read IDX files; cifar10 and cifar100 the python-pickle batches; imagefolder a tree of class directories of images; npz arrays x_train, y_train, x_test, y_test (and optionally classes).")
-    path: str | None = Field(None, description="Directory (or .npz file) holding the data. Default: /usr/share/datasets/fashion-mnist for fashion-mnist when it exists, else $NETSPEC_CACHE/<source> (NETSPEC_CACHE defaults to ~/.cache/netspec).")
-    download: bool = Field(False, description="Download missing files into the data directory, checking their published MD5 (fashion-mnist, mnist, cifar10, cifar100 only). NETSPEC_DATA_MIRROR replaces the download base URL.")
-    augment: Augment = Field(default_factory=Augment, description="Random augmentation of training batches.")
-    train_limit: int | None = Field(None, ge=1, description="Use only the first N training examples (for smoke runs).")
-    test_limit: int | None = Field(None, ge=1, description="Use only the first N test examples (for smoke runs).")
-    classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
-
-    @model_validator(mode="after")
-    def _download_needs_a_mirror(self) -> DataSpec:
-        if self.download and self.source not in MIRRORS:
-            raise ValueError(f"data.download works for {', '.join(MIRRORS)}, not for source '{self.source}'")
-        return self
-
 
 @dataclass
 class Dataset:
@@ -131,12 +63,7 @@ def data_root(spec: DataSpec) -> Path:
 def load_dataset(spec: DataSpec, input_shape: tuple[int, int, int]) -> Dataset:
     """Read the data set a spec names and check its images have the network's input shape."""
     shape = tuple(int(d) for d in input_shape)
-    reader = {
-        "fashion-mnist": _load_idx, "mnist": _load_idx, "idx": _load_idx,
-        "cifar10": _load_cifar, "cifar100": _load_cifar,
-        "imagefolder": _load_imagefolder, "npz": _load_npz,
-    }[spec.source]
-    train, test, classes = reader(spec, data_root(spec), shape)
+    train, test, classes = READERS[spec.source](spec, data_root(spec), shape)
     return _finish(spec, shape, train, test, classes)
 
 
@@ -182,42 +109,18 @@ def _missing(spec: DataSpec, root: Path, what: str) -> UserError:
     return UserError(f"no {spec.source} data at {root}: {what} not found", fix, spec.at)
 
 
-# ---------------------------------------------------------------- download
+
+Reader = Callable[[DataSpec, Path, tuple[int, ...]], tuple["Split", "Split", "list[str] | None"]]
+READERS: dict[str, Reader] = {}
 
 
-def download(source: str, name: str, root: Path) -> Path:
-    """Fetch one published file of `source` into `root`, checking its MD5; atomic, no partial file left."""
-    url = (os.environ.get("NETSPEC_DATA_MIRROR") or MIRRORS[source]).rstrip("/") + "/" + name
-    expected = CHECKSUMS[source][name]
-    dest = root / name
-    print(f"netspec: downloading {url}", file=sys.stderr)
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with atomic_file(dest, binary=True) as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-            if digest.hexdigest() != expected:  # raised inside: nothing is written
-                raise UserError(f"{url} has MD5 {digest.hexdigest()}, expected {expected}", "the download was damaged "
-                                "or the mirror serves other data: try again, or fix NETSPEC_DATA_MIRROR")
-        return dest
-    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, HTTP, bad mirror URL, disk
-        raise UserError(f"could not download {url}: {e}",
-                        f"check the network (or NETSPEC_DATA_MIRROR), or put {name} into {root} by hand") from e
-
-
-def _extract_tar(archive: Path, root: Path) -> None:
-    """Unpack a .tar.gz into root, refusing absolute paths, `..` and anything but files and dirs."""
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            for m in members:
-                p = PurePosixPath(m.name)
-                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-                    raise UserError(f"{archive}: refusing unsafe archive member '{m.name}'", _CORRUPT)
-            tar.extractall(root, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{archive} is not a readable .tar.gz archive: {e}", _CORRUPT) from e
+def reader(*names: str) -> Callable[[Reader], Reader]:
+    """Register a function (spec, root, input shape) -> (train, test, class names or None) for these sources."""
+    def register(fn: Reader) -> Reader:
+        for name in names:
+            READERS[name] = fn
+        return fn
+    return register
 
 
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
@@ -235,18 +138,19 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"cannot read {path}: {e}", _CORRUPT) from e
+        raise UserError(f"cannot read {path}: {e}", CORRUPT) from e
     if len(raw) < 4 or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
-        raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {raw[:4].hex() or 'missing'})", _CORRUPT)
+        raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {raw[:4].hex() or 'missing'})", CORRUPT)
     start = 4 + 4 * ndim
     if len(raw) < start:
-        raise UserError(f"{path} ends inside its IDX header", _CORRUPT)
+        raise UserError(f"{path} ends inside its IDX header", CORRUPT)
     dims = struct.unpack(f">{ndim}I", raw[4:start])
     if len(raw) - start != math.prod(dims):
-        raise UserError(f"{path} holds {len(raw) - start} bytes of data but its header says {_fmt(dims)} = {math.prod(dims)}", _CORRUPT)
+        raise UserError(f"{path} holds {len(raw) - start} bytes of data but its header says {_fmt(dims)} = {math.prod(dims)}", CORRUPT)
     return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
 
 
+@reader("fashion-mnist", "mnist", "idx")
 def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
     def find(name: str) -> Path | None:
         return next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None)
@@ -260,7 +164,7 @@ def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     for images, labels in IDX_FILES.values():
         x, y = read_idx(find(images), 3), read_idx(find(labels), 1)
         if len(x) != len(y):
-            raise UserError(f"{find(images)} has {len(x)} images but {find(labels)} has {len(y)} labels", _CORRUPT)
+            raise UserError(f"{find(images)} has {len(x)} images but {find(labels)} has {len(y)} labels", CORRUPT)
         splits.append((x[:, None], y))
     classes = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": [str(d) for d in range(10)]}.get(spec.source)
     return splits[0], splits[1], classes
@@ -310,9 +214,9 @@ def _unpickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:  # a malformed pickle can raise nearly anything
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {e}", _CORRUPT) from e
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e}", CORRUPT) from e
     if not isinstance(obj, dict):
-        raise UserError(f"{path} does not hold a CIFAR dictionary", _CORRUPT)
+        raise UserError(f"{path} does not hold a CIFAR dictionary", CORRUPT)
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -320,13 +224,14 @@ def _cifar_batch(path: Path, labels_key: str) -> Split:
     d = _unpickle(path)
     x, y = d.get("data"), d.get(labels_key)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y is None:
-        raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", _CORRUPT)
+        raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", CORRUPT)
     y = np.asarray(y, dtype=np.int64)
     if y.shape != (len(x),):
-        raise UserError(f"{path} has {len(x)} images but {y.size} labels", _CORRUPT)
+        raise UserError(f"{path} has {len(x)} images but {y.size} labels", CORRUPT)
     return x.reshape(-1, 3, 32, 32), y
 
 
+@reader("cifar10", "cifar100")
 def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
     lay = CIFAR[spec.source]
     folder = next((d for d in (root, root / lay.folder) if (d / lay.train[0]).is_file()), None)
@@ -334,7 +239,7 @@ def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spl
         if not spec.download:
             raise _missing(spec, root, f"{lay.folder}/{lay.train[0]}")
         archive = download(spec.source, lay.archive, root)
-        _extract_tar(archive, root)
+        extract_tar(archive, root)
         archive.unlink(missing_ok=True)
         folder = root / lay.folder
     batches = [_cifar_batch(folder / name, lay.labels) for name in lay.train]
@@ -371,6 +276,7 @@ def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Spl
     return x.transpose(0, 3, 1, 2), np.array([label for _, label in files], np.int64)
 
 
+@reader("imagefolder")
 def _load_imagefolder(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
     """root/train/<class>/* and root/test/<class>/*, or root/<class>/* split 90/10 with a fixed seed.
 
@@ -396,6 +302,7 @@ def _load_imagefolder(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tup
 # ---------------------------------------------------------------- npz
 
 
+@reader("npz")
 def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
     """x_train, y_train, x_test, y_test (uint8 NHWC, NCHW or NHW) and an optional `classes`."""
     file = root / "data.npz" if root.is_dir() else root
@@ -425,90 +332,3 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
     return splits[0], splits[1], classes
 
-
-# ---------------------------------------------------------------- batches
-
-
-def _generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded by a stable hash of `parts`."""
-    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
-
-
-def augment_batch(x: torch.Tensor, augment: Augment, gen: torch.Generator) -> torch.Tensor:
-    """Pad + random crop and random horizontal flip of a uint8 (B, C, H, W) batch, on its device.
-
-    The random draws (B-sized) come from the CPU generator `gen`, so results do not depend on the device."""
-    b, _, h, w = x.shape
-    dev = x.device
-    p = augment.crop_pad
-    if p:
-        dy, dx = torch.randint(0, 2 * p + 1, (2, b), generator=gen).to(dev)
-        windows = F.pad(x, (p, p, p, p)).unfold(2, h, 1).unfold(3, w, 1)  # B, C, 2p+1, 2p+1, H, W (a view)
-        x = windows[torch.arange(b, device=dev), :, dy, dx]
-    if augment.flip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
-
-
-class Batches:
-    """One epoch of a split as (float32 normalised images, int64 labels) batches on `device`.
-
-    Training (`train=True`): the order is a permutation seeded by (seed, epoch), the same on
-    every rank; each rank takes every world_size-th example of it, and with `drop_last` every rank has
-    the same number of batches. Augmentation runs on the device, seeded by (seed, epoch, rank,
-    batch index). Test: the data in order, no augmentation, shards as even as possible (the
-    remainder goes to the lower ranks). `batch_size` is per rank.
-    """
-
-    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, *, train: bool,
-                 mean: list[float], std: list[float], augment: Augment | None = None,
-                 device: torch.device | str = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None):
-        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4 or y.shape != x_uint8.shape[:1]:
-            raise ValueError("Batches wants uint8 images (N, C, H, W) and N labels")
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
-        channels = x_uint8.shape[1]
-        mean_t = torch.tensor(mean, dtype=torch.float32)
-        std_t = torch.tensor(std, dtype=torch.float32)
-        if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels) or (std_t <= 0).any():
-            raise ValueError(f"mean and std need 1 or {channels} values, std > 0")
-        self.x, self.y = x_uint8, y.to(torch.int64)
-        self.batch_size, self.train = batch_size, train
-        self.augment = augment if train and augment and (augment.crop_pad or augment.flip) else None
-        self.device = torch.device(device)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.drop_last = train if drop_last is None else drop_last
-        self.epoch = 0
-        # (x / 255 - mean) / std as one multiply-add
-        self._scale = (1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1).to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose shuffle and augmentation the next iteration uses."""
-        self.epoch = epoch
-
-    def _shard_size(self) -> int:
-        """How many examples of the epoch this rank sees (equal on every rank with drop_last)."""
-        base, rem = divmod(len(self.y), self.world_size)
-        return base if self.drop_last else base + (self.rank < rem)
-
-    def __len__(self) -> int:
-        size = self._shard_size()
-        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
-
-    def __iter__(self):
-        n = len(self.y)
-        order = torch.randperm(n, generator=_generator(self.seed, self.epoch)) if self.train else torch.arange(n)
-        # every world_size-th example: together the ranks' b-th batches are the single-process run's b-th
-        # batch of world_size × batch_size examples, so DDP and one process see the same data step for step
-        mine = order[self.rank::self.world_size][: self._shard_size()].to(self.x.device)
-        for b in range(len(self)):
-            idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.x.index_select(0, idx).to(self.device, non_blocking=True)
-            y = self.y.index_select(0, idx.to(self.y.device)).to(self.device, non_blocking=True)
-            if self.augment:
-                x = augment_batch(x, self.augment, _generator(self.seed, self.epoch, self.rank, b))
-            yield x.to(torch.float32).mul_(self._scale).add_(self._shift), y

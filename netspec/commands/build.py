@@ -1,0 +1,49 @@
+"""`netspec compile` and `netspec draw`."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from netspec.project import atomic_write, build_root
+from netspec.compiler.artifacts import write_build
+from netspec.compiler.draw import render, to_dot
+from netspec.compiler.summary import format_summary, summarise
+from netspec.commands.common import add_spec_arguments, load
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    add_spec_arguments(parser)
+    if name == "compile":
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    else:
+        parser.add_argument("-o", "--output", default=None, help="output file (.svg, .png, .pdf, .dot); "
+                            "default build/<name>/graph.svg")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_compile(args) if args.command == "compile" else run_draw(args)
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    compiled, overrides = load(args)
+    summary = summarise(compiled.network)
+    summary["compile_seconds"] = round(time.perf_counter() - started, 3)
+    out = build_root() / compiled.spec.name
+    write_build(compiled, overrides, summary, out)
+    atomic_write(build_root() / "CURRENT", compiled.spec.name + "\n")
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_summary(summary))
+        print(f"\nwrote {out}/ (current build) in {summary['compile_seconds']:.2f}s")
+    return 0
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    compiled, _ = load(args)
+    output = Path(args.output) if args.output else build_root() / compiled.spec.name / "graph.svg"
+    print(f"wrote {render(to_dot(compiled.network), output)}")
+    return 0

@@ -1,0 +1,63 @@
+"""The `data:` section: which data set, where it is, how training batches are augmented.
+
+`SOURCES` names every source the schema accepts; each has one reader class in
+`netspec.runtime.data.sources` (a test keeps the two in step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from netspec.schema_base import Strict
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the schema and the docs know of a data source."""
+
+    description: str
+    downloadable: bool = False
+
+
+SOURCES = {
+    "fashion-mnist": SourceInfo("Fashion-MNIST IDX files (Debian's dataset-fashion-mnist, or downloaded)", True),
+    "mnist": SourceInfo("MNIST IDX files", True),
+    "idx": SourceInfo("any IDX files named like MNIST's"),
+    "cifar10": SourceInfo("CIFAR-10 python-pickle batches", True),
+    "cifar100": SourceInfo("CIFAR-100 python-pickle batches", True),
+    "imagefolder": SourceInfo("a tree of class directories of images (train/<class>/*, test/<class>/*)"),
+    "npz": SourceInfo("arrays x_train, y_train, x_test, y_test (and optionally classes) in one .npz"),
+}
+DOWNLOADABLE = [name for name, info in SOURCES.items() if info.downloadable]
+
+
+class Augment(Strict):
+    """Training-time augmentation, done batched on the device."""
+
+    __section__ = "data.augment"
+
+    crop_pad: int = Field(0, ge=0, description="Pad each side by this many pixels, then crop a random window of the original size (CIFAR uses 4); 0 turns it off.")
+    flip: bool = Field(False, description="Flip each training image horizontally with probability 1/2.")
+
+
+class DataSpec(Strict):
+    """Where the training data comes from and how it is augmented."""
+
+    __section__ = "data"
+
+    source: Literal[tuple(SOURCES)] = Field("fashion-mnist", description="The data set's format: " + "; ".join(
+        f"{name}: {info.description}" for name, info in SOURCES.items()) + ".")
+    path: str | None = Field(None, description="Directory (or .npz file) holding the data. Default: /usr/share/datasets/fashion-mnist for fashion-mnist when it exists, else $NETSPEC_CACHE/<source> (NETSPEC_CACHE defaults to ~/.cache/netspec).")
+    download: bool = Field(False, description=f"Download missing files into the data directory, checking their published MD5 ({', '.join(DOWNLOADABLE)} only). NETSPEC_DATA_MIRROR replaces the download base URL.")
+    augment: Augment = Field(default_factory=Augment, description="Random augmentation of training batches.")
+    train_limit: int | None = Field(None, ge=1, description="Use only the first N training examples (for smoke runs).")
+    test_limit: int | None = Field(None, ge=1, description="Use only the first N test examples (for smoke runs).")
+    classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
+
+    @model_validator(mode="after")
+    def _download_needs_a_mirror(self) -> DataSpec:
+        if self.download and self.source not in DOWNLOADABLE:
+            raise ValueError(f"data.download works for {', '.join(DOWNLOADABLE)}, not for source '{self.source}'")
+        return self
