@@ -163,3 +163,48 @@ def test_schedules_scale_the_cross_entropy(tmp_path, schedule, factors):
         assert terms[obj.names.index("aux2")].item() == pytest.approx(0.3 * factor * ce, rel=1e-9, abs=1e-12)
         assert terms[obj.names.index("main")].item() == pytest.approx(
             torch.nn.functional.cross_entropy(logits["main"], labels).item())
+
+
+def test_direction_follows_the_attach_point_not_the_longest_path(tmp_path):
+    """aux1 attaches after conv1 but its head is 6 fc layers long (longest path 7 > main's 5): it is still the
+    shallowest classifier, so top_down has every deeper-attached head teach it, and main teaches everyone."""
+    long_head = ", ".join(f"{{name: fc{i}, op: fc, out: 5}}" for i in range(6))
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(losses="  main: {head: main}\n  aux1: {head: aux1}\n  aux2: {head: aux2}\n"
+                                       "  syn: {type: synergy, direction: top_down}\n")
+                    .replace("aux1: {from: conv1, nodes: [{name: fc, op: fc, out: 5}]}",
+                             f"aux1: {{from: conv1, nodes: [{long_head}]}}"))
+    _, net = analyse(path)
+    assert net.depth["aux1"] > net.depth["main"] > net.depth["aux2"]  # the longest path says otherwise
+    assert net.head_order(["main", "aux1", "aux2"]) == ["aux1", "aux2", "main"]
+    assert Objective(net).names[3:] == ["syn:aux2->aux1", "syn:main->aux1", "syn:main->aux2"]
+
+
+def test_dks_resnet32_with_long_shallow_heads_keeps_main_on_top():
+    """Issue 9: with vars.shallow=[9,9] the shallow head is longer than the backbone; top_down used to give
+    aux1->main. By attach point (stage1 < stage2 < main) it is main->aux1."""
+    spec = Path(__file__).resolve().parents[1] / "specs" / "dks_resnet32.yaml"
+    _, net = analyse(spec, ["vars.shallow=[9,9]", "losses.synergy.direction=top_down"])
+    assert net.depth["aux1"] > net.depth["main"]
+    pairs = net.synergy_pairs(net.spec.losses["synergy"])
+    assert pairs == [("aux2", "aux1"), ("main", "aux1"), ("main", "aux2")]
+    _, net = analyse(spec, ["vars.shallow=[9,9]", "losses.synergy.direction=bottom_up"])
+    assert net.synergy_pairs(net.spec.losses["synergy"]) == [("aux1", "aux2"), ("aux1", "main"), ("aux2", "main")]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1e-8", "must be greater than or equal to 0"),
+    (".nan", "must be a finite number"),
+    ("tiny", "must be a number"),
+])
+def test_bad_smoothing_is_a_one_line_error_at_its_line(tmp_path, value, message):
+    from netspec.errors import UserError
+
+    path = tmp_path / "spec.yaml"
+    text = SPEC.format(losses="  main: {head: main}\n  aux1: {head: aux1}\n  aux2: {head: aux2}\n"
+                              f"  syn: {{type: synergy, smoothing: {value}}}\n")
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        analyse(path)
+    assert "smoothing" in str(info.value) and message in str(info.value), str(info.value)
+    assert info.value.pos.line == text.splitlines().index(f"  syn: {{type: synergy, smoothing: {value}}}") + 1
