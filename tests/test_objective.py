@@ -151,7 +151,7 @@ def test_temperature_beta_and_direction(tmp_path):
     ("dsn", [1, 0.75, 0.5, 0.25]),  # α·(1 − t/N)
     ("{type: zero_after, epoch: 2}", [1, 1, 0, 0]),
     ("{type: ramp, epochs: 2}", [0, 0.5, 1, 1]),
-    ("mwbp", [0.64] * 4),  # (L_aux2 / L_main)² = (4 / 5)²: conv1..conv3 + aux2.fc against conv1..conv4 + fc
+    ("depth_power", [0.64] * 4),  # (L_aux2 / L_main)² = (4 / 5)²: conv1..conv3 + aux2.fc against conv1..conv4 + fc
 ])
 def test_schedules_scale_the_cross_entropy(tmp_path, schedule, factors):
     obj = objective(tmp_path, f"  main: {{head: main}}\n  aux1: {{head: aux1}}\n"
