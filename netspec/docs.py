@@ -99,7 +99,7 @@ def render() -> str:
     parts += [section(f"loss `type: {m.model_fields['type'].annotation.__args__[0]}`", m)
               for m in union_members(spec.Loss)]
     parts.append("## Loss weight schedules\n\nThe effective weight at epoch t of N is `weight × factor(t)`. "
-                 "Default: `constant`. CNDS specs use `cnds`; `mwbp` depends on the head's depth, not on t.\n")
+                 "Default: `constant`. CNDS specs use `cnds`; `depth_power` (netspec's own) depends on the head's depth, not on t.\n")
     parts += [section(f"`schedule: {m.model_fields['type'].annotation.__args__[0]}`", m, "###")
               for m in schedules.SCHEDULES.classes()]
     parts += [section("`data:`", DataSpec), section("`data.augment:`", Augment), section("`train:`", solver.TrainSpec)]

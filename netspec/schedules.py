@@ -78,10 +78,13 @@ class RampSchedule(WeightSchedule):
 
 
 @SCHEDULES.register
-class MWBPSchedule(WeightSchedule):
-    """MW-BP's depth rule: γ_k = max(floor, (L_k / L_K)^power), L = weight layers from the input to the head."""
+class DepthPowerSchedule(WeightSchedule):
+    """netspec's own depth rule (not MW-BP's): the loss weight × max(floor, (L_k / L_K)^power), L = weight layers
+    on the longest path from the input to the head. It borrows the form of MW-BP's γ_p, but MW-BP does not weight
+    its losses: its code scales each exit's gradient into the backbone (γ_p) and its learning rate (1/Γ_p) —
+    that is `branches.<name>.grad_scale: γ_p/Γ_p` (specs/mwbp_resnet56.yaml)."""
 
-    type: Literal["mwbp"]
+    type: Literal["depth_power"]
     floor: float = Field(default=0.01, ge=0, description="smallest weight")
     power: float = Field(default=2.0, description="exponent of the depth ratio")
 

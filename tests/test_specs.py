@@ -32,11 +32,13 @@ def test_dks_deployed_graph_is_the_plain_resnet():
     assert dks["train"]["params"] > plain["train"]["params"]
 
 
-def test_mwbp_exits_follow_the_depth_rule():
-    spec, graph = analyse("specs/mwbp_resnet56.yaml")
+def test_the_cpu_multi_exit_net_keeps_netspecs_depth_power_weights():
+    """specs/mwbp_fmnist.yaml is kept as it was before issue 9 (docs/reproduction.md's run): depth_power weights."""
+    spec, graph = analyse("specs/mwbp_fmnist.yaml")
     depth = graph.depth
     assert depth["main"] == 56  # conv1 + 27 blocks × 2 convs + fc
     assert depth["exit8"] == 1 + 8 * 2 + 1
+    assert depth["exit23"] == 1 + 22 * 2 + 1  # after block 22, as before (specs/mwbp_resnet56.yaml: block 23)
     gamma = spec.losses["exit8"].schedule.factor(0, 10, depth["exit8"] / depth["main"])
     assert gamma == pytest.approx(max(0.01, (18 / 56) ** 2))
 
