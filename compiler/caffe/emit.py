@@ -1,6 +1,6 @@
 """Write an imported Caffe net as a netspec spec (YAML text).
 
-The deepest loss (most weight layers from the input; the later one on a tie) supervises the backbone's `main`
+The deepest loss (most weight layers from the input; on a tie the larger weight, then the later one) supervises the backbone's `main`
 head; every other loss's path becomes a branch whose `from:` is where it leaves the backbone. Layers that feed no
 loss (a deploy net's `prob` Softmax, say) are dropped. Names are Caffe's (`/` and other characters a netspec
 name cannot have become `_`); in-place layers are nodes of their own; each node is one flow-style line.
@@ -67,7 +67,7 @@ def structure(net: Net) -> Structure:
         losses = [Loss("", "", last.name, 1.0, last.pos)]
     depth = _depth(net)
     order = {n.name: i for i, n in enumerate(net.nodes)}
-    main = max(losses, key=lambda l: (depth[l.logits], order.get(l.logits, -1)))
+    main = max(losses, key=lambda l: (depth[l.logits], l.weight, order.get(l.logits, -1)))
     trunk = _ancestry(main.logits, by_name)
     backbone = [n for n in net.nodes if n.name in trunk]
     taken = set(by_name) | {net.input.name}

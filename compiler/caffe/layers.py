@@ -544,10 +544,11 @@ def _network_input(net: Message, info: InputInfo) -> str | None:
     names = net.all("input")
     if not names:
         return None
-    if len(names) > 1:
-        raise CaffeError(f"the net has {len(names)} inputs ({', '.join(names)})", "netspec networks have one input",
-                         net.pos("input"))
-    dims = net.all("input_dim")
+    others = [n for n in names[1:] if "label" not in n.lower()]
+    if others:
+        raise CaffeError(f"the net has {len(names)} inputs ({', '.join(names)})", "netspec networks have one input "
+                         "(and labels: an input named like 'label')", net.pos("input"))
+    dims = net.all("input_dim")[:4]
     shapes = net.all("input_shape")
     if shapes:
         dims = shapes[0].all("dim")
@@ -572,6 +573,8 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
     input_blob = _network_input(net, info)
     if input_blob:
         blobs[input_blob] = info.name = spec_name(input_blob, taken)
+        for label in net.all("input")[1:]:
+            blobs[label] = LABEL
     layers = layers_of(net)
     if not layers:
         raise CaffeError("the net has no layers (in the TRAIN phase)", "give `layer { ... }` entries", net.pos())

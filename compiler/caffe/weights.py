@@ -94,26 +94,6 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     return out
 
 
-# --- writing (the tests' encoder, and anyone who wants a .caffemodel) --------------------------
-
-def write_caffemodel(path: str | Path, layers: dict[str, list[np.ndarray]], v1: bool = False,
-                     name: str = "") -> None:
-    """A .caffemodel of these layers' blobs (V2 `layer`, or V1 `layers` with legacy 4-D blob shapes)."""
-    net = message_class("NetParameter")(name=name)
-    for layer_name, blobs in layers.items():
-        layer = (net.layers if v1 else net.layer).add(name=layer_name)
-        for array in blobs:
-            blob = layer.blobs.add()
-            array = np.asarray(array, dtype=np.float32)
-            if v1:
-                dims = (1,) * (4 - array.ndim) + array.shape
-                blob.num, blob.channels, blob.height, blob.width = dims
-            else:
-                blob.shape.dim.extend(array.shape)
-            blob.data.extend(array.ravel().tolist())
-    Path(path).write_bytes(net.SerializeToString())
-
-
 # --- into a state_dict ------------------------------------------------------------------------
 
 def _put(state: dict, key: str, array: np.ndarray, layer: str, what: str, path: Path) -> None:
