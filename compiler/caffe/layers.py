@@ -640,7 +640,7 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
             bn.spec["affine"] = True
             bn.scale_layer = layer.name
             bn.mults = layer.mults
-            bn.notes.append(f"Caffe's BatchNorm '{bn.caffe}' + Scale '{layer.name}' ({layer.pos.line})")
+            bn.notes.append(f"Caffe's BatchNorm '{bn.caffe}' + Scale '{layer.name}' (line {layer.pos.line})")
             if not p.get("bias_term", False):
                 bn.notes.append("the Scale has no bias: netspec's batchnorm learns one (starts at 0)")
             for top in layer.tops:
