@@ -38,6 +38,8 @@ def to_dot(net: Network) -> str:
     for node in net:
         by_branch.setdefault(node.branch, []).append(node.name)
     head_nodes = net.head_nodes()
+    # a gradient-scaling node is drawn as a label on its edge, not as a box
+    scaled = {n.name: n for n in net if n.op.op == "grad_scale" and n.name not in head_nodes}
     for branch, names in by_branch.items():
         indent = "  "
         if branch is not None:
@@ -45,6 +47,8 @@ def to_dot(net: Network) -> str:
                        "color=red; fontcolor=red;")
             indent = "    "
         for name in names:
+            if name in scaled:
+                continue
             node = net.nodes[name]
             op = node.op.op
             label = f"{name}\\n{op}" + (f" · {human(node.params)}" if node.params else "")
@@ -54,9 +58,15 @@ def to_dot(net: Network) -> str:
         if branch is not None:
             out.append("  }")
     for node in net:
+        if node.name in scaled:
+            continue
         for u in node.inputs:
+            label = _shape(net.shape(u))
+            if u in scaled:
+                label += f"\n∇×{scaled[u].op.scale:.2g}"
+                u = scaled[u].inputs[0]
             style = ", color=red" if node.branch and (u == inp or not net.nodes[u].branch) else ""
-            out.append(f"  {_q(u)} -> {_q(node.name)} [label={_q(_shape(net.shape(u)))}{style}];")
+            out.append(f"  {_q(u)} -> {_q(node.name)} [label={_q(label)}{style}];")
     for name, loss in spec.losses.items():
         node = loss_id(name)
         out.append(f"  {_q(node)} [label={_q(name + chr(10) + loss.type)}, shape=octagon, style=filled, fillcolor=\"#f4cccc\"];")

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netspec.errors import Pos, SpecError, did_you_mean
-from netspec.ops import OpNode
+from netspec.ops import GradScale, OpNode
 from netspec.spec import MAIN_HEAD, BlockNode, Spec
 from netspec.compiler.ir import Node
 from netspec.compiler.template import substitute
 from netspec.compiler.tree import LineDict
 from netspec.compiler.validate import validate_node
+
+
+GRAD_SCALE = "grad_scale"  # local name of a branch's gradient-scaling node: <branch>.grad_scale
 
 
 @dataclass
@@ -87,6 +90,10 @@ class _Expander:
                                 "give the branch its own name", branch.at)
             attach = self._resolve(branch.from_, root, branch.where("from"), what=f"branch '{branch_name}' attaches to")
             scope = Scope(branch_name + ".", {"input": attach}, parent=root)
+            if branch.grad_scale is not None:  # the gradient-scaling edge: a node at the branch's start
+                attach = self.emit(GradScale(name=GRAD_SCALE, op="grad_scale", scale=branch.grad_scale,
+                                             _at=branch.where("grad_scale")), scope, attach, branch_name, "")
+                scope.names["input"] = attach
             heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "")
         nodes = tuple(Node(n.name, n.op, tuple(self._resolve(ref, n.scope, n.pos, n) for ref in n.refs) if n.refs
                            else tuple(n.inputs), n.branch, n.pos, n.via) for n in self.nodes)

@@ -89,10 +89,32 @@ class Network:
             return [loss.head]
         return list(self.heads) if loss.heads == "all" else list(loss.heads)
 
+    def attach_point(self, head: str) -> str | None:
+        """The backbone node an exit leaves the backbone at: the head's own node for the main head, else the
+        latest (topologically) backbone node its branch reads; None for a branch straight off the input."""
+        keep = self.ancestry(head)
+        backbone = [name for name in self.nodes if name in keep and self.nodes[name].branch is None]
+        return backbone[-1] if backbone else None
+
+    def head_order(self, heads) -> list[str]:
+        """Heads from shallow to deep by where they attach along the backbone (DKS's "deeper classifier"): the
+        attach point's weight-layer depth, then its position in the backbone; the main head deepest; two
+        heads on one attach point by their own depth. Not the longest path to the head: a long head on a
+        shallow attach point is still a shallow classifier."""
+        depth = {self.input.name: 0}
+        for node in self:
+            depth[node.name] = max(depth[p] for p in node.inputs) + int(node.op.weighted)
+        position = {name: i for i, name in enumerate(self.nodes)}
+
+        def key(head: str):
+            at = self.attach_point(head)
+            return (head == MAIN_HEAD, depth[at] if at else 0, position[at] if at else -1, self.depth[head])
+        return sorted(heads, key=key)
+
     def synergy_pairs(self, loss: SynergyLoss) -> list[tuple[str, str]]:
-        """DKS's set B: ordered (teacher m, student n) pairs, heads ordered shallow to deep."""
-        heads = list(self.heads) if loss.heads == "all" else list(loss.heads)
-        heads.sort(key=lambda h: (self.depth[h], h == MAIN_HEAD))
+        """DKS's set B: ordered (teacher m, student n) pairs; top_down = a deeper head teaches a shallower one,
+        depth being where the head attaches along the backbone (`head_order`)."""
+        heads = self.head_order(list(self.heads) if loss.heads == "all" else list(loss.heads))
         pairs = []
         for i, shallow in enumerate(heads):
             for deep in heads[i + 1:]:

@@ -2,7 +2,9 @@
 
 Submodules are named after the spec's nodes (`conv1`, `stage1.0.conv1`, `aux1.fc`), so parameter
 names are stable when a branch moves. The training module returns `{head: logits}`; a module lowered
-for one head returns that head's logits alone. Every call builds fresh modules; the network is not changed.
+for one head returns that head's logits alone and, being a deployed model, leaves out training-only
+identities (grad_scale). Every call builds fresh modules; the network is not changed.
+`param_groups` gives the optimizer its parameter groups from the spec's lr_mult / decay_mult.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from netspec.errors import SpecError
-from netspec.ops import Call, NodeInit, OpNode
+from netspec.ops import Call, NodeInit, OpNode, multipliers
 from netspec.compiler.ir import Network
 
 
@@ -63,6 +65,9 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
         if node.name not in wanted:
             continue
         args = tuple(values[source] for source in node.inputs)
+        if single and node.op.deploy_identity:
+            values[node.name] = args[0]
+            continue
         module = built[node.name]
         if isinstance(module, Call):
             values[node.name] = graph.call_function(module.fn, args, dict(module.kwargs))
@@ -75,6 +80,33 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
     gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
     gm.meta["heads"] = heads
     return gm
+
+
+def param_groups(net: Network, module: nn.Module) -> list[dict]:
+    """The optimizer's parameter groups: `{"params", "names", "lr_mult", "decay_mult"}`, one per distinct pair
+    of multipliers, in order of first appearance in `module.named_parameters()` (so the layout is the same on
+    every rank and on every resume of the same spec). A tensor named `bias` takes the `bias` multipliers, any
+    other the `weight` ones (ops.multipliers); tensors outside the spec's nodes take 1 and 1."""
+    train = net.spec.train
+    groups: dict[tuple[float, float], dict] = {}
+    for name, param in module.named_parameters():
+        node = _owner(net, name)
+        tensor = "bias" if name.rsplit(".", 1)[-1] == "bias" else "weight"
+        key = multipliers(node.op, train.lr_mult, train.decay_mult, tensor) if node else (1.0, 1.0)
+        group = groups.setdefault(key, {"params": [], "names": [], "lr_mult": key[0], "decay_mult": key[1]})
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def _owner(net: Network, parameter: str):
+    """The node a parameter belongs to: the longest dotted prefix of its name that is a node."""
+    parts = parameter.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        node = net.nodes.get(".".join(parts[:k]))
+        if node is not None:
+            return node
+    return None
 
 
 def _fx_name(name: str) -> str:

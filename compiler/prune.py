@@ -3,7 +3,8 @@
 `prune(gm, head)` keeps what that head needs and nothing else: its output is the head's logits (a
 tensor, not a dict), and every node, submodule and parameter of the other heads is gone. The result
 is node for node the module `lower(g, [head], single=True)` builds; for the main head that is the
-spec compiled without its branches (`unbranched_overrides`).
+spec compiled without its branches (`unbranched_overrides`). Training-only identities (grad_scale
+edges) are dropped: a deployed exit is the same with or without them.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from operator import attrgetter
 from torch import fx
 
 from netspec.errors import UserError, did_you_mean
+from netspec.ops import scale_grad
 from netspec.spec import MAIN_HEAD, CrossEntropyLoss, Spec
 
 
@@ -38,6 +40,10 @@ def prune(gm: fx.GraphModule, head: str = MAIN_HEAD) -> fx.GraphModule:
     pruned = fx.GraphModule(attributes, graph, class_name=type(gm).__name__)
     output = _output_node(pruned.graph)
     output.args = (output.args[0][head],)
+    for node in list(pruned.graph.nodes):
+        if node.op == "call_function" and node.target is scale_grad:
+            node.replace_all_uses_with(node.args[0])
+            pruned.graph.erase_node(node)
     pruned.graph.eliminate_dead_code()
     pruned.delete_all_unused_submodules()
     pruned.recompile()

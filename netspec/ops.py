@@ -10,7 +10,7 @@ import importlib
 import operator
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 import torch
 from pydantic import Field, field_validator
@@ -75,6 +75,7 @@ class OpNode(NodeBase):
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max number of inputs
     keeps_shape: ClassVar[bool] = False  # output shape = input shape (element-wise ops skip the meta run)
     needs_map: ClassVar[bool] = False  # needs a (C, H, W) feature map, not a (F,) vector
+    deploy_identity: ClassVar[bool] = False  # training-only identity (grad_scale): dropped when deployed
 
     @field_validator("from_")
     @classmethod
@@ -90,6 +91,74 @@ class OpNode(NodeBase):
         """Forward FLOPs for one example, counted as torch's FlopCounterMode does (2 × multiply-adds
         of conv and matmul; element-wise ops count 0). A test checks every op against it."""
         return 0
+
+
+Factor = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a finite number >= 0
+
+
+class Multiplier(Strict):
+    """A per-tensor multiplier (Caffe's `param { lr_mult decay_mult }`, V1's `blobs_lr` / `weight_decay`):
+    a number for every tensor of the node, or `{weight: x, bias: y}`; a key left out takes the spec's
+    default (`train.lr_mult` / `train.decay_mult`), else 1. `bias` is the bias tensor; `weight` every other
+    tensor of the node (a batchnorm's scale, a prelu's slopes)."""
+
+    __section__ = "multiplier"
+
+    weight: Factor | None = Field(default=None, description="multiplier of the weight tensor(s)")
+    bias: Factor | None = Field(default=None, description="multiplier of the bias")
+
+    def get(self, tensor: str) -> float | None:
+        return self.bias if tensor == "bias" else self.weight
+
+
+def multiplier_shorthand(value: Any) -> Any:
+    """`lr_mult: 2` is `{weight: 2, bias: 2}`; a bool or a string is an error, not 1.0 / a parsed number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, dict, Multiplier, type(None))):
+        raise ValueError(f"must be a number >= 0 or {{weight: x, bias: y}}, got {value!r}")
+    return {"weight": value, "bias": value} if isinstance(value, (int, float)) else value
+
+
+class ParamOp(OpNode):
+    """An op with learnable tensors: it takes per-tensor learning-rate and weight-decay multipliers."""
+
+    lr_mult: Multiplier | None = Field(default=None, description="learning-rate multiplier: a number, or "
+                                       "{weight: x, bias: y} (Caffe's lr_mult); default train.lr_mult, else 1")
+    decay_mult: Multiplier | None = Field(default=None, description="weight-decay multiplier: a number, or "
+                                          "{weight: x, bias: y} (Caffe's decay_mult); default train.decay_mult, else 1")
+
+    _mult_shorthand = field_validator("lr_mult", "decay_mult", mode="before")(
+        classmethod(lambda cls, value: multiplier_shorthand(value)))
+
+
+def multipliers(op: OpNode | None, lr_default: Multiplier | None, decay_default: Multiplier | None,
+                tensor: str) -> tuple[float, float]:
+    """(lr multiplier, decay multiplier) of one tensor (`weight` or `bias`) of a node: the node's value over
+    the spec-wide default over 1."""
+    def pick(own: Multiplier | None, default: Multiplier | None) -> float:
+        for source in (own, default):
+            value = source.get(tensor) if source is not None else None
+            if value is not None:
+                return value
+        return 1.0
+    return (pick(getattr(op, "lr_mult", None), lr_default), pick(getattr(op, "decay_mult", None), decay_default))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient × scale backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Gradient-scaling edge: returns x; the gradient flowing back through it is multiplied by `scale`."""
+    return _ScaleGrad.apply(x, scale)
 
 
 def pair(value: IntPair) -> tuple[int, int]:
@@ -134,7 +203,7 @@ def concat(*xs: torch.Tensor) -> torch.Tensor:
 # --- layers with parameters -------------------------------------------------------------------
 
 @register
-class Conv(OpNode):
+class Conv(ParamOp):
     """2-D convolution (Caffe Convolution)."""
 
     needs_map: ClassVar[bool] = True
@@ -160,7 +229,7 @@ class Conv(OpNode):
 
 
 @register
-class FC(OpNode):
+class FC(ParamOp):
     """Fully connected layer (Caffe InnerProduct); flattens its input."""
 
     op: Literal["fc"]
@@ -176,7 +245,7 @@ class FC(OpNode):
 
 
 @register
-class BatchNorm(OpNode):
+class BatchNorm(ParamOp):
     """Batch normalisation over channels (2-D for maps, 1-D for vectors)."""
 
     op: Literal["batchnorm"]
@@ -191,7 +260,7 @@ class BatchNorm(OpNode):
 
 
 @register
-class PReLU(OpNode):
+class PReLU(ParamOp):
     """Parametric ReLU, one slope per channel (or one shared)."""
 
     op: Literal["prelu"]
@@ -402,6 +471,20 @@ class Identity(OpNode):
 
 
 @register
+class GradScale(OpNode):
+    """Gradient-scaling edge: identity in the forward pass, gradient × `scale` in the backward pass (MW-BP's
+    per-exit γ_p/Γ_p). Training only: pruning and export drop it. Usually written `branches.<name>.grad_scale`."""
+
+    op: Literal["grad_scale"]
+    scale: Factor = Field(description="the factor the gradient is multiplied by (>= 0; 0 stops it)")
+    keeps_shape: ClassVar[bool] = True
+    deploy_identity: ClassVar[bool] = True  # dropped from deployed (pruned, exported) modules
+
+    def build(self, shapes):
+        return Call(scale_grad, {"scale": self.scale})
+
+
+@register
 class Add(OpNode):
     """Element-wise sum (residual connection); inputs must have one shape."""
 
@@ -442,7 +525,7 @@ class Shortcut(OpNode):
 
 
 @register
-class Custom(OpNode):
+class Custom(ParamOp):
     """A module from your own code, by import path. Runs only with `--allow-custom`."""
 
     op: Literal["custom"]

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, field_validator
 
 from netspec.errors import UserError
+from netspec.ops import Multiplier, multiplier_shorthand
 from netspec.registry import Registry
 from netspec.schema_base import Strict
 
@@ -22,12 +23,28 @@ LR_POLICIES = Registry("type")
 # --- optimizers ------------------------------------------------------------------------------
 
 class Optimizer(Strict):
-    """Base: `build(params)` makes the torch optimizer."""
+    """Base: `build(params)` makes the torch optimizer. `params` is an iterable of tensors, or of parameter
+    groups `{"params": [...], "lr_mult": m, "decay_mult": d}` (netspec.compiler.lower.param_groups): each group
+    gets lr × lr_mult and weight_decay × decay_mult; the multipliers stay in the group (and its state_dict)."""
 
     lr: float
+    weight_decay: float
 
     def build(self, params) -> torch.optim.Optimizer:
         raise NotImplementedError
+
+    def groups(self, params) -> list[dict]:
+        """Torch parameter groups with this optimizer's lr and weight decay times each group's multipliers."""
+        params = list(params)
+        if not params or not isinstance(params[0], dict):
+            params = [{"params": params}]
+        out = []
+        for group in params:
+            lr_mult, decay_mult = group.get("lr_mult", 1.0), group.get("decay_mult", 1.0)
+            group = {k: v for k, v in group.items() if k != "names"}  # names are for people, not the state_dict
+            out.append({**group, "lr_mult": lr_mult, "decay_mult": decay_mult, "lr": self.lr * lr_mult,
+                        "weight_decay": self.weight_decay * decay_mult})
+        return out
 
 
 @OPTIMIZERS.register
@@ -44,7 +61,7 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise UserError("train.optimizer.nesterov needs momentum > 0", "set train.optimizer.momentum (e.g. 0.9)",
                             self.where("nesterov"))
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+        return torch.optim.SGD(self.groups(params), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
                                weight_decay=self.weight_decay)
 
 
@@ -59,7 +76,7 @@ class Adam(Optimizer):
 
     def build(self, params):
         kind = torch.optim.AdamW if self.type == "adamw" else torch.optim.Adam
-        return kind(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return kind(self.groups(params), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
 
 # --- learning-rate policies ------------------------------------------------------------------
@@ -170,6 +187,11 @@ class TrainSpec(Strict):
     lr_schedule: LR_POLICIES.union() = Field(default_factory=lambda: CosineLR(type="cosine"),
                                              description=f"learning-rate policy: {LR_POLICIES.names()} "
                                                          "(default cosine)")
+    lr_mult: Multiplier | None = Field(default=None, description="default learning-rate multiplier of every "
+                                       "parameter tensor: a number or {weight: x, bias: y} (CNDS: {weight: 1, bias: 2}); "
+                                       "a node's own lr_mult wins")
+    decay_mult: Multiplier | None = Field(default=None, description="default weight-decay multiplier: a number or "
+                                          "{weight: x, bias: y} (CNDS: {weight: 1, bias: 0}); a node's own decay_mult wins")
     seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
@@ -185,6 +207,9 @@ class TrainSpec(Strict):
                                                                "whenever the main exit's top-1 improves)")
     out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
                                                      "defaults to runs/<spec name>")
+
+    _mult_shorthand = field_validator("lr_mult", "decay_mult", mode="before")(
+        classmethod(lambda cls, value: multiplier_shorthand(value)))
 
     @field_validator("optimizer", mode="before")
     @classmethod

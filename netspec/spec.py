@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
 
 from netspec.data_spec import DataSpec
-from netspec.ops import REGISTRY, NodeBase, NodeInit, check_name
+from netspec.ops import REGISTRY, Factor, NodeBase, NodeInit, check_name
 from netspec.schedules import SCHEDULES, Schedule, constant, schedule_shorthand
 from netspec.schema_base import Strict
 from netspec.solver import TrainSpec
@@ -60,6 +60,10 @@ class Branch(Strict):
 
     from_: str = Field(alias="from", description="the backbone node it attaches after — move a branch by editing this")
     nodes: list[Node] = Field(min_length=1, description="the branch's nodes; the last one's output is the head's logits")
+    grad_scale: Factor | None = Field(
+        default=None, description="gradient-scaling edge at the branch's start (node <branch>.grad_scale): identity "
+                                  "forward, the gradient flowing back into the backbone × this (MW-BP's γ_p/Γ_p); "
+                                  "the branch's own gradients are unchanged; export drops it")
 
 
 # --- losses ----------------------------------------------------------------------------------
@@ -96,6 +100,8 @@ class SynergyLoss(Strict):
         default="bidirectional", description="top_down: deeper heads teach shallower ones; bottom_up: the reverse; both")
     beta: float = Field(default=1.0, ge=0, description="β, the weight of each pair")
     temperature: float = Field(default=1.0, gt=0, description="softmax temperature T")
+    smoothing: Factor = Field(default=1e-8, description="ε: both distributions become (p + ε)/(1 + Cε) before the KL, "
+                                                      "as DKS's official code does (1e-8); 0 turns it off")
     schedule: Schedule = Field(default_factory=constant, description="how β changes")
 
     _shorthand = field_validator("schedule", mode="before")(schedule_shorthand)
@@ -160,7 +166,7 @@ class Spec(Strict):
             return value
         for loss in value.values():
             if isinstance(loss, dict) and "type" not in loss:
-                synergy_keys = sorted({"heads", "direction", "beta", "temperature"} & set(loss))
+                synergy_keys = sorted({"heads", "direction", "beta", "temperature", "smoothing"} & set(loss))
                 if synergy_keys:
                     raise ValueError(f"a loss with `{synergy_keys[0]}:` is a synergy loss: add `type: synergy` "
                                      "(a loss without `type:` is cross_entropy)")

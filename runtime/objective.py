@@ -2,8 +2,8 @@
 
 Each cross-entropy loss contributes weight × schedule factor × CE(head, labels); each synergy
 loss (DKS) contributes, for every ordered pair (m → n) of its set B,
-β × factor × T² × KL(softmax(f_m/T) ‖ softmax(f_n/T)) with f_m detached (a constant soft target).
-All terms are batch means. The total is their sum; every term is also returned by name for logging.
+β × factor × T² × KL(p_m ‖ p_n), p = softmax(f/T) smoothed to (p + ε)/(1 + Cε) as DKS's official code
+does (ε = `smoothing`, default 1e-8; 0 = the plain KL), with f_m detached (a constant soft target). All terms are batch means. The total is their sum; every term is also returned by name for logging.
 """
 from __future__ import annotations
 
@@ -62,14 +62,25 @@ class Objective:
             if term.teacher is None:
                 value = F.cross_entropy(logits[term.student], labels, label_smoothing=term.loss.label_smoothing)
             else:
-                value = synergy(logits[term.teacher], logits[term.student], term.loss.temperature)
+                value = synergy(logits[term.teacher], logits[term.student], term.loss.temperature,
+                                term.loss.smoothing)
             values.append(term.factor(epoch, self.epochs) * value)
         stacked = torch.stack(values)
         return stacked.sum(), stacked.detach()
 
 
-def synergy(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean, no gradient through the teacher."""
-    target = F.log_softmax(teacher.detach() / temperature, dim=1)
-    prediction = F.log_softmax(student / temperature, dim=1)
-    return temperature ** 2 * F.kl_div(prediction, target, reduction="batchmean", log_target=True)
+def synergy(teacher: torch.Tensor, student: torch.Tensor, temperature: float,
+            smoothing: float = 0.0) -> torch.Tensor:
+    """T² · KL(p_teacher ‖ p_student), batch mean, no gradient through the teacher; p = softmax(logits / T).
+
+    With `smoothing` ε > 0 both distributions are first smoothed to (p + ε)/(1 + Cε) (C classes), as DKS's
+    `KL_divergence` (sundw2014/DKS, wrn_DKS/KL_divergence.py) does with ε = 1e-8: then a confident student
+    (p_n^k → 0) costs at most log((1 + Cε)/ε) per class instead of an unbounded log-ratio."""
+    if smoothing == 0:
+        target = F.log_softmax(teacher.detach() / temperature, dim=1)
+        prediction = F.log_softmax(student / temperature, dim=1)
+        return temperature ** 2 * F.kl_div(prediction, target, reduction="batchmean", log_target=True)
+    classes = teacher.shape[1]
+    p = (F.softmax(teacher.detach() / temperature, dim=1) + smoothing) / (1.0 + classes * smoothing)
+    q = (F.softmax(student / temperature, dim=1) + smoothing) / (1.0 + classes * smoothing)
+    return temperature ** 2 * (p * (p.log() - q.log())).sum(dim=1).mean()

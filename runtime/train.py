@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from netspec.compiler import Compiled
+from netspec.compiler.lower import param_groups
 from netspec.compiler.summary import summarise
 from netspec.errors import UserError
 from netspec.project import atomic_write
@@ -89,7 +90,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
         objective.epochs = cfg.epochs
 
     # --- optimiser and learning rate, set every step
-    optimizer = cfg.optimizer.build(raw.parameters())
+    optimizer = cfg.optimizer.build(param_groups(compiled.network, raw))  # lr_mult / decay_mult groups
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.lr_schedule, cfg.optimizer.lr,
                                                                          cfg.epochs, steps))
 
@@ -144,7 +145,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
         distributed.sync_buffers(ctx, raw)
         accuracy = evaluate(net, test_batches, heads, ctx, autocast)
         means = dict(zip(objective.names, (sums / steps).tolist()))
-        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
+        record = {"epoch": epoch + 1, "step": step, "lr": cfg.optimizer.lr * scheduler.lr_lambdas[0](step), "seconds": round(seconds, 3),
                   "loss": sum(means.values()), **{f"loss/{k}": v for k, v in means.items()},
                   **{f"top{k}/{h}": accuracy[h][j] for h in heads for j, k in enumerate((1, 5))}}
         progress.end_epoch(_epoch_line(record, cfg.epochs, means, accuracy))

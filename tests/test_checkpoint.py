@@ -106,7 +106,7 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(ckpt, "save", save_then_poison)
     monkeypatch.setattr(objective, "synergy",
-                        lambda t, s, temperature: synergy(t, s, temperature) * (float("nan") if poisoned["on"] else 1))
+                        lambda t, s, *args: synergy(t, s, *args) * (float("nan") if poisoned["on"] else 1))
     with pytest.raises(UserError, match=r"epoch 2, step 5: loss term 'synergy:main->aux1' = nan, "
                                         r"'synergy:aux1->main' = nan; the last good checkpoint is .*last.pt"):
         train(compile_spec(spec))

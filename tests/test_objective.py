@@ -48,20 +48,31 @@ def random_logits(batch: int = 7, requires_grad: bool = False) -> tuple[dict[str
     return logits, torch.randint(0, 5, (batch,), generator=gen)
 
 
+def official_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """sundw2014/DKS wrn_DKS/KL_divergence.py (commit 6388fbc), transcribed line by line (CPU, no Variable)."""
+    p = torch.nn.functional.softmax(logits_p, dim=1)
+    q = torch.nn.functional.softmax(logits_q, dim=1)
+    shape = list(p.size())
+    num_classes = shape[1]
+    epsilon = 1e-8
+    _p = (p + epsilon * torch.ones(*shape, dtype=p.dtype)) / (1.0 + num_classes * epsilon)
+    _q = (q + epsilon * torch.ones(*shape, dtype=q.dtype)) / (1.0 + num_classes * epsilon)
+    return torch.mean(torch.sum(_p * torch.log(_p / _q), 1))
+
+
 def dks_reference(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """The official DKS training loss from the paper's formula, written out: Σ_heads CE(y, f_l) plus, for every
-    ordered pair (m, n) of distinct heads, (1/N) Σ_i Σ_k f_m^k (log f_m^k − log f_n^k) with f = softmax."""
+    """The official DKS training loss (wrn_DKS/main.py `h()`): Σ_heads CE(y, f_l) plus, for every ordered pair
+    (m, n) of distinct heads, KL_divergence(f_m.detach(), f_n) — the ε-smoothed KL of `official_kl`."""
     n = len(labels)
     total = torch.zeros((), dtype=torch.float64)
     for f in logits.values():
-        log_p = f - f.exp().sum(1, keepdim=True).log()
+        log_p = f - f.logsumexp(1, keepdim=True)
         total = total - log_p[torch.arange(n), labels].sum() / n
     for m, f_m in logits.items():
         for k, f_n in logits.items():
             if m == k:
                 continue
-            p_m = f_m.softmax(1).detach()
-            total = total + (p_m * (p_m.log() - f_n.log_softmax(1))).sum() / n
+            total = total + official_kl(f_m.detach(), f_n)
     return total
 
 
@@ -79,7 +90,7 @@ def test_dks_defaults_equal_the_official_loss(tmp_path):
 def test_synergy_gradients_are_those_of_dks_cross_entropy(tmp_path):
     """KL and DKS's H(f_m, f_n) = −Σ f_m log f_n differ by the entropy of the detached target: same gradients."""
     obj = objective(tmp_path, "  main: {head: main}\n  aux1: {head: aux1}\n  aux2: {head: aux2}\n"
-                              "  synergy: {type: synergy, heads: [aux1, main]}\n")
+                              "  synergy: {type: synergy, heads: [aux1, main], smoothing: 0}\n")
     logits, labels = random_logits(requires_grad=True)
     total, _ = obj(logits, labels, 0)
     ours = torch.autograd.grad(total, list(logits.values()))
@@ -91,9 +102,41 @@ def test_synergy_gradients_are_those_of_dks_cross_entropy(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("scale", [1, 30, 300])
+def test_default_smoothing_equals_the_official_kl_at_any_logit_scale(tmp_path, scale):
+    """ε = 1e-8 by default: the loss is the official one also when the logits are large (a student probability
+    of ~e^-300 would otherwise cost ~300 nats per class); `smoothing: 0` is the plain KL, which then differs."""
+    obj = objective(tmp_path, DKS)
+    logits, labels = random_logits()
+    logits = {h: scale * f for h, f in logits.items()}
+    total, _ = obj(logits, labels, 0)
+    assert torch.isfinite(total)
+    torch.testing.assert_close(total, dks_reference(logits, labels), rtol=1e-9, atol=1e-9)
+    plain = objective(tmp_path, DKS.replace("{type: synergy}", "{type: synergy, smoothing: 0}"))
+    unsmoothed, _ = plain(logits, labels, 0)
+    if scale >= 30:
+        assert unsmoothed.item() > 2 * total.item()  # the plain KL blows up where the official one saturates
+    else:
+        assert abs(unsmoothed.item() - total.item()) < 1e-3 * total.item()
+
+
+def test_smoothing_is_applied_with_the_temperature(tmp_path):
+    """T² · KL of the ε-smoothed softmax(f/T): the official formula on f/T, times T²."""
+    obj = objective(tmp_path, "  main: {head: main}\n  aux1: {head: aux1}\n  aux2: {head: aux2}\n"
+                              "  syn: {type: synergy, heads: [aux1, main], direction: top_down, temperature: 3, "
+                              "smoothing: 0.01}\n")
+    logits, labels = random_logits()
+    _, terms = obj(logits, labels, 0)
+    p = logits["main"].div(3).softmax(1)
+    q = logits["aux1"].div(3).softmax(1)
+    p, q = (p + 0.01) / 1.05, (q + 0.01) / 1.05
+    expected = 9 * (p * (p / q).log()).sum(1).mean()
+    assert abs(terms[obj.names.index("syn:main->aux1")].item() - expected.item()) < 1e-12
+
+
 def test_temperature_beta_and_direction(tmp_path):
     obj = objective(tmp_path, "  main: {head: main}\n  aux1: {head: aux1}\n  aux2: {head: aux2}\n"
-                              "  syn: {type: synergy, direction: top_down, beta: 0.5, temperature: 4}\n")
+                              "  syn: {type: synergy, direction: top_down, beta: 0.5, temperature: 4, smoothing: 0}\n")
     assert [n for n in obj.names if n.startswith("syn:")] == ["syn:aux2->aux1", "syn:main->aux1", "syn:main->aux2"]
     logits, labels = random_logits()
     _, terms = obj(logits, labels, 0)
