@@ -153,3 +153,24 @@ def test_the_command_prints_what_it_wrote(tmp_path, capsys):
     assert main(["import-caffe", str(tmp_path / "g.prototxt"), "-o", str(tmp_path / "g.yaml")]) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'g.yaml'}" in out and "heads main, loss1, loss2" in out
+
+
+def test_lr_mult_and_decay_mult_become_the_specs_multipliers(tmp_path):
+    from netspec.compiler.lower import param_groups
+
+    frozen = CNDS8_V1.replace("blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0", "blobs_lr: 0 blobs_lr: 0 "
+                              "weight_decay: 1 weight_decay: 0", 1)  # V1: conv1 frozen
+    compiled = imported(tmp_path, frozen, "cnds8").compiled
+    train = compiled.spec.train
+    assert (train.lr_mult.weight, train.lr_mult.bias, train.decay_mult.weight, train.decay_mult.bias) == (1, 2, 1, 0)
+    groups = {name: (g["lr_mult"], g["decay_mult"]) for g in param_groups(compiled.network, compiled.module)
+              for name in g["names"]}
+    assert groups["conv1.weight"] == (0, 1) and groups["conv1.bias"] == (0, 0)
+    assert groups["conv2.weight"] == (1, 1) and groups["ss_loss.ss_fc2.bias"] == (2, 0)
+    # V2 `param { lr_mult decay_mult }`; a BatchNorm's Scale without param specs keeps 1 and 1 under any default
+    text = BN_NET.replace('bias_term: false weight_filler { type: "msra" } } }',
+                          'bias_term: false weight_filler { type: "msra" } }\n  param { lr_mult: 3 decay_mult: 0 } }')
+    compiled = imported(tmp_path, text, "bn").compiled
+    groups = {name: (g["lr_mult"], g["decay_mult"]) for g in param_groups(compiled.network, compiled.module)
+              for name in g["names"]}
+    assert groups["conv1.weight"] == (3, 0) and groups["bn1.weight"] == (1, 1) and groups["bn1.bias"] == (1, 1)

@@ -118,6 +118,7 @@ class _Parser:
         self.file = file
         self.tokens = tokens(text, file)
         self.at = 0
+        self.open: list[Message] = []  # the messages being read, outermost first
 
     @property
     def token(self) -> Token:
@@ -133,11 +134,19 @@ class _Parser:
 
     def message(self, kind: str, line: int, close: str | None) -> Message:
         message = Message(kind, self.file, line)
+        self.open.append(message)
+        try:
+            return self._fields(message, line, close)
+        finally:
+            self.open.pop()
+
+    def _fields(self, message: Message, line: int, close: str | None) -> Message:
         while True:
             token = self.token
             if token.kind == "end":
                 if close:
-                    raise self.error(f"the message opened on line {line} is not closed", f"add '{close}'")
+                    raise TextFormatError(f"this message is not closed: the file ends first", f"add its '{close}'",
+                                          Pos(self.file, line))
                 return message
             if token.kind == "punct" and token.text in "}>":
                 if token.text != close:
@@ -155,6 +164,9 @@ class _Parser:
         schema = MESSAGES.get(parent.type)
         if schema is not None and name.text not in schema:
             where = parent.type if parent.type != "LayerParameter" else "layer"
+            if any(name.text in MESSAGES.get(m.type, {}) for m in self.open[:-1]):  # it belongs further out
+                raise self.error(f"'{name.text}' inside the {where} opened on line {parent.line}",
+                                 f"is that {where}'s closing '}}' missing?", name)
             raise self.error(f"unknown field '{name.text}' in {where}", did_you_mean(name.text, schema), name)
         kind = schema.get(name.text, OPAQUE) if schema is not None else OPAQUE
         colon = self.token.kind == "punct" and self.token.text == ":"
@@ -165,7 +177,7 @@ class _Parser:
             self.take()
             if kind[0].islower() and kind != OPAQUE:
                 raise self.error(f"'{name.text}' is a value, not a message", f"write `{name.text}: VALUE`", token)
-            yield Field(name.text, self.message(kind, token.line, "}" if token.text == "{" else ">"), name.line)
+            yield Field(name.text, self.message(kind, name.line, "}" if token.text == "{" else ">"), name.line)
         elif not colon:
             raise self.error(f"expected ':' after '{name.text}'", f"write `{name.text}: VALUE` or `{name.text} {{ ... }}`")
         elif token.kind == "punct" and token.text == "[":
