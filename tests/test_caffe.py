@@ -95,6 +95,12 @@ def test_batchnorm_and_scale_fold_into_one_batchnorm_node(tmp_path):
     assert nodes["relu1"].op == "leaky_relu" and nodes["relu1"].slope == 0.1
     assert nodes["conv2a"].kernel == (3, 1) and nodes["conv2a"].pad == (1, 0) and nodes["conv2b"].dilation == 2
     assert list(compiled.heads) == ["main", "gloss"] and compiled.spec.branches["gloss"].from_ == "pool2"
+    # the new ops (eltwise, sigmoid, tanh) count FLOPs as torch does
+    from torch.utils.flop_counter import FlopCounterMode
+    from netspec.compiler.summary import summarise
+    with FlopCounterMode(display=False) as counter:
+        compiled.module.eval()(torch.zeros(1, *compiled.spec.input.shape))
+    assert summarise(compiled.network)["train"]["flops"] == counter.get_total_flops()
 
 
 @pytest.mark.parametrize("name, text, model, v1", [
