@@ -142,12 +142,15 @@ def test_weights_of_another_net_are_refused_with_the_layer_named(tmp_path, capsy
 
 
 def test_imported_branches_are_drawn_dashed_and_pruned_by_export(tmp_path, capsys):
-    result = imported(tmp_path, BN_NET, "bn")
+    weights = tmp_path / "bn.caffemodel"
+    weights.write_bytes(caffemodel(randomise(BNNet()).caffe_blobs()))
+    result = imported(tmp_path, BN_NET, "bn", weights=weights)
     dot = to_dot(result.compiled.network)
     assert 'subgraph "cluster_gloss"' in dot and "style=dashed" in dot
     out = tmp_path / "bn.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["export", str(result.spec_path), "--random-init", "--prune-aux", str(out)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):  # the imported checkpoint is what export deploys
+        assert main(["export", str(result.spec_path), "--checkpoint", str(result.checkpoint), "--prune-aux",
+                     str(out)]) == 0
     import onnx
     graph = onnx.load(str(out)).graph
     assert [o.name for o in graph.output] == ["main"]
