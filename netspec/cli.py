@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("netspec.commands.export", "write an ONNX model (--prune-aux: without branches) and check it in onnxruntime"),
     "predict": ("netspec.commands.predict", "classify images or arrays with an ONNX model (onnxruntime only)"),
     "probe": ("netspec.commands.probe", "CNDS's gradient probe: where should a branch go?"),
+    "import-caffe": ("netspec.commands.import_caffe", "Caffe .prototxt (+ solver, .caffemodel) → a spec (+ checkpoint)"),
 }
 
 

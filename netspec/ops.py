@@ -382,6 +382,71 @@ class Softmax(OpNode):
         return nn.Softmax(dim=1)
 
 
+# (Caffe import: Sigmoid, TanH and Eltwise layers)
+@register
+class Sigmoid(OpNode):
+    """Logistic sigmoid (Caffe Sigmoid)."""
+
+    op: Literal["sigmoid"]
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.Sigmoid()
+
+
+@register
+class Tanh(OpNode):
+    """Hyperbolic tangent (Caffe TanH)."""
+
+    op: Literal["tanh"]
+    keeps_shape: ClassVar[bool] = True
+
+    def build(self, shapes):
+        return nn.Tanh()
+
+
+def eltwise_sum(*xs: torch.Tensor, coeff: tuple[float, ...]) -> torch.Tensor:
+    """Σ coeff_i · x_i (Caffe Eltwise SUM with coeff)."""
+    out = xs[0] * coeff[0]
+    for x, c in zip(xs[1:], coeff[1:]):
+        out = out + x * c
+    return out
+
+
+def eltwise_prod(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+def eltwise_max(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.maximum(out, x)
+    return out
+
+
+@register
+class Eltwise(OpNode):
+    """Element-wise sum with coefficients, product or maximum of inputs of one shape (Caffe Eltwise);
+    a plain sum is `add`."""
+
+    op: Literal["eltwise"]
+    operation: Literal["sum", "prod", "max"] = Field(default="sum", description="sum, prod or max")
+    coeff: list[float] | None = Field(default=None, description="with sum: one coefficient per input")
+    arity: ClassVar = (2, None)
+
+    def build(self, shapes):
+        if len({tuple(s) for s in shapes}) > 1:
+            raise ValueError("the inputs' shapes differ")
+        if self.coeff is not None and (self.operation != "sum" or len(self.coeff) != len(shapes)):
+            raise ValueError(f"coeff needs operation sum and one value per input ({len(shapes)})")
+        if self.operation == "sum":
+            return Call(eltwise_sum, {"coeff": tuple(self.coeff or [1.0] * len(shapes))})
+        return Call(eltwise_prod if self.operation == "prod" else eltwise_max)
+
+
 # --- structure: flatten, add, concat, identity, shortcut -------------------------------------
 
 @register

@@ -150,6 +150,30 @@ class CosineLR(LRPolicy):
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch / epochs)))
 
 
+# (Caffe's `inv` and `exp` policies, per epoch: `netspec import-caffe` converts Caffe's per-iteration gamma)
+@LR_POLICIES.register
+class InvLR(LRPolicy):
+    """(1 + gamma·t)^(−power), t in epochs (Caffe `inv`)."""
+
+    type: Literal["inv"]
+    gamma: float = Field(default=0.1, ge=0, description="decay rate per epoch")
+    power: float = Field(default=0.75, ge=0, description="exponent")
+
+    def factor(self, epoch, epochs, base_lr):
+        return (1.0 + self.gamma * epoch) ** -self.power
+
+
+@LR_POLICIES.register
+class ExpLR(LRPolicy):
+    """gamma^t, t in epochs (Caffe `exp`)."""
+
+    type: Literal["exp"]
+    gamma: float = Field(default=0.9, gt=0, le=1, description="factor per epoch")
+
+    def factor(self, epoch, epochs, base_lr):
+        return self.gamma ** epoch
+
+
 class TrainSpec(Strict):
     """How `netspec train` runs."""
 
@@ -177,6 +201,8 @@ class TrainSpec(Strict):
                                                      "are slow while it compiles)")
     sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
     steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on steps per epoch (smoke runs)")
+    max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimiser steps (Caffe's "
+                                  "max_iter); `epochs` then becomes as many as that takes")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
     out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "

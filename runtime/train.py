@@ -85,6 +85,9 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
     if steps == 0:
         raise UserError(f"the training split ({len(data.train_y)} examples) is smaller than one batch of "
                         f"{cfg.batch_size}", "lower train.batch_size, or raise data.train_limit")
+    if cfg.max_steps:  # Caffe's max_iter: as many epochs as the steps take, the last one cut short
+        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.max_steps / steps)})
+        objective.epochs = cfg.epochs
 
     # --- optimiser and learning rate, set every step
     optimizer = cfg.optimizer.build(param_groups(compiled.network, raw))  # lr_mult / decay_mult groups
@@ -123,7 +126,8 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
         train_batches.set_epoch(epoch)
         sums = np.zeros(len(objective.names))
         started = time.perf_counter()
-        for i, (x, y) in enumerate(itertools.islice(train_batches, steps)):
+        for i, (x, y) in enumerate(itertools.islice(train_batches, min(steps, cfg.max_steps - step)
+                                                      if cfg.max_steps else steps)):
             with autocast():
                 logits = model(x)
             loss, terms = objective(logits, y, epoch + i / steps)
