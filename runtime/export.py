@@ -22,7 +22,7 @@ import netspec
 from netspec.compiler import Compiled
 from netspec.errors import UserError
 from netspec.project import atomic_write
-from netspec.runtime.checkpoint import best_checkpoint, load_checkpoint, load_weights
+from netspec.runtime.checkpoint import best_checkpoint, check_heads, load_checkpoint, load_weights
 from netspec.runtime.data import load_dataset
 from netspec.runtime.predict import META
 from netspec.runtime.verify import check_batches, compare_with_torch
@@ -111,6 +111,7 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
         except UserError as err:
             raise UserError(err.what, err.fix + ", or pass --random-init to export untrained weights (a smoke test)") from None
     state = load_checkpoint(path)
+    check_heads(state, compiled, list(model.meta.get("heads") or compiled.heads), path, "export")
     trained_from = f"spec '{state.get('spec_name')}' (hash {state.get('spec_hash')})"
     try:
         load_weights(model, state["model"], path, unused_ok=True)
@@ -119,8 +120,9 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
                         f"these overrides (hash {compiled.spec_hash}): {err.what}",
                         "export with the spec and overrides it was trained with, or give this spec's checkpoint") from None
     if state.get("spec_hash") != compiled.spec_hash:
-        print(f"note: {path} was trained from {trained_from}; every weight this model needs is in it, by name and "
-              "shape (a branch moved or a loss changed since?)", file=sys.stderr)
+        same = "the graph of what is exported is unchanged" if state.get("structure") else \
+            "every weight this model needs is in it, by name and shape"
+        print(f"note: {path} was trained from {trained_from}; {same}", file=sys.stderr)
     return f"{path} (epoch {state.get('epoch')})"
 
 

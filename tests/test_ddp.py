@@ -60,5 +60,5 @@ def test_nproc_per_node_launches_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torchrun --standalone --nproc-per-node=2 -m netspec.cli train" in done.stderr
     assert "on 2 × cpu" in done.stderr and done.stdout.count("\nexit ") == 1
-    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["epoch"] == 1
-    assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(tmp_path / "run/latest/checkpoints/last.pt")["epoch"] == 1
+    assert len((tmp_path / "run/latest/metrics.jsonl").read_text().splitlines()) == 1

@@ -69,9 +69,10 @@ class Project:
         with torch.no_grad():
             self.compiled.module.bn1.running_mean.uniform_(-0.2, 0.2)
             self.compiled.module.bn1.running_var.uniform_(0.5, 2.0)
-        self.checkpoint = root / "run" / "checkpoints" / "best.pt"
+        self.checkpoint = root / "run" / "r1" / "checkpoints" / "best.pt"  # a run, and `latest` pointing at it
         self.printed: dict[str, str] = {}
         self.save_checkpoint(self.checkpoint, self.compiled.spec_hash)
+        (root / "run" / "latest").symlink_to("r1")
 
     def save_checkpoint(self, path: Path, spec_hash: str, misfit: bool = False) -> None:
         """`misfit`: the main classifier has another shape (a checkpoint of another spec)."""
