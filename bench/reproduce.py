@@ -7,7 +7,8 @@
 2. MW-BP: the per-exit table (exit, depth, params, FLOPs, top-1, top-5) of specs/mwbp_fmnist.yaml
    (pre-activation ResNet-56, width 8, exits after blocks 8/13/18/23, γ_k depth weights).
 
-Every run is `netspec train SPEC train.epochs=E data.train_limit=N train.seed=S train.out=OUT/<spec>_s<S>` in a
+Every run is `netspec train SPEC train.epochs=E data.train_limit=N train.seed=S train.out=OUT/<spec>_s<S>` (its files in
+`OUT/<spec>_s<S>/latest/`) in a
 subprocess with OMP_NUM_THREADS=1 (torch then uses one intra-op thread) and NETSPEC_BUILD=OUT/build, at most
 --jobs at once, longest first. The numbers are those of the *last* epoch (metrics.jsonl / exits.json), not the
 best epoch: choosing the best epoch on the test split would flatter every method. A run whose directory already
@@ -58,7 +59,7 @@ def overrides(b: dict, out: Path) -> list[str]:
 def finished(out: Path, b: dict) -> bool:
     try:
         same = json.loads((out / "budget.json").read_text()) == b
-        return same and json.loads((out / "exits.json").read_text())["epoch"] == b["epochs"]
+        return same and json.loads((out / "latest" / "exits.json").read_text())["epoch"] == b["epochs"]
     except (OSError, ValueError, KeyError):
         return False
 
@@ -87,8 +88,8 @@ def train_one(spec: str, b: dict, root: Path, fresh: bool) -> dict:
 def read_run(out: Path) -> dict | None:
     """The last epoch's record and the per-exit rows of a finished run."""
     try:
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        exits = json.loads((out / "exits.json").read_text())["exits"]
+        records = [json.loads(line) for line in (out / "latest" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        exits = json.loads((out / "latest" / "exits.json").read_text())["exits"]
     except (OSError, ValueError, KeyError):
         return None
     train_seconds = sum(r["seconds"] for r in records)

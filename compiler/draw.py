@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
+
+import networkx as nx
 
 from netspec.errors import UserError
-from netspec.spec import CrossEntropyLoss, SynergyLoss
-from netspec.compiler.ir import Network, loss_id
+from netspec.spec import BlockNode, CrossEntropyLoss, SynergyLoss
+from netspec.compiler.ir import Network, Node, loss_id
 from netspec.compiler.summary import human, schedule_text
 
 OP_COLOURS = {"conv": "#cfe2f3", "fc": "#d9ead3", "batchnorm": "#fff2cc", "maxpool": "#ead1dc", "avgpool": "#ead1dc",
@@ -51,7 +55,7 @@ def to_dot(net: Network) -> str:
                 continue
             node = net.nodes[name]
             op = node.op.op
-            label = f"{name}\\n{op}" + (f" · {human(node.params)}" if node.params else "")
+            label = f"{name}\\n{op}{_geometry(node.op)}" + (f" · {human(node.params)}" if node.params else "")
             heads = head_nodes.get(name)
             extra = f", peripheries=2, xlabel={_q('head ' + ', '.join(heads))}" if heads else ""
             out.append(f"{indent}{_q(name)} [label=\"{label}\", fillcolor={_q(OP_COLOURS.get(op, 'white'))}{extra}];")
@@ -82,6 +86,60 @@ def to_dot(net: Network) -> str:
                 out.append(f"  {_q(net.heads[head])} -> {_q(node)} [style=dotted, color=blue];")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _geometry(op) -> str:
+    """` 3×3/2` for a layer with a kernel (and a stride other than 1); '' else."""
+    kernel, stride = getattr(op, "kernel", None), getattr(op, "stride", 1)
+    if not isinstance(kernel, (int, tuple, list)):
+        return ""
+    pair = lambda v: f"{v}×{v}" if isinstance(v, int) else "×".join(map(str, v))  # noqa: E731
+    stride_text = "" if stride in (1, None, (1, 1), [1, 1]) else "/" + (str(stride) if isinstance(stride, int) else pair(stride))
+    return f" {pair(kernel)}{stride_text}"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A collapsed run of repeated blocks, standing in for an op in `to_dot`."""
+
+    op: str = "block"
+    weighted: bool = False
+
+
+def collapse(net: Network) -> Network:
+    """The network with each repeated block instance (`stage2` with `repeat: 5`) drawn as one node
+    `stage2[5× basic]`: edges into and out of the run are kept, those inside it dropped."""
+    instances = {}
+    for branch, nodes in [(None, net.spec.nodes)] + [(b, br.nodes) for b, br in net.spec.branches.items()]:
+        for node in nodes:
+            if isinstance(node, BlockNode) and node.repeat > 1:
+                qualified = f"{branch}.{node.name}" if branch else node.name
+                instances[qualified] = f"{qualified}[{node.repeat}× {node.block}]"
+    group_of = {}
+    for node in net:
+        for inst, label in instances.items():
+            if node.name.startswith(inst + ".") and node.name[len(inst) + 1:].split(".")[0].isdigit():
+                group_of[node.name] = label
+    rename = lambda n: group_of.get(n, n)  # noqa: E731
+    nodes: dict[str, Node] = {}
+    for node in net:
+        name = rename(node.name)
+        inputs = tuple(dict.fromkeys(rename(i) for i in node.inputs if rename(i) != name))
+        if name in nodes:  # a later member: extend the group's inputs, params, output shape
+            group = nodes[name]
+            extra = tuple(i for i in inputs if i not in group.inputs)
+            nodes[name] = replace(group, inputs=group.inputs + extra, shape=node.shape, params=group.params + node.params)
+        elif node.name in group_of:
+            nodes[name] = replace(node, name=name, op=_Group(), inputs=inputs)
+        else:
+            nodes[name] = replace(node, inputs=inputs)
+    data = nx.DiGraph()
+    data.add_node(net.input.name)
+    for node in nodes.values():
+        data.add_node(node.name)
+        data.add_edges_from((i, node.name) for i in node.inputs)
+    heads = {head: rename(node) for head, node in net.heads.items()}
+    return replace(net, nodes=MappingProxyType(nodes), heads=MappingProxyType(heads), data=nx.freeze(data))
 
 
 def render(dot_source: str, path: str | Path) -> Path:

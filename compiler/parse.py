@@ -203,6 +203,8 @@ def _set_path(node: Any, parts: list[str], value: Any, pos: Pos, done: tuple[str
         node[head] = child
         if isinstance(node, LineDict):
             node.key_pos[head] = pos
+    if isinstance(node[head], str) and node[head].isidentifier():  # a shorthand (`weight: kaiming`) expands
+        node[head] = _with_pos({"type": node[head]}, pos)                # to its mapping: `weight.mode=fan_in` fits
     _set_path(node[head], rest, value, pos, done + (head,))
 
 

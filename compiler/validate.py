@@ -219,7 +219,7 @@ def _explain(item: dict, where: str, found: _Found) -> tuple[str, str]:
         if isinstance(raw, dict) and hasattr(raw, "key_pos") and key in raw.key_pos:
             found.pos = raw.key_pos[key]
         if where == "spec":
-            return f"unknown top-level key '{key}'", ctx["hint"]
+            return f"unknown top-level key '{key}'", _section_hint(key) or ctx["hint"]
         return f"{where}: unknown key '{key}'", ctx["hint"]
     if kind == "missing":
         key = item["loc"][-1]
@@ -272,3 +272,11 @@ def _explain_union(items: list[dict], where: str) -> tuple[str, str]:
             wanted.append(text)
     got = f", got {_show(items[0]['input'])}" if "input" in items[0] else ""
     return f"{where}: must be {' or '.join(wanted)}{got}", ""
+
+
+def _section_hint(key: str) -> str:
+    """`epochs` at the top level: did you mean `train.epochs`? (the first section that has such a key)"""
+    for name, field in Spec.model_fields.items():
+        if key in getattr(field.annotation, "model_fields", {}):
+            return f"did you mean '{name}.{key}'?"
+    return ""

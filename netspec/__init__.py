@@ -1,3 +1,26 @@
-"""netspec: a Caffe-style declarative graph compiler for deeply-supervised CNNs."""
+"""netspec: a Caffe-style declarative graph compiler for deeply-supervised CNNs.
+
+`import netspec` stays light (no torch): `netspec.load` imports the compiler when it is called.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from netspec.compiler import Compiled
 
 __version__ = "0.1.0"
+
+
+def load(spec: "str | Path", overrides: Iterable[str] = ()) -> "Compiled":
+    """Compile a spec file (plus `key=value` overrides, as on the command line) into a `Compiled`:
+
+    `.module` the training `torch.fx.GraphModule` (`module(x)` returns `{head: logits}`; parameters named after
+    the spec's nodes), `.spec` the validated spec, `.network` the typed graph, `.heads`, and
+    `.exit_module(name)`, one exit alone (the backbone up to it and its head, sharing the layers). A spec
+    mistake raises `netspec.errors.SpecError` (`file:line: what — fix`). See docs/python_api.md."""
+    from netspec.compiler import compile_spec
+
+    return compile_spec(spec, list(overrides))

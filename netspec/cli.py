@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from netspec import __version__
 from netspec.errors import UserError, did_you_mean
 
 COMMANDS = {
@@ -31,6 +32,7 @@ DESCRIPTION = "Declarative deeply-supervised CNNs: YAML spec → torch.fx → tr
 def top_parser() -> argparse.ArgumentParser:
     """`netspec COMMAND ...`: lists the commands without importing them."""
     top = argparse.ArgumentParser(prog="netspec", description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=f"netspec {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -47,8 +49,10 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        raise UserError(f"there is no command '{argv[0]}'", did_you_mean(argv[0], COMMANDS))
     if not argv or argv[0] not in COMMANDS:
-        top_parser().parse_args(argv)  # prints usage, or help, and exits
+        top_parser().parse_args(argv)  # prints usage, or help, or the version, and exits
     # intermixed: options may stand between the spec, overrides and output file
     command = command_parser(argv[0])
     args, unknown = command.parse_known_intermixed_args(argv[1:])

@@ -59,7 +59,7 @@ def _default(field) -> str:
     return f"`{field.default}`"
 
 
-def model_table(model: type[BaseModel], skip: tuple[str, ...] = ("at",)) -> str:
+def model_table(model: type[BaseModel], skip: tuple[str, ...] = ("at", "key_at")) -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name in skip:
@@ -79,7 +79,7 @@ def op_section() -> str:
              "Adding an op is one class in `netspec/ops.py`.\n"]
     for name, cls in ops.REGISTRY.items():
         parts.append(f"### `op: {name}`\n\n{inspect.getdoc(cls)}\n\n"
-                     f"{model_table(cls, skip=('at', 'op', 'name', 'from_', 'init'))}\n")
+                     f"{model_table(cls, skip=('at', 'key_at', 'op', 'name', 'from_', 'init'))}\n")
     return "\n".join(parts)
 
 

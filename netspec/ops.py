@@ -564,11 +564,13 @@ class Kaiming(Strict):
     """He initialisation (normal)."""
 
     type: Literal["kaiming"]
-    mode: Literal["fan_in", "fan_out"] = Field(default="fan_out", description="which fan to preserve")
+    mode: Literal["fan_in", "fan_out"] | None = Field(default=None, description="which fan to preserve; default "
+                                                      "fan_out for conv, fan_in for fc (as Caffe's msra and PyTorch's Linear)")
     nonlinearity: Literal["relu", "leaky_relu", "linear"] = Field(default="relu", description="gain to use")
 
     def apply(self, weight):
-        nn.init.kaiming_normal_(weight, mode=self.mode, nonlinearity=self.nonlinearity)
+        mode = self.mode or ("fan_in" if weight.dim() == 2 else "fan_out")  # fc weights are 2-D, conv 4-D
+        nn.init.kaiming_normal_(weight, mode=mode, nonlinearity=self.nonlinearity)
 
 
 class Xavier(Strict):

@@ -6,6 +6,7 @@ base learning rate at a (fractional) epoch (`factor`). Adding either is one clas
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 import torch
@@ -193,8 +194,7 @@ class TrainSpec(Strict):
     decay_mult: Multiplier | None = Field(default=None, description="default weight-decay multiplier: a number or "
                                           "{weight: x, bias: y} (CNDS: {weight: 1, bias: 0}); a node's own decay_mult wins")
     seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
-                        description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
                                          "GPUs; also runs on CPU); losses stay fp32")
     compile: bool = Field(default=False, description="wrap the model in torch.compile (CPU or CUDA; the first steps "
@@ -205,8 +205,28 @@ class TrainSpec(Strict):
                                   "max_iter); `epochs` then becomes as many as that takes")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
-    out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
-                                                     "defaults to runs/<spec name>")
+    out: str | None = Field(default=None, description="folder of this spec's runs (each in <out>/<run name>/, "
+                                                     "with a `latest` link); defaults to runs/<spec name>")
+    run_name: str | None = Field(default=None, description="this run's folder name (default: the start time, "
+                                 "YYYYMMDD-HHMMSS); with --resume, the run to continue (default: latest)")
+    checkpoint_every_steps: int | None = Field(default=None, gt=0, description="also write last.pt every N steps "
+                                               "(Caffe's snapshot:); a resume from it is exact")
+    log_every_steps: int | None = Field(default=None, gt=0, description="log a step record (each term, raw CE per "
+                                        "head, α_t, lr, examples/s) every N steps to steps.jsonl (and TensorBoard)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.+-]+", value) or value in (".", "..", "latest"):
+            raise ValueError(f"'{value}' cannot name a run folder: use letters, digits, '_', '-', '.', '+'")
+        return value
 
     _mult_shorthand = field_validator("lr_mult", "decay_mult", mode="before")(
         classmethod(lambda cls, value: multiplier_shorthand(value)))

@@ -101,6 +101,15 @@ def all_gather(ctx: Context, obj: T) -> list[T]:
     return out
 
 
+def broadcast(ctx: Context, obj: T) -> T:
+    """Rank 0's picklable object, on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sync_buffers(ctx: Context, model: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics), so evaluation sees the checkpointed model."""
     if ctx.distributed:

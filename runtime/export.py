@@ -22,7 +22,7 @@ import netspec
 from netspec.compiler import Compiled
 from netspec.errors import UserError
 from netspec.project import atomic_write
-from netspec.runtime.checkpoint import best_checkpoint, load_checkpoint, load_weights
+from netspec.runtime.checkpoint import best_checkpoint, check_heads, load_checkpoint, load_weights
 from netspec.runtime.data import load_dataset
 from netspec.runtime.predict import META
 from netspec.runtime.verify import check_batches, compare_with_torch
@@ -111,6 +111,7 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
         except UserError as err:
             raise UserError(err.what, err.fix + ", or pass --random-init to export untrained weights (a smoke test)") from None
     state = load_checkpoint(path)
+    check_heads(state, compiled, list(model.meta.get("heads") or compiled.heads), path, "export")
     trained_from = f"spec '{state.get('spec_name')}' (hash {state.get('spec_hash')})"
     try:
         load_weights(model, state["model"], path, unused_ok=True)
@@ -119,8 +120,9 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
                         f"these overrides (hash {compiled.spec_hash}): {err.what}",
                         "export with the spec and overrides it was trained with, or give this spec's checkpoint") from None
     if state.get("spec_hash") != compiled.spec_hash:
-        print(f"note: {path} was trained from {trained_from}; every weight this model needs is in it, by name and "
-              "shape (a branch moved or a loss changed since?)", file=sys.stderr)
+        same = "the graph of what is exported is unchanged" if state.get("structure") else \
+            "every weight this model needs is in it, by name and shape"
+        print(f"note: {path} was trained from {trained_from}; {same}", file=sys.stderr)
     return f"{path} (epoch {state.get('epoch')})"
 
 
@@ -140,12 +142,62 @@ def _quiet_exporter():
 
 
 def to_onnx(module, input_name: str, input_shape: tuple[int, ...], output_names: list[str]):
-    """An eval-mode module as an `onnx.ModelProto` (dynamo exporter), its batch axis dynamic."""
+    """An eval-mode module as an `onnx.ModelProto` (dynamo exporter), its batch axis dynamic, its nodes and tensors
+    named after the spec's nodes."""
     example = torch.zeros(2, *input_shape)  # batch 2: torch.export specialises sizes 0 and 1
     with _quiet_exporter():
         program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[input_name],
                                     output_names=output_names, dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},))
-    return program.model_proto
+    proto = program.model_proto
+    spec_names(proto)
+    return proto
+
+
+def spec_names(proto) -> None:
+    """Name the graph's nodes and tensors after the spec's nodes (`conv4_1`, not `node_conv2d_4`), so Netron shows
+    the user's graph. The dynamo exporter records each node's module path (`pkg.torch.onnx.name_scopes`; submodules
+    are named after spec nodes); a spec node lowered to several ONNX nodes names its last one (and its output
+    tensor) plainly and the others `<node>/<OpType>`. Graph inputs, outputs and initialisers keep their names."""
+    import ast
+
+    nodes = list(proto.graph.node)
+    scope_of = {}
+    for index, node in enumerate(nodes):
+        props = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        if len(scopes) >= 2 and scopes[1]:
+            scope_of[index] = scopes[1]
+    last = {scope: index for index, scope in scope_of.items()}
+    fixed = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output} | \
+        {t.name for t in proto.graph.initializer}
+    node_names, tensor_names, tensors = set(), set(fixed), {}  # ONNX keeps node and tensor names apart
+    for index, node in enumerate(nodes):
+        scope = scope_of.get(index)
+        if scope is None:
+            continue
+        plain = last[scope] == index
+        name = _unique(scope if plain else f"{scope}/{node.op_type}", node_names)
+        node.name = name
+        for i, out in enumerate(node.output):
+            if out and out not in fixed:
+                tensors[out] = _unique(name if plain and i == 0 else f"{name}:{i}", tensor_names)
+    for node in proto.graph.node:
+        node.input[:] = [tensors.get(t, t) for t in node.input]
+        node.output[:] = [tensors.get(t, t) for t in node.output]
+    for info in proto.graph.value_info:
+        info.name = tensors.get(info.name, info.name)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, k = name, 1
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    taken.add(out)
+    return out
 
 
 def metadata(compiled, head: str | None, classes: list[str], weights: str) -> dict[str, str]:

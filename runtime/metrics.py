@@ -1,7 +1,11 @@
 """What a run reports: a progress bar with ETA, the metrics files, and the per-exit table.
 
-Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `loss`, `loss/<term>`,
-`top1/<exit>`, `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory.
+Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `examples_per_second`, `loss`,
+`loss/<term>` (weighted), `ce/<head>` (raw cross-entropy), `alpha/<term>` (schedule factor), `top1/<exit>`,
+`top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory; with
+`train.log_every_steps`, one record every N steps (`step`, fractional `epoch`, the same loss keys, `lr`,
+`examples_per_second`) to `steps.jsonl`. When the `tensorboard` package is importable, both also go to
+TensorBoard event files in `<run>/tensorboard/`.
 """
 from __future__ import annotations
 
@@ -66,13 +70,19 @@ def clock(seconds: float) -> str:
 class MetricsLog:
     """The run's per-epoch records, rewritten whole (and atomically) to metrics.jsonl and metrics.csv."""
 
-    def __init__(self, folder: Path, keep_until_epoch: int = 0):
-        """Start empty, or (resuming) keep the records of epochs up to `keep_until_epoch`."""
+    def __init__(self, folder: Path, keep_until_epoch: int = 0, keep_until_step: int = 0):
+        """Start empty, or (resuming) keep the records of epochs up to `keep_until_epoch` and the step records up
+        to `keep_until_step` (a killed run may have logged past its last checkpoint)."""
         self.folder = folder
-        self.records: list[dict] = []
-        path = folder / "metrics.jsonl"
-        if keep_until_epoch and path.is_file():
-            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["epoch"] <= keep_until_epoch]
+        self.records = [r for r in _read_jsonl(folder / "metrics.jsonl") if r["epoch"] <= keep_until_epoch]
+        steps = [r for r in _read_jsonl(folder / "steps.jsonl") if r["step"] <= keep_until_step]
+        if steps or (folder / "steps.jsonl").is_file():
+            atomic_write(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in steps))
+
+    def append_step(self, record: dict) -> None:
+        """One step record, appended to steps.jsonl (a line cut by a kill is dropped when the run resumes)."""
+        with open(self.folder / "steps.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def append(self, record: dict) -> None:
         self.records.append(record)
@@ -83,6 +93,42 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows(self.records)
         atomic_write(self.folder / "metrics.csv", text.getvalue())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # the last line of a killed write
+                pass
+    return out
+
+
+class TensorBoard:
+    """Scalars to TensorBoard event files (`<run>/tensorboard/`) when `torch.utils.tensorboard` can be imported
+    (it needs the `tensorboard` package, not a dependency of netspec); otherwise nothing."""
+
+    def __init__(self, run: Path, step: int = 0):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=step or None)
+
+    def scalars(self, record: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        group = "epoch" if "top1/main" in record else "step"
+        for key, value in record.items():
+            if key not in ("step",) and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]]) -> list[dict]:

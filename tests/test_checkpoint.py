@@ -36,17 +36,17 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         interrupt_after_first_checkpoint(m)
         with pytest.raises(KeyboardInterrupt):
             train(compile_spec(spec, [f"train.out={tmp_path / 'b'}"]))
-    assert ckpt.load_checkpoint(tmp_path / "b/checkpoints/last.pt")["epoch"] == 1
+    assert ckpt.load_checkpoint(tmp_path / "b/latest/checkpoints/last.pt")["epoch"] == 1
     resumed = train(compile_spec(spec, [f"train.out={tmp_path / 'b'}"]), resume=True)
 
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    a, b = (ckpt.load_checkpoint(tmp_path / run / "checkpoints/last.pt") for run in ("a", "b"))
+    a, b = (ckpt.load_checkpoint(tmp_path / run / "latest/checkpoints/last.pt") for run in ("a", "b"))
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
-    assert [line.split(",")[0] for line in (tmp_path / "b/metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
+    assert [line.split(",")[0] for line in (tmp_path / "b/latest/metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
 
 
 def test_checkpoint_contents_load_with_weights_only(tmp_path):
@@ -73,7 +73,7 @@ def test_damaged_checkpoint_is_a_clear_error_and_the_other_survives(tmp_path, ca
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
     train(compile_spec(spec, ["train.epochs=1"]))
-    folder = tmp_path / "run" / "checkpoints"
+    folder = tmp_path / "run" / "latest" / "checkpoints"
     last = folder / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     with pytest.raises(UserError, match=f"cannot read checkpoint {last}"):
@@ -110,11 +110,11 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path, monke
     with pytest.raises(UserError, match=r"epoch 2, step 5: loss term 'synergy:main->aux1' = nan, "
                                         r"'synergy:aux1->main' = nan; the last good checkpoint is .*last.pt"):
         train(compile_spec(spec))
-    state = ckpt.load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    state = ckpt.load_checkpoint(tmp_path / "run/latest/checkpoints/last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def test_init_from_copies_by_name_and_names_a_mismatched_layer(tmp_path, capsys):
+def test_init_from_copies_the_unchanged_nodes_and_says_why_the_rest_is_new(tmp_path, capsys):
     source = train(compile_spec(tiny_spec(tmp_path), ["train.epochs=1"])).run / "checkpoints" / "last.pt"
     capsys.readouterr()
     renamed = tiny_spec(tmp_path, "renamed.yaml", extra=f"init: {{from: {source}}}\n")
@@ -124,10 +124,15 @@ def test_init_from_copies_by_name_and_names_a_mismatched_layer(tmp_path, capsys)
     assert f"init.from {source}: copied conv1, conv2, fc; new: aux1.head" in capsys.readouterr().err
     torch.testing.assert_close(result.model.state_dict()["conv1.weight"], before["conv1.weight"])
 
-    spec = compile_spec(tiny_spec(tmp_path, "bad.yaml", extra=f"init: {{from: {source}}}\n"),
-                        ["nodes.conv2.out=6", f"train.out={tmp_path / 'bad'}"])
-    with pytest.raises(UserError, match=r"layer 'conv2': conv2.weight is \(8, 4, 3, 3\) in .* but \(6, 4, 3, 3\)"):
-        train(spec)
+    capsys.readouterr()
+    spec = compile_spec(tiny_spec(tmp_path, "changed.yaml", extra=f"init: {{from: {source}}}\n"),
+                        ["nodes.conv2.out=6", f"train.out={tmp_path / 'changed'}", "train.epochs=1",
+                         "train.steps_per_epoch=1", "train.optimizer.lr=1e-9"])
+    result = train(spec)  # copies what is unchanged (its whole ancestry), says which, and why the rest is new
+    assert (f"init.from {source}: copied conv1, aux1.fc; new: conv2, fc; conv2 changed (out 8 → 6); "
+            "fc changed (depends on conv2)") in capsys.readouterr().err
+    torch.testing.assert_close(result.model.state_dict()["aux1.fc.weight"], before["aux1.fc.weight"], atol=1e-6,
+                               rtol=0)
     assert torch.equal(ckpt.load_checkpoint(source)["model"]["conv1.weight"], before["conv1.weight"])
 
 

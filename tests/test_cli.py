@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import netspec
+
 from netspec.cli import main
 from conftest import MINI, SPECS
 
@@ -107,10 +109,35 @@ def test_options_may_stand_between_the_spec_and_its_overrides(project, capsys):
     assert code == 0 and {n["name"]: n["shape"] for n in json.loads(out)["nodes"]}["conv1"] == [8, 28, 28]
 
 
-def test_unknown_command_lists_the_commands(capsys):
+def test_unknown_command_is_a_did_you_mean_and_version_is_printed(capsys):
+    assert main(["compie"]) == 2
+    assert capsys.readouterr().err.strip() == "netspec: there is no command 'compie' — did you mean 'compile'?"
     with pytest.raises(SystemExit) as stop:
-        main(["compil"])
-    assert stop.value.code == 2 and "compile" in capsys.readouterr().err
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"netspec {netspec.__version__}"
+
+
+def test_override_rough_edges(project, capsys):
+    code, _, err = run(capsys, "compile", "specs/fm.yaml", "epochs=1")
+    assert code == 2 and "unknown top-level key 'epochs' — did you mean 'train.epochs'?" in err
+    code, _, err = run(capsys, "compile", "specs/fm.yaml", "train.device=gpu")
+    assert code == 2 and "'gpu' is not a device" in err and "^(" not in err and "pattern" not in err
+    from netspec.compiler import compile_spec
+
+    spec = compile_spec("specs/fm.yaml", ["init.weight.mode=fan_out"]).spec  # the spec says `weight: kaiming`
+    assert (spec.init.weight.type, spec.init.weight.mode) == ("kaiming", "fan_out")
+
+
+def test_kaiming_uses_fan_in_on_fc_and_fan_out_on_conv(tmp_path):
+    import torch
+
+    from netspec.ops import Kaiming
+
+    torch.manual_seed(0)
+    fc, conv = torch.empty(400, 1000), torch.empty(64, 100, 3, 3)  # fan_in 1000 / fan_out 576
+    Kaiming(type="kaiming").apply(fc)
+    Kaiming(type="kaiming").apply(conv)
+    assert abs(fc.std().item() - (2 / 1000) ** 0.5) < 2e-3 and abs(conv.std().item() - (2 / 576) ** 0.5) < 2e-3
 
 
 def test_an_option_that_is_a_spec_setting_points_to_the_override(project, capsys):

@@ -45,7 +45,7 @@ def test_ranks_stay_identical_and_match_a_single_process(tmp_path):
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6)
     assert not torch.equal(single["conv1.weight"], compile_spec(spec).module.state_dict()["conv1.weight"])  # it trained
-    ddp, one = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    ddp, one = ([json.loads(line) for line in (tmp_path / run / "latest" / "metrics.jsonl").read_text().splitlines()]
                 for run in ("ddp", "single"))
     assert len(ddp) == 4  # rank 0 alone writes
     for a, b in zip(ddp, one):
@@ -60,5 +60,5 @@ def test_nproc_per_node_launches_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torchrun --standalone --nproc-per-node=2 -m netspec.cli train" in done.stderr
     assert "on 2 × cpu" in done.stderr and done.stdout.count("\nexit ") == 1
-    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["epoch"] == 1
-    assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(tmp_path / "run/latest/checkpoints/last.pt")["epoch"] == 1
+    assert len((tmp_path / "run/latest/metrics.jsonl").read_text().splitlines()) == 1

@@ -72,3 +72,28 @@ def test_missing_dot_binary_says_how_to_install(dot, tmp_path, monkeypatch):
     with pytest.raises(UserError) as info:
         render(dot, tmp_path / "g.svg")
     assert "`dot` program is not installed" in info.value.what and "apt-get install graphviz" in info.value.fix
+
+
+def test_conv_nodes_show_kernel_and_stride(write_spec):
+    text = WITH_BRANCH.replace("{name: conv1, op: conv, out: 4, kernel: 3, pad: 1}",
+                               "{name: conv1, op: conv, out: 4, kernel: 3, pad: 1, stride: 2}")
+    dot = to_dot(analyse(write_spec(text))[1])
+    assert '"conv1" [label="conv1\\nconv 3×3/2' in dot and '"aux.pool" [label="aux.pool\\nmaxpool 2×2' in dot
+
+
+def test_collapse_draws_a_repeated_block_as_one_node_and_deploy_drops_the_branches(tmp_path, monkeypatch, capsys):
+    from netspec.cli import main
+    from netspec.compiler.draw import collapse
+    from conftest import SPECS
+
+    _, net = analyse(SPECS / "resnet20_fmnist.yaml")
+    dot = to_dot(collapse(net))
+    repeated = [n for n in collapse(net).nodes if "×" in n]
+    assert repeated and all(re.fullmatch(r"stage\d\[\d+× \w+\]", n) for n in repeated), repeated
+    assert not [n for n in collapse(net).nodes if re.match(r"stage\d\.\d+\.", n)]
+    assert dot.count(" -> ") < to_dot(net).count(" -> ")
+    monkeypatch.chdir(tmp_path)
+    spec = SPECS / "cnds8_fmnist.yaml"
+    assert main(["draw", str(spec), "--deploy", "-o", str(tmp_path / "d.dot")]) == 0
+    deployed = (tmp_path / "d.dot").read_text()
+    assert "aux1" not in deployed and '"conv5_2"' in deployed and "cluster" not in deployed

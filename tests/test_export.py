@@ -69,9 +69,10 @@ class Project:
         with torch.no_grad():
             self.compiled.module.bn1.running_mean.uniform_(-0.2, 0.2)
             self.compiled.module.bn1.running_var.uniform_(0.5, 2.0)
-        self.checkpoint = root / "run" / "checkpoints" / "best.pt"
+        self.checkpoint = root / "run" / "r1" / "checkpoints" / "best.pt"  # a run, and `latest` pointing at it
         self.printed: dict[str, str] = {}
         self.save_checkpoint(self.checkpoint, self.compiled.spec_hash)
+        (root / "run" / "latest").symlink_to("r1")
 
     def save_checkpoint(self, path: Path, spec_hash: str, misfit: bool = False) -> None:
         """`misfit`: the main classifier has another shape (a checkpoint of another spec)."""
@@ -261,3 +262,14 @@ def test_checkpoint_whose_weights_fit_exports_with_a_note(project, capsys):
     out = project.root / "moved.onnx"
     assert main(["export", "--prune-aux", "--checkpoint", str(project.root / "moved.pt"), str(project.spec), str(out)]) == 0
     assert "every weight this model needs is in it" in capsys.readouterr().err and out.exists()
+
+
+def test_onnx_nodes_and_tensors_carry_the_spec_names(full_model, main_model):
+    """Netron shows the user's graph: `conv2`, `aux1.fc`, not `node_conv2d_1`."""
+    full = onnx.load(full_model).graph
+    nodes = [n.name for n in full.node]
+    assert {"relu1", "pool1", "conv2", "relu2", "fc", "aux1.conv", "aux1.gap", "aux1.fc"} <= set(nodes)  # conv1+bn1: one Conv
+    assert not [n for n in nodes if n.startswith("node_")] and len(set(nodes)) == len(nodes)
+    produced = {out: n.name for n in full.node for out in n.output}
+    assert produced["conv2"] == "conv2" and produced["aux1"] == "aux1.fc" and produced["main"] == "fc"
+    assert [n.name for n in onnx.load(main_model).graph.node if n.name.startswith("aux1")] == []

@@ -115,7 +115,7 @@ def test_resume_with_multipliers_continues_exactly(tmp_path, monkeypatch):
     resumed = train(compile_spec(spec, extra + [f"train.out={tmp_path / 'b'}"]), resume=True)
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    state = ckpt.load_checkpoint(tmp_path / "b/checkpoints/last.pt")["optimizer"]
+    state = ckpt.load_checkpoint(tmp_path / "b/latest/checkpoints/last.pt")["optimizer"]
     assert [(g["lr_mult"], g["decay_mult"]) for g in state["param_groups"]] == [(1, 1), (2, 0)]
     assert math.isclose(state["param_groups"][1]["weight_decay"], 0.0)
 

@@ -222,3 +222,15 @@ def test_apply_to_a_spec_whose_branches_are_deleted_uses_the_default_head(spec: 
 def test_bad_arguments_are_clear_errors(spec: Path, capsys, args, message):
     assert probe(spec, *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_output_names_the_probed_init_and_warns_when_it_is_not_the_specs(spec, capsys):
+    assert probe(spec) == 0  # the spec's init is the probe's default, gaussian 0.01: no warning
+    out = capsys.readouterr().out
+    assert "init gaussian:0.01," in out and "warning" not in out
+    assert probe(spec, "init.weight=kaiming") == 0
+    out = capsys.readouterr().out
+    assert "warning: probed with init gaussian:0.01, but the spec initialises its weight layers with kaiming" in out
+    assert probe(spec, "init.weight=kaiming", "--init", "spec") == 0
+    out = capsys.readouterr().out
+    assert "init kaiming," in out and "warning" not in out

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from netspec.project import atomic_write, build_root
 from netspec.compiler.artifacts import write_build
-from netspec.compiler.draw import render, to_dot
+from netspec.compiler import analyse
+from netspec.compiler.draw import collapse, render, to_dot
+from netspec.compiler.prune import unbranched_overrides
 from netspec.compiler.summary import format_summary, summarise
 from netspec.commands.common import add_spec_arguments, load
 
@@ -19,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     else:
         parser.add_argument("-o", "--output", default=None, help="output file (.svg, .png, .pdf, .dot); "
-                            "default build/<name>/graph.svg")
+                            "default build/<name>/graph.svg (graph_deploy.svg with --deploy)")
+        parser.add_argument("--collapse", action="store_true",
+                            help="draw each repeated block as one node (stage2[5× basic]): for deep nets")
+        parser.add_argument("--deploy", action="store_true",
+                            help="draw the deployed graph: the main exit alone, every branch pruned")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +49,13 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_draw(args: argparse.Namespace) -> int:
-    compiled, _ = load(args)
-    output = Path(args.output) if args.output else build_root() / compiled.spec.name / "graph.svg"
-    print(f"wrote {render(to_dot(compiled.network), output)}")
+    compiled, overrides = load(args)
+    network = compiled.network
+    if args.deploy:  # what `export --prune-aux` deploys: the spec compiled without its branches
+        network = analyse(compiled.path, overrides + unbranched_overrides(compiled.spec))[1]
+    if args.collapse:
+        network = collapse(network)
+    default = "graph_deploy.svg" if args.deploy else "graph.svg"
+    output = Path(args.output) if args.output else build_root() / compiled.spec.name / default
+    print(f"wrote {render(to_dot(network), output)}")
     return 0

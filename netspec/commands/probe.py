@@ -115,6 +115,17 @@ def parse_init(text: str) -> WeightInit | None:
     return INITS["gaussian"](std)
 
 
+def init_text(init: WeightInit | None, compiled: Compiled) -> str:
+    """The init a probe uses, in words: `--init`'s filler, or (None) the spec's `init.weight` (per-node overrides
+    aside)."""
+    init = init if init is not None else compiled.spec.init.weight
+    if init is None:
+        return "default (PyTorch's)"
+    fields = init.model_dump(exclude={"type", "std"}, exclude_defaults=True)
+    std = f":{init.std:g}" if init.type == "gaussian" else ""
+    return init.type + std + "".join(f" {k}={v}" for k, v in fields.items())
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     compiled, overrides = load(args)
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
               "decay": args.decay or default_decay(table, args.threshold), "layers": layers, "gradients": plain,
               "points": [{"layer": p, "from": attach_node(net, p)} for p in points]}
     out = Path(args.out) if args.out else build_root() / compiled.spec.name / "probe"
-    title = f"{compiled.spec.name}, init {args.init}"
+    title = f"{compiled.spec.name}, init {init_text(config.init, compiled)}"
     plots = [plot_gradients(plain, args.threshold, out / "probe_gradients", title)]
     with_branches = None
     if args.with_branches:
@@ -143,8 +154,13 @@ def run(args: argparse.Namespace) -> int:
         plots.append(plot_before_after(plain, with_branches, lower_layers, out / "probe_branches", title))
     atomic_write(out / "probe.json", json.dumps(report, indent=1) + "\n")
 
+    probed, own = init_text(config.init, compiled), init_text(None, compiled)
     print(f"{compiled.spec.name}: {config.iters} SGD iterations (batch {config.batch_size}, lr {config.lr:g}, "
-          f"init {args.init}, seed {config.seed}), supervision at the top only\n")
+          f"init {probed}, seed {config.seed}), supervision at the top only\n")
+    if probed != own:
+        print(f"warning: probed with init {probed}, but the spec initialises its weight layers with {own}: training "
+              f"sees other gradients{' (and --apply writes branches for this init)' if args.apply else ''}; "
+              "`--init spec` probes the spec's own init\n")
     print(format_table(plain, args.threshold, with_branches))
     print()
     print(format_points(net, table, points, args.threshold))

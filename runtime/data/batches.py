@@ -61,14 +61,15 @@ class Batches:
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
         # (x / 255 - mean) / std as one multiply-add
         self._scale = (1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1).to(self.device)
         self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1).to(self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose shuffle and augmentation the next iteration uses."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch whose shuffle and augmentation the next iteration uses, and how many of its first
+        batches to leave out (resuming mid-epoch: the rest are the same batches an uninterrupted run sees)."""
+        self.epoch, self.skip = epoch, skip
 
     def _shard_size(self) -> int:
         """How many examples of the epoch this rank sees (equal on every rank with drop_last)."""
@@ -85,7 +86,7 @@ class Batches:
         # every world_size-th example: together the ranks' b-th batches are the single-process run's b-th
         # batch of world_size × batch_size examples, so DDP and one process see the same data step for step
         mine = order[self.rank::self.world_size][: self._shard_size()].to(self.x.device)
-        for b in range(len(self)):
+        for b in range(self.skip if self.train else 0, len(self)):
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.x.index_select(0, idx).to(self.device, non_blocking=True)
             y = self.y.index_select(0, idx.to(self.y.device)).to(self.device, non_blocking=True)
