@@ -6,7 +6,7 @@ base learning rate at a (fractional) epoch (`factor`). Adding either is one clas
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -54,7 +54,8 @@ class Adam(Optimizer):
 
     type: Literal["adam", "adamw"]
     lr: float = Field(default=1e-3, gt=0, description="base learning rate")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="moment decay rates")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default=(0.9, 0.999), description="moment decay rates")
     weight_decay: float = Field(default=0.0, ge=0, description="weight decay (decoupled for adamw)")
 
     def build(self, params):
@@ -92,7 +93,7 @@ class StepLR(LRPolicy):
 
     type: Literal["step"]
     step_size: int = Field(default=30, gt=0, description="epochs between drops")
-    gamma: float = Field(default=0.1, gt=0, description="drop factor")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="drop factor")
 
     def factor(self, epoch, epochs, base_lr):
         return self.gamma ** (int(epoch) // self.step_size)
@@ -103,8 +104,8 @@ class MultiStepLR(LRPolicy):
     """Multiply by `gamma` at each milestone epoch (Caffe `multistep`)."""
 
     type: Literal["multistep"]
-    milestones: list[int] = Field(default_factory=list, description="epochs at which to drop")
-    gamma: float = Field(default=0.1, gt=0, description="drop factor")
+    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="epochs at which to drop")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="drop factor")
 
     def factor(self, epoch, epochs, base_lr):
         return self.gamma ** sum(epoch >= m for m in self.milestones)
@@ -146,7 +147,7 @@ class TrainSpec(Strict):
     lr_schedule: LR_POLICIES.union() = Field(default_factory=lambda: CosineLR(type="cosine"),
                                              description=f"learning-rate policy: {LR_POLICIES.names()} "
                                                          "(default cosine)")
-    seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seed for init, shuffling and augmentation")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
@@ -163,6 +164,8 @@ class TrainSpec(Strict):
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer_shorthand(cls, value):
+        if isinstance(value, dict) and "type" not in value:  # `train.optimizer.lr=0.01`: the default optimizer's
+            value["type"] = "sgd"
         return {"type": value} if isinstance(value, str) else value
 
     @field_validator("lr_schedule", mode="before")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from netspec.errors import UserError
-from netspec.project import atomic_write
+from netspec.project import atomic_write, read_json
 from netspec.spec import Spec
 
 LAST, BEST, INDEX = "last.pt", "best.pt", "checkpoints.json"
@@ -49,7 +50,7 @@ def save(folder: Path, state: dict, *, best: bool) -> None:
     data = buffer.getvalue()
     atomic_write(folder / LAST, data)
     index_path = folder / INDEX
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = read_index(folder)
     index.update(spec_name=state["spec_name"], spec_hash=state["spec_hash"],
                  last={"file": LAST, "epoch": state["epoch"], "step": state["step"]})
     if best:
@@ -58,20 +59,77 @@ def save(folder: Path, state: dict, *, best: bool) -> None:
     atomic_write(index_path, json.dumps(index, indent=1) + "\n")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (`weights_only`). A missing, damaged or foreign file is a UserError naming it."""
+def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
+    """Read a checkpoint safely (`weights_only`). A missing, damaged or foreign file is a UserError naming it;
+    with `resume`, the file must also hold the training state (optimizer, scheduler, rng, epoch, ...)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}", "train first (`netspec train`), or give the path of a .pt file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing a pickle; the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file can make the unpickler raise nearly anything
         raise UserError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})",
-                        "use the other checkpoint in its directory (last.pt or best.pt), or train again") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not a netspec checkpoint (no 'model' entry)",
-                        "give a file written by `netspec train`")
+                        "use the other checkpoint in its directory (last.pt or best.pt), or train again") from None
+    validate_checkpoint(state, path, resume=resume)
     return state
+
+
+def _tensor(kind: torch.dtype | None = None, length: int | None = None):
+    def check(value) -> bool:
+        return isinstance(value, torch.Tensor) and (kind is None or value.dtype == kind) and (
+            length is None or value.shape == (length,))
+    return check
+
+
+def _is(*types):
+    return lambda value: isinstance(value, types) and not isinstance(value, bool)
+
+
+# What `rng_state` writes for one process, and the training state `_train` saves: checked before use, so a
+# foreign or damaged file is one error naming it, not a failure deep inside torch.
+_RNG = {"torch": _tensor(torch.uint8), "cuda": lambda v: isinstance(v, list) and all(map(_tensor(torch.uint8), v)),
+        "python": _tensor(torch.int64, 626), "python_gauss": lambda v: _tensor(torch.float64)(v) and v.numel() <= 1,
+        "numpy": _tensor(torch.int64, 624), "numpy_extra": _tensor(torch.float64, 3)}
+_TRAINING = {
+    "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+    and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                        for g in v["param_groups"]),
+    "scheduler": lambda v: isinstance(v, dict) and _is(int)(v.get("last_epoch")) and isinstance(v.get("base_lrs"), list),
+    "rng": lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(r, dict) and all(key in r and ok(r[key]) for key, ok in _RNG.items()) for r in v),
+    "epoch": lambda v: _is(int)(v) and v >= 0, "step": lambda v: _is(int)(v) and v >= 0,
+    "best": _is(int, float), "spec_name": _is(str), "spec_hash": _is(str),
+}
+
+
+def validate_checkpoint(state, path: Path, *, resume: bool = False) -> None:
+    """The structure netspec writes (see the module docstring), else a UserError naming the file. Entries a
+    weights-only file may lack are checked when present, and required with `resume`."""
+    fix = "give a file written by `netspec train`"
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a netspec checkpoint: it holds a {type(state).__name__}, not a dict", fix)
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        what = "no 'model' entry" if model is None else "its 'model' entry is not a dict of named tensors"
+        raise UserError(f"{path} is not a netspec checkpoint ({what})", fix)
+    for key, ok in _TRAINING.items():
+        if key in state and not ok(state[key]):
+            raise UserError(f"{path} is damaged: its '{key}' entry is not what `netspec train` writes", fix)
+    missing = [key for key in _TRAINING if key not in state]
+    if resume and missing:
+        raise UserError(f"{path} holds weights only (no {', '.join(missing[:3])}), so training cannot resume from it",
+                        "train without --resume (use init.from to start from these weights)")
+
+
+def read_index(folder: Path) -> dict:
+    """checkpoints.json (empty when absent); a damaged one is an error naming it, raised before anything is written."""
+    path = folder / INDEX
+    if not path.exists():
+        return {}
+    return read_json(path, {"spec_name?": str, "spec_hash?": str, "last?": dict, "best?": dict},
+                     f"delete {path} (netspec rewrites it at the next checkpoint)")
 
 
 # --- random generator states, as tensors -----------------------------------------------------

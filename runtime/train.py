@@ -62,7 +62,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, resume: bool) -> Result
 
     # --- model: the compiled GraphModule, parameters named as in the spec
     raw = compiled.module.to(ctx.device)
-    start = ckpt.load_checkpoint(folder / ckpt.LAST) if resume else None
+    start = ckpt.load_checkpoint(folder / ckpt.LAST, resume=True) if resume else None
     if start is None and spec.init.from_:
         source = Path(spec.init.from_)
         copied, new = ckpt.load_weights(raw, ckpt.load_checkpoint(source)["model"], source,

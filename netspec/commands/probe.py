@@ -11,7 +11,7 @@ import torch
 
 from netspec.errors import UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
-from netspec.project import atomic_write, build_root
+from netspec.project import atomic_write, build_root, check_output_file, claim_dir
 from netspec.solver import SGD
 from netspec.compiler import Compiled
 from netspec.runtime.data import load_dataset
@@ -80,7 +80,7 @@ def settings(args: argparse.Namespace, compiled: Compiled) -> Settings:
     if args.in_place and args.output:
         raise UserError("--in-place and -o both say where the new spec goes", "give one of them")
     if args.apply:
-        apply_target(compiled.path, args.in_place, args.output)
+        check_output_file(apply_target(compiled.path, args.in_place, args.output), "new spec")
         if args.branch_template is not None and args.branch_template not in compiled.spec.branches:
             raise UserError(f"--branch-template '{args.branch_template}' is not a branch of {compiled.path}",
                             did_you_mean(args.branch_template, compiled.spec.branches) if compiled.spec.branches
@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     compiled, overrides = load(args)
     config = settings(args, compiled)
+    out = claim_dir(Path(args.out) if args.out else build_root() / compiled.spec.name / "probe", ("probe.json",),
+                    "probe directory")
     net = compiled.network
     if args.with_branches and not compiled.spec.branches:
         raise UserError(f"{compiled.path} has no branches to probe with",
@@ -132,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
               "batch_size": config.batch_size, "lr": config.lr, "init": args.init, "threshold": args.threshold,
               "decay": args.decay or default_decay(table, args.threshold), "layers": layers, "gradients": plain,
               "points": [{"layer": p, "from": attach_node(net, p)} for p in points]}
-    out = Path(args.out) if args.out else build_root() / compiled.spec.name / "probe"
     title = f"{compiled.spec.name}, init {args.init}"
     plots = [plot_gradients(plain, args.threshold, out / "probe_gradients", title)]
     with_branches = None

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from netspec.runtime import distributed
+from netspec.errors import UserError
+from netspec.project import claim_dir, read_small_text
+from netspec.runtime import checkpoint, distributed
 from netspec.runtime.train import evaluate_checkpoint, train
 from netspec.commands.common import add_spec_arguments, load
 
@@ -28,5 +31,28 @@ def run(args: argparse.Namespace) -> int:
         again = ["train", *args.words] + ["--resume"] * args.resume + ["--allow-custom"] * args.allow_custom
         return distributed.launch(args.nproc_per_node, again)
     compiled, _ = load(args)
+    check_run_dir(compiled.spec, args.resume)
     train(compiled, resume=args.resume)
     return 0
+
+
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "curves.png", "exits.json", "checkpoints")
+
+
+def check_run_dir(spec, resume: bool) -> None:
+    """Before training writes anything: the run directory is netspec's (absent, empty or a run), and the
+    checkpoint index (and, to resume, the metrics log) in it are readable."""
+    run = claim_dir(checkpoint.run_dir(spec), RUN_FILES, "run directory (train.out)")
+    metrics = run / "metrics.jsonl"
+    if resume and metrics.exists():
+        fix = f"delete {metrics} (its epochs are lost from the curves) or train afresh without --resume"
+        for number, line in enumerate(read_small_text(metrics).splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise UserError(f"{metrics}:{number} is damaged: not a record of one epoch", fix)
+    folder = claim_dir(checkpoint.checkpoint_dir(spec), (checkpoint.LAST, checkpoint.BEST, checkpoint.INDEX),
+                       "checkpoint directory")
+    checkpoint.read_index(folder)
