@@ -46,6 +46,9 @@ def pick_device(option: str, local_rank: int = 0) -> torch.device:
     if option == "auto":
         option = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(f"cuda:{local_rank}" if option == "cuda" else option)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device is 'mps' but this machine has no usable Apple GPU (MPS)",
+                        "set train.device=cpu (or auto)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device is '{option}' but this machine has no usable CUDA device",
                         "set train.device=cpu (or auto)")
