@@ -121,7 +121,7 @@ def check_text(text: str, name: str) -> None:
     bad = _NON_PRINTABLE.search(text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
-        what = "a NUL byte (is it a binary file?)" if bad.group() == "\0" else f"the control character {bad.group()!r}"
+        what = "a NUL byte (a binary file, or UTF-16 text?)" if bad.group() == "\0" else f"the control character {bad.group()!r}"
         raise SpecError(f"{what} is not allowed in a spec", "a spec is plain UTF-8 text: remove the character",
                         Pos(name, line))
 

@@ -39,6 +39,23 @@ def size(value: Any) -> int:
     return 1
 
 
+def rendered(value: Any) -> int:
+    """An upper bound on len(str(value)), found without building the string."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, bool) or value is None:
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2
+    if isinstance(value, float):
+        return 25
+    if isinstance(value, dict):
+        return 2 + sum(rendered(k) + rendered(v) + 6 for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 2 + sum(rendered(v) + 4 for v in value)
+    return 4 * size(value) + 100
+
+
 def _bound(total: int) -> None:
     if total > MAX_EXPR_SIZE:
         raise OverflowError(f"the result would have more than {MAX_EXPR_SIZE:,} characters/items")
@@ -83,7 +100,7 @@ class _SpecSandbox(ImmutableSandboxedEnvironment):
     @staticmethod
     def checked_concat(parts) -> str:
         """`a ~ b ~ c`, its size checked before it is joined."""
-        _bound(sum(size(p) if isinstance(p, str) else size(p) * 4 for p in parts))
+        _bound(sum(rendered(p) for p in parts))
         return "".join(map(str, parts))
 
 
@@ -96,7 +113,7 @@ def _check_format(text: str, args: Any) -> None:
                 raise OverflowError("`*` widths are not allowed in % formatting")
             if group:
                 widths += int(group) if len(group) < 12 else MAX_EXPR_SIZE + 1
-    _bound(len(text) + widths + size(args) * 4)
+    _bound(len(text) + widths + rendered(args))
 
 
 class _CodeGenerator(CodeGenerator):
@@ -112,7 +129,7 @@ class _CodeGenerator(CodeGenerator):
 
 def _join(value, d: str = "") -> str:
     items = list(value) if isinstance(value, (list, tuple, str, dict)) else value
-    _bound(sum(size(v) if isinstance(v, str) else size(v) * 4 for v in items) + len(str(d)) * len(items))
+    _bound(sum(rendered(v) for v in items) + len(str(d)) * len(items))
     return str(d).join(map(str, items))
 
 
@@ -120,6 +137,8 @@ def _sum(value, start: Any = 0) -> Any:
     items = list(value) if isinstance(value, (list, tuple, dict)) else value
     if any(isinstance(v, (str, list, tuple)) for v in [start, *items]):
         _bound(size(start) + sum(size(v) for v in items))
+    if isinstance(start, list) and all(isinstance(v, (list, tuple)) for v in items):
+        return [x for part in (start, *items) for x in part]  # linear, not quadratic like repeated +
     out = start
     for item in items:
         out = _check_int(out + item)
@@ -154,9 +173,9 @@ def evaluate(text: str, context: dict[str, Any], pos: Pos | None) -> Any:
 
     def one(match: re.Match) -> str:
         value = _eval_one(match.group(1), context, pos)
-        built[0] += size(value) * (1 if isinstance(value, str) else 4)
+        built[0] += rendered(value)
         if built[0] > MAX_EXPR_SIZE:
-            raise SpecError(f"the string built by the ${{...}} in {_short(text)} is longer than {MAX_EXPR_SIZE:,} "
+            raise SpecError(f"the string built by the ${{...}} in {_short(text)} would have more than {MAX_EXPR_SIZE:,} "
                             "characters", "build smaller values", pos)
         return str(value)
 
