@@ -7,7 +7,7 @@ from types import MappingProxyType
 import networkx as nx
 
 from netspec.errors import SpecError, did_you_mean
-from netspec.spec import MAIN_HEAD, SynergyLoss, Spec
+from netspec.spec import SynergyLoss, Spec
 from netspec.compiler.expand import Expanded
 from netspec.compiler.ir import Input, Network
 
@@ -61,10 +61,6 @@ def check_graph(net: Network) -> Network:
                                 f"'{source}', a node of branch '{owner}'",
                                 "the backbone (and each branch) may read the backbone only: a branch is cut off at "
                                 "export, so nothing else can depend on it", node.pos)
-    main = net.heads.get(MAIN_HEAD)
-    if main in net.nodes and net.nodes[main].branch is not None:
-        raise SpecError(f"`output: {net.spec.output}` names a node of branch '{net.nodes[main].branch}'",
-                        "the main head is a backbone node", net.spec.where("output"))
     reachable = nx.descendants(data, net.input.name)
     for node in net:
         if node.name not in reachable:

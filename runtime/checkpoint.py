@@ -48,9 +48,9 @@ def save(folder: Path, state: dict, *, best: bool) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
+    index = read_index(folder)  # a damaged index is an error before anything is written
     atomic_write(folder / LAST, data)
     index_path = folder / INDEX
-    index = read_index(folder)
     index.update(spec_name=state["spec_name"], spec_hash=state["spec_hash"],
                  last={"file": LAST, "epoch": state["epoch"], "step": state["step"]})
     if best:
