@@ -204,9 +204,11 @@ def read_spec_file(path: str | Path, _depth: int = 0, _pos: Pos | None = None) -
     if not isinstance(base_name, str) or not base_name:
         raise SpecError("`extends:` must be the path of a spec file", "e.g. extends: cnds8.yaml", at)
     base_path = path.parent / base_name
-    if not base_path.exists():
+    try:
+        os.stat(base_path)
+    except (OSError, ValueError):  # missing, a name too long, a NUL: the file is not there
         raise SpecError(f"`extends: {base_name[:100]}` names a file that does not exist ({str(base_path)[:200]})",
-                        "the path is relative to this spec's folder", at)
+                        "the path is relative to this spec's folder", at) from None
     return merge(read_spec_file(base_path, _depth + 1, at), data)
 
 

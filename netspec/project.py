@@ -48,6 +48,7 @@ def check_output_file(path: str | Path, what: str = "output") -> Path:
     """A file netspec is asked to write: not a directory, and every existing parent a directory (checked
     before any work is done, so a long export does not fail at its last step)."""
     path = Path(path)
+    _check_length(path, what)
     if "\0" in str(path):
         raise UserError(f"the {what} path contains a NUL character", "give a plain file name")
     if path.is_dir():
@@ -61,6 +62,7 @@ def claim_dir(path: str | Path, markers: tuple[str, ...], what: str) -> Path:
     """A directory netspec owns and may overwrite files in: absent, empty, or holding one of `markers` (a file
     netspec writes there). Anything else is someone's directory: refused before anything is written."""
     path = Path(path)
+    _check_length(path, what)
     if "\0" in str(path):
         raise UserError(f"the {what} path contains a NUL character", "give a plain directory name")
     if path.exists() and not path.is_dir():
@@ -77,6 +79,12 @@ def claim_dir(path: str | Path, markers: tuple[str, ...], what: str) -> Path:
                             f"(e.g. {_short(sorted(entries)[0])})", "choose another directory (netspec would "
                             "overwrite files there), or empty it")
     return path
+
+
+def _check_length(path: Path, what: str) -> None:
+    if len(str(path)) > 4000 or any(len(part.encode()) > 255 for part in path.parts):
+        raise UserError(f"the {what} path '{_short(path)}' is too long for a file system",
+                        "use names of at most 255 bytes")
 
 
 def _check_parents(path: Path, what: str) -> None:
