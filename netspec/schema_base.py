@@ -18,12 +18,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def check_value(value: Any) -> Any:
-    """One rule for every field of every section: numbers are finite and fit in 64 bits, strings hold no control
+    """One rule for every field of every section: numbers are finite and within ±2**63, strings hold no control
     characters (NUL would end a path in C). Walks lists, tuples and dicts; nested models check themselves."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value}")
+    if isinstance(value, float) and abs(value) >= 2.0**63:  # no setting means anything this large
+        raise ValueError(f"must be smaller than 2**63 in magnitude, got {value:g}")
     if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
         shown = str(value) if value.bit_length() < 200 else f"a {value.bit_length()}-bit integer"
         raise ValueError(f"must fit in a 64-bit integer (|value| < 2**63), got {shown}")

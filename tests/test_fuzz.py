@@ -6,7 +6,7 @@ rewired, names changed; or its bytes: flips, control characters, truncation) and
 exception escaping the CLI, never a traceback — must not write outside `build/`, and must stay within the time
 and memory bounds below. A failure prints the seed and the case, which reproduces it exactly.
 
-Bounds: FUZZ_SECONDS of cases in-process (default 40, env NETSPEC_FUZZ_SECONDS), one case at most
+Bounds: FUZZ_SECONDS of cases in-process (default 30, env NETSPEC_FUZZ_SECONDS), one case at most
 CASE_SECONDS, the process's peak RSS growing by at most RSS_GROWTH_MB; NETSPEC_MAX_PARAMS is lowered for the
 run so a mutated width cannot make lowering allocate gigabytes (the limit itself is what is exercised).
 Two cases also run as subprocesses under an address-space limit.
@@ -30,7 +30,7 @@ import yaml
 from netspec.cli import main
 from conftest import MINI, SPECS, WITH_BRANCH
 
-FUZZ_SECONDS = float(os.environ.get("NETSPEC_FUZZ_SECONDS", "40"))
+FUZZ_SECONDS = float(os.environ.get("NETSPEC_FUZZ_SECONDS", "30"))
 CASE_SECONDS = 20.0
 RSS_GROWTH_MB = 1500
 SEED = int(os.environ.get("NETSPEC_FUZZ_SEED", "10"))
