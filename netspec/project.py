@@ -186,7 +186,9 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        # text as UTF-8; a file name that is not (undecodable bytes, kept by Python as surrogates) is written back
+        # as the bytes it was, so a spec named so still compiles and its build.json still names it
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -148,3 +148,11 @@ def test_probe_out_and_apply_target_are_checked_before_probing(cwd, capsys):
 def test_no_path_is_built_from_a_name_with_a_nul(cwd, capsys):
     code, err = run(["draw", "spec.yaml", "-o", "a\0b.dot"], capsys)
     assert code == 2 and "NUL" in err
+
+
+def test_a_spec_whose_file_name_is_not_utf8_compiles_and_is_found_again(cwd, capsys):
+    name = os.fsdecode(b"sp\xffec.yaml")
+    (cwd / name).write_text(MINI)
+    assert run(["compile", name], capsys)[0] == 0
+    code, err = run(["draw", "-o", "g.dot"], capsys)  # build.json names it: the same file is read back
+    assert code == 0, err
