@@ -52,8 +52,9 @@ def check_name(name: str) -> str:
         shown = name if len(name) <= 40 else name[:37] + "..."
         raise ValueError(f"'{shown}' is not a valid name: use 1 to {MAX_NAME} letters, digits and _, not starting "
                          "with a digit (no dots, dashes or spaces)")
-    if keyword.iskeyword(name):
-        raise ValueError(f"'{name}' is a Python keyword (it would name a variable of the generated code); "
+    if keyword.iskeyword(name) or name == "self":
+        what = "a Python keyword" if name != "self" else "the generated forward's own first argument"
+        raise ValueError(f"'{name}' is {what} (it would name a variable of the generated code); "
                          f"choose another name, e.g. '{name}_'")
     if name in RESERVED_NAMES:
         raise ValueError(f"'{name}' is reserved (a method of torch modules); choose another name, e.g. '{name}_'")

@@ -10,7 +10,7 @@ from netspec.cli import main
 from netspec.compiler import analyse, compile_spec
 from conftest import WITH_BRANCH, error_of, write
 
-BAD = sorted(keyword.kwlist) + ["a.b", "a-b", "1abc", "a b", "é", "", "x" * 101, "a/b", "..", "__class__", "forward",
+BAD = sorted(keyword.kwlist) + ["self", "a.b", "a-b", "1abc", "a b", "é", "", "x" * 101, "a/b", "..", "__class__", "forward",
                                 "state_dict"]
 GOOD = ["match", "case", "_", "x" * 100, "Conv_1"]
 PLACES = {
