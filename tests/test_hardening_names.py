@@ -12,7 +12,7 @@ from conftest import WITH_BRANCH, error_of, write
 
 BAD = sorted(keyword.kwlist) + ["self", "a.b", "a-b", "1abc", "a b", "é", "", "x" * 101, "a/b", "..", "__class__", "forward",
                                 "state_dict"]
-GOOD = ["match", "case", "_", "x" * 100, "Conv_1"]
+GOOD = ["match", "case", "_", "torch", "getattr", "input", "operator", "inf", "x" * 100, "Conv_1"]
 PLACES = {
     "node": ("{name: relu1, op: relu}", "{{name: {n}, op: relu}}\n  - {{name: relu1, op: relu}}", 6),
     "branch": ("  aux:\n", "  {n}:\n", 9),
