@@ -36,8 +36,8 @@ def data_limit() -> int:
     return value
 
 
-def too_large(path: Path | str, what: str, size: int) -> UserError:
-    limit = data_limit()
+def too_large(path: Path | str, what: str, size: int, limit: int | None = None) -> UserError:
+    limit = limit or data_limit()
     return UserError(f"{path}: {what} {size:,} bytes, more than the limit of {limit:,}",
                      f"is the file damaged? if the data really is that large, raise NETSPEC_MAX_DATA_BYTES={size}")
 
@@ -52,8 +52,8 @@ def _header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
             shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zlib.error) as err:
-        raise UserError(f"{where} is not a readable .npy array ({str(err).splitlines()[0][:120]})",
+    except Exception as err:  # numpy parses the header with ast/tokenize: a damaged one can raise nearly anything
+        raise UserError(f"{where} is not a readable .npy array ({(str(err).splitlines() or [type(err).__name__])[0][:120]})",
                         "save it with numpy.save / numpy.savez of a plain array") from None
     if dtype.hasobject:
         raise UserError(f"{where} holds Python objects (a pickle), which netspec never loads",
@@ -63,15 +63,16 @@ def _header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), dtype, math.prod(shape) * dtype.itemsize
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npy (under the name '') or .npz file, each checked before it is read."""
-    limit = data_limit()
+def load_arrays(path: Path, scale: int = 1) -> dict[str, np.ndarray]:
+    """Every array of an .npy (under the name '') or .npz file, each checked before it is read. `scale`: how many
+    times the bytes read the caller will need (predict converts uint8 pixels to float32: 4)."""
+    limit = data_limit() // scale
     try:
         if path.suffix.lower() == ".npy":
             with open(path, "rb") as f:
                 _, _, nbytes = _header(f, str(path))
                 if nbytes > limit:
-                    raise too_large(path, "its header claims", nbytes)
+                    raise too_large(path, "its header claims", nbytes, limit)
                 have = os.fstat(f.fileno()).st_size - f.tell()
                 if have < nbytes:
                     raise UserError(f"{path}: its header claims {nbytes:,} bytes of data but the file holds {have:,}",
@@ -81,7 +82,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
             members = [info for info in z.infolist() if not info.is_dir()]
             declared = sum(info.file_size for info in members)
             if declared > limit:
-                raise too_large(path, "its arrays unpack to", declared)
+                raise too_large(path, "its arrays unpack to", declared, limit)
             claimed = 0
             for info in members:
                 where = f"{path}[{info.filename[:80]}]"
@@ -94,7 +95,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
                     raise UserError(f"{where}: its header claims {nbytes:,} bytes of data but it holds "
                                     f"{info.file_size:,}", "the file is damaged: save it again")
             if claimed > limit:
-                raise too_large(path, "its arrays claim", claimed)
+                raise too_large(path, "its arrays claim", claimed, limit)
         with np.load(path, allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
     except UserError:

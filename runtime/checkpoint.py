@@ -114,6 +114,10 @@ def validate_checkpoint(state, path: Path, *, resume: bool = False) -> None:
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         what = "no 'model' entry" if model is None else "its 'model' entry is not a dict of named tensors"
         raise UserError(f"{path} is not a netspec checkpoint ({what})", fix)
+    broken = next((k for k, v in model.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise UserError(f"{path} is damaged: '{broken[:80]}' holds NaN or infinite values",
+                        "use the other checkpoint in its directory (last.pt or best.pt), or train again")
     for key, ok in _TRAINING.items():
         if key in state and not ok(state[key]):
             raise UserError(f"{path} is damaged: its '{key}' entry is not what `netspec train` writes", fix)

@@ -142,7 +142,7 @@ def read_input(path: Path, shape: tuple[int, int, int]) -> list[tuple[str, np.nd
 
 
 def _read_array(path: Path) -> np.ndarray:
-    arrays = load_arrays(path)
+    arrays = load_arrays(path, scale=4)  # the pixels become float32
     if path.suffix.lower() == ".npy":
         return arrays[""]
     names = [n for n in arrays]

@@ -143,6 +143,8 @@ ARRAYS = {
     "truncated": lambda: npy_bytes((100, 1, 8, 8), data=b"\0" * 10),
     "negative_dim": lambda: npy_bytes((-1, 8)),
     "bad_magic": lambda: b"\x93NUMPX" + b"\0" * 100,
+    "bad_header": lambda: b"\x93NUMPY\x01\x00" + struct.pack("<H", 20) + b"{'descr': '|u1',    \n",
+    "float_bomb": lambda: npy_bytes((3000, 1, 8, 8), data=b"\0" * 192000),
     "objects": lambda: npy_bytes((1,), descr="|O", data=pickle.dumps([1])),
     "empty": lambda: b"",
     "complex": lambda: npy_bytes((1, 1, 8, 8), descr="<c8", data=b"\0" * 512),
@@ -154,7 +156,8 @@ ARRAYS = {
 
 @pytest.mark.parametrize("kind", ARRAYS)
 @pytest.mark.parametrize("container", ["npy", "npz"])
-def test_arrays_are_checked_before_loading(model, tmp_path, capsys, kind, container):
+def test_arrays_are_checked_before_loading(model, tmp_path, capsys, kind, container, monkeypatch):
+    monkeypatch.setenv("NETSPEC_MAX_DATA_BYTES", "500000")  # float_bomb: 192 kB of pixels become 768 kB of floats
     data = ARRAYS[kind]()
     path = tmp_path / f"x.{container}"
     if container == "npy":

@@ -16,6 +16,7 @@ from netspec.runtime import checkpoint as ckpt
 from conftest import MINI, write
 
 WRONG = {"list": [1, 2], "str": "x", "int": 7, "none": None, "dict": {"a": 1}, "tensor": torch.zeros(3),
+         "nan_tensor": torch.full((4, 1, 3, 3), float("nan")),
          "float": 0.5, "nested": [[{"x": torch.zeros(1)}]]}
 
 
