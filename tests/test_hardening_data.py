@@ -239,7 +239,7 @@ def test_cifar_class_names_must_be_names(tmp_path, names):
         load_dataset(DataSpec(source="cifar10", path=str(tmp_path)), (3, 32, 32))
 
 
-@pytest.mark.parametrize("damage", ["x_float", "y_float", "y_strings", "classes_2d", "x_5d", "huge_claim"])
+@pytest.mark.parametrize("damage", ["x_float", "y_float", "y_strings", "classes_2d", "x_5d", "huge_claim", "y_huge"])
 def test_npz_source_dtypes(tmp_path, damage):
     arrays = {"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.zeros(4, np.int64),
               "x_test": np.zeros((2, 8, 8), np.uint8), "y_test": np.zeros(2, np.int64)}
@@ -251,6 +251,8 @@ def test_npz_source_dtypes(tmp_path, damage):
         arrays["y_train"] = np.array(["a"] * 4)
     elif damage == "classes_2d":
         arrays["classes"] = np.zeros((2, 2))
+    elif damage == "y_huge":  # a label of 10**12 must not make a list of 10**12 class names
+        arrays["y_train"][0] = 10**12
     elif damage == "x_5d":
         arrays["x_train"] = np.zeros((4, 1, 1, 8, 8), np.uint8)
     path = tmp_path / "data.npz"
@@ -258,7 +260,7 @@ def test_npz_source_dtypes(tmp_path, damage):
     if damage == "huge_claim":
         with zipfile.ZipFile(path, "a") as z:
             z.writestr("extra.npy", npy_bytes((10**6, 10**6)))
-    with pytest.raises(UserError, match="data.npz"):
+    with pytest.raises(UserError, match="data.npz" if damage != "y_huge" else "beyond any class count"):
         load_dataset(DataSpec(source="npz", path=str(path)), (1, 8, 8))
 
 

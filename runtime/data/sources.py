@@ -44,6 +44,7 @@ class Dataset:
 
 
 Split = tuple[np.ndarray, np.ndarray]
+MAX_CLASSES = 1 << 20  # a label at or beyond this is damage, not a class
 
 
 def cache_dir(source: str) -> Path:
@@ -80,6 +81,9 @@ def _finish(spec: DataSpec, shape: tuple[int, ...], train: Split, test: Split, c
     if any(y.min() < 0 for y in labels):
         raise UserError(f"data source '{spec.source}' has negative labels", "labels must be class indices 0, 1, ...", spec.at)
     top = max((int(y.max()) for y in labels), default=-1)
+    if top >= MAX_CLASSES:
+        raise UserError(f"data source '{spec.source}' has a label {top}, beyond any class count (at most {MAX_CLASSES:,})",
+                        "labels must be class indices 0, 1, ...: is the label array damaged?", spec.at)
     names = spec.classes or classes or [str(i) for i in range(top + 1)]
     if top >= len(names):
         raise UserError(f"the labels of data source '{spec.source}' go up to {top} but there are only {len(names)} class names",
