@@ -18,7 +18,7 @@ import numpy as np
 
 from netspec.errors import UserError
 
-MAX_DATA_BYTES = 1 << 31  # largest array (or sum of an .npz's arrays) read, decompressed; NETSPEC_MAX_DATA_BYTES
+MAX_DATA_BYTES = 1 << 30  # largest array (or sum of an .npz's arrays) read, decompressed; NETSPEC_MAX_DATA_BYTES
 
 
 def data_limit() -> int:
