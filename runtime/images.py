@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     limit = image_limit()
     fix = "replace or delete the file (PNG, JPG, ... expected)"
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the reader forever, a device never end
+            raise UserError(f"{path} is not a regular file", fix)
         if path.stat().st_size > MAX_IMAGE_BYTES:
             raise UserError(f"image {path} is {path.stat().st_size:,} bytes, more than {MAX_IMAGE_BYTES:,}", fix)
         with warnings.catch_warnings():

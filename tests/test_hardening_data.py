@@ -117,6 +117,26 @@ IMAGES = {
 
 @pytest.mark.parametrize("kind", IMAGES)
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".gif"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_an_image_that_is_not_a_file(tmp_path, kind):
+    import os
+    import threading
+
+    path = tmp_path / "image.png"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    result = []
+    reader = threading.Thread(target=lambda: result.append(pytest.raises(UserError, read_image, path, (1, 8, 8))),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    assert result, "read_image blocked"
+
+
 def test_images_are_checked_before_decoding(model, tmp_path, capsys, kind, suffix):
     import resource
 
