@@ -115,8 +115,6 @@ IMAGES = {
 }
 
 
-@pytest.mark.parametrize("kind", IMAGES)
-@pytest.mark.parametrize("suffix", [".png", ".jpg", ".gif"])
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
 def test_an_image_that_is_not_a_file(tmp_path, kind):
     import os
@@ -137,6 +135,8 @@ def test_an_image_that_is_not_a_file(tmp_path, kind):
     assert result, "read_image blocked"
 
 
+@pytest.mark.parametrize("kind", IMAGES)
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".gif"])
 def test_images_are_checked_before_decoding(model, tmp_path, capsys, kind, suffix):
     import resource
 
