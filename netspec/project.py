@@ -31,6 +31,14 @@ def check_path_name(name: str) -> str:
     return name
 
 
+def check_run_path(text: str) -> str:
+    """`train.out`: a directory path that does not climb out through `..` (absolute paths are an explicit choice)."""
+    if not text or ".." in Path(text).parts:
+        raise ValueError(f"'{_short(text)}' may not be empty or contain '..' (netspec would write outside the "
+                         "directories it owns): give a path below the working directory, or an absolute one")
+    return text
+
+
 def build_root() -> Path:
     root = Path(os.environ.get("NETSPEC_BUILD", "build"))
     if root.exists() and not root.is_dir():

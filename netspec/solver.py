@@ -9,9 +9,10 @@ import math
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from netspec.errors import UserError
+from netspec.project import check_run_path
 from netspec.registry import Registry
 from netspec.schema_base import Strict
 
@@ -148,7 +149,7 @@ class TrainSpec(Strict):
                                              description=f"learning-rate policy: {LR_POLICIES.names()} "
                                                          "(default cosine)")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seed for init, shuffling and augmentation")
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,4})?|mps)$",
                         description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
                                          "GPUs; also runs on CPU); losses stay fp32")
@@ -158,7 +159,7 @@ class TrainSpec(Strict):
     steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on steps per epoch (smoke runs)")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
-    out: str | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
+    out: Annotated[str, AfterValidator(check_run_path)] | None = Field(default=None, description="run directory (metrics, plots, checkpoints/); "
                                                      "defaults to runs/<spec name>")
 
     @field_validator("optimizer", mode="before")

@@ -156,3 +156,25 @@ def test_a_spec_whose_file_name_is_not_utf8_compiles_and_is_found_again(cwd, cap
     assert run(["compile", name], capsys)[0] == 0
     code, err = run(["draw", "-o", "g.dot"], capsys)  # build.json names it: the same file is read back
     assert code == 0, err
+
+
+@pytest.mark.parametrize("argv", [["train", "spec.yaml", "train.device=mps"], ["train", "spec.yaml", "train.device=cuda:7"],
+                                  ["train", "spec.yaml", "train.device=cuda:99999999999999999999"],
+                                  ["probe", "spec.yaml", "--device", "mps"], ["probe", "spec.yaml", "--device", "cuda:7"],
+                                  ["probe", "spec.yaml", "--device", "cuda:99999999999999999999"],
+                                  ["probe", "spec.yaml", "--device", "tpu"]])
+def test_a_device_this_machine_lacks_is_a_clear_error(cwd, capsys, argv):
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has an accelerator")
+    code, err = run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "device" in err
+
+
+@pytest.mark.parametrize("out", ["../x", "a/../../x", "..", ""])
+def test_train_out_may_not_climb_out(cwd, capsys, out):
+    code, err = run(["train", "spec.yaml", f"train.out={out}"], capsys)
+    assert code == 2 and "train.out" in err, err
+    assert not (cwd.parent / "x").exists()

@@ -15,6 +15,7 @@ from netspec.project import atomic_write, build_root, check_output_file, claim_d
 from netspec.solver import SGD
 from netspec.compiler import Compiled
 from netspec.runtime.data import load_dataset
+from netspec.runtime.distributed import pick_device
 from netspec.runtime.placement import (attach_node, attach_points, candidates, default_decay, format_points, mean,
                                        supervised_layers, weight_layers)
 from netspec.runtime.probe import Settings, format_table, plot_before_after, plot_gradients, probe
@@ -85,10 +86,7 @@ def settings(args: argparse.Namespace, compiled: Compiled) -> Settings:
             raise UserError(f"--branch-template '{args.branch_template}' is not a branch of {compiled.path}",
                             did_you_mean(args.branch_template, compiled.spec.branches) if compiled.spec.branches
                             else "the spec has no branches; leave the option out for the default CNDS head")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"unknown --device '{args.device}'", "e.g. --device cpu or --device cuda:0") from None
+    device = pick_device(args.device, what="--device")
     train = compiled.spec.train
     sgd = train.optimizer if isinstance(train.optimizer, SGD) else SGD(type="sgd", lr=0.01, weight_decay=0.0)
     return Settings(args.iters, train.seed if args.seed is None else args.seed, args.batch_size or train.batch_size,
