@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from netspec.errors import UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
