@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-
 from netspec.errors import UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
 from netspec.project import atomic_write, build_root, check_output_file, claim_dir
