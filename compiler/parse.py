@@ -21,6 +21,7 @@ from netspec.compiler.tree import LineDict, LineList, where
 MAX_YAML_NODES = 200_000  # expanded size; guards against alias ("billion laughs") bombs
 MAX_EXTENDS_DEPTH = 8
 MAX_SPEC_BYTES = 4 << 20  # a spec (or an override) larger than this is refused before it is read
+MAX_VARS = 1_000  # names under `vars:` (each is evaluated with all before it: the cost grows with the square)
 MAX_NESTING = 64  # mappings and lists inside each other, aliases included (deeper would exhaust the stack)
 # what YAML refuses as text (PyYAML's Reader.NON_PRINTABLE), found here first to say on which line
 _NON_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -309,6 +310,9 @@ def resolve_vars(spec: LineDict) -> dict[str, Any]:
     variables = spec.get("vars") or {}
     if not isinstance(variables, dict):
         raise SpecError("`vars:` must be a mapping of names to values", "e.g. vars: {n: 5, width: 16}", where(variables, spec.where("vars")))
+    if len(variables) > MAX_VARS:
+        raise SpecError(f"`vars:` defines {len(variables):,} names; the limit is {MAX_VARS:,}",
+                        "use lists or blocks with params instead of numbered vars", spec.where("vars"))
     for name, value in variables.items():
         context[name] = substitute(value, context, variables.key_pos.get(name) if isinstance(variables, LineDict) else None)
     if "classes" in spec and "classes" not in context:

@@ -40,7 +40,7 @@ def check_run_path(text: str) -> str:
 
 
 def build_root() -> Path:
-    root = Path(os.environ.get("NETSPEC_BUILD", "build"))
+    root = Path(os.environ.get("NETSPEC_BUILD") or "build")  # set but empty: the default, not the working directory
     if root.exists() and not root.is_dir():
         raise UserError(f"'{root}' is a file, but netspec keeps its builds in a directory of that name",
                         "rename or move the file, or set NETSPEC_BUILD to another directory")

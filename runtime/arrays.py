@@ -21,6 +21,18 @@ from netspec.errors import UserError
 MAX_DATA_BYTES = 1 << 30  # largest array (or sum of an .npz's arrays) read, decompressed; NETSPEC_MAX_DATA_BYTES
 
 
+MAX_RATIO = 100  # image and label data never compresses better than this; a larger claim is a decompression bomb
+RATIO_FLOOR = 64 << 20  # ... when it claims more than this (small files are cheap whatever they claim)
+
+
+def bomb(path: Path | str, claimed: int, compressed: int) -> UserError | None:
+    """The error for a compressed file whose claimed size is out of proportion to its size on disk, else None."""
+    if claimed > RATIO_FLOOR and claimed > MAX_RATIO * max(compressed, 1):
+        return UserError(f"{path}: {compressed:,} compressed bytes claim to unpack to {claimed:,} "
+                         f"(more than {MAX_RATIO}×): a decompression bomb?", "replace the file with the real data")
+    return None
+
+
 def data_limit() -> int:
     """The byte limit on data read into memory: NETSPEC_MAX_DATA_BYTES when set, else MAX_DATA_BYTES."""
     text = os.environ.get("NETSPEC_MAX_DATA_BYTES")
@@ -83,6 +95,10 @@ def load_arrays(path: Path, scale: int = 1) -> dict[str, np.ndarray]:
             declared = sum(info.file_size for info in members)
             if declared > limit:
                 raise too_large(path, "its arrays unpack to", declared, limit)
+            for info in members:
+                if info.compress_type != zipfile.ZIP_STORED and (err := bomb(f"{path}[{info.filename[:80]}]",
+                                                                            info.file_size, info.compress_size)):
+                    raise err
             claimed = 0
             for info in members:
                 where = f"{path}[{info.filename[:80]}]"

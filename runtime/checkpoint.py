@@ -99,7 +99,7 @@ _TRAINING = {
     "scheduler": lambda v: isinstance(v, dict) and _is(int)(v.get("last_epoch")) and isinstance(v.get("base_lrs"), list),
     "rng": lambda v: isinstance(v, list) and len(v) > 0 and all(
         isinstance(r, dict) and all(key in r and ok(r[key]) for key, ok in _RNG.items()) for r in v),
-    "epoch": lambda v: _is(int)(v) and v >= 0, "step": lambda v: _is(int)(v) and v >= 0,
+    "epoch": lambda v: _is(int)(v) and 0 <= v < 2**40, "step": lambda v: _is(int)(v) and 0 <= v < 2**40,
     "best": _is(int, float), "spec_name": _is(str), "spec_hash": _is(str),
 }
 

@@ -207,6 +207,7 @@ IDX = {
     "gzip_bomb": (True, lambda: _idx((10, 8, 8), b"\0" * 640) + b"\0" * (64 << 20)),
     "huge_claim": (False, lambda: _idx((2**31, 2**31, 2**31), b"")),
     "huge_claim_gz": (True, lambda: _idx((2**31, 2**31, 2**31), b"\0" * 100)),
+    "ratio_bomb": (True, lambda: _idx((1200, 256, 256), bytes(1200 * 256 * 256))),  # honest header, 75 MiB of zeros
     "short": (False, lambda: _idx((10, 8, 8), b"\0" * 600)),
     "short_gz": (True, lambda: _idx((10, 8, 8), b"\0" * 600)),
     "long": (False, lambda: _idx((10, 8, 8), b"\0" * 700)),
@@ -226,7 +227,7 @@ def test_idx_files_are_bounded_by_their_header(tmp_path, kind):
     if data is None:
         path.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
     elif gz:
-        path.write_bytes(gzip.compress(data, 9))
+        path.write_bytes(gzip.compress(data, 1))
     else:
         path.write_bytes(data)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -86,6 +86,13 @@ def test_a_foreign_directory_under_build_is_not_overwritten(cwd, capsys):
     assert run(["compile", "spec.yaml"], capsys)[0] == 0
 
 
+def test_an_empty_netspec_build_is_the_default_not_the_working_directory(cwd, capsys, monkeypatch):
+    monkeypatch.setenv("NETSPEC_BUILD", "")
+    before = snapshot(cwd)
+    assert run(["compile", "spec.yaml"], capsys)[0] == 0
+    assert (cwd / "build" / "mini" / "build.json").is_file() and snapshot(cwd) == before
+
+
 def test_a_file_named_build_is_an_error(cwd, capsys):
     (cwd / "build").write_text("not a directory")
     code, err = run(["compile", "spec.yaml"], capsys)

@@ -16,7 +16,7 @@ from netspec.runtime import checkpoint as ckpt
 from conftest import MINI, write
 
 WRONG = {"list": [1, 2], "str": "x", "int": 7, "none": None, "dict": {"a": 1}, "tensor": torch.zeros(3),
-         "nan_tensor": torch.full((4, 1, 3, 3), float("nan")),
+         "nan_tensor": torch.full((4, 1, 3, 3), float("nan")), "huge_int": 2**50,
          "float": 0.5, "nested": [[{"x": torch.zeros(1)}]]}
 
 
@@ -57,7 +57,7 @@ def test_every_entry_of_the_wrong_kind(tmp_path, state, key, kind):
     path = tmp_path / "last.pt"
     torch.save(bad, path)
     ok = {("epoch", "int"), ("step", "int"), ("best", "int"), ("best", "float"), ("model.tensor", "tensor"),
-          ("spec_name", "str"), ("spec_hash", "str")}  # the right kind of value: accepted
+          ("spec_name", "str"), ("spec_hash", "str"), ("best", "huge_int")}  # the right kind of value: accepted
     for resume in (False, True):
         try:
             ckpt.load_checkpoint(path, resume=resume)

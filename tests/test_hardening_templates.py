@@ -61,6 +61,15 @@ def test_numbers_and_nesting_are_bounded(expr):
     assert time.perf_counter() - started < 1.0
 
 
+def test_many_vars_are_refused_before_they_are_evaluated(tmp_path):
+    lines = "".join(f"  v{i}: \"${{v{i - 1} + 1}}\"\n" for i in range(1, 3_000))
+    path = write(tmp_path, MINI + "vars:  # <-\n  v0: 1\n" + lines)
+    started = time.perf_counter()
+    err = error_of(analyse, path)
+    assert "the limit is 1,000" in err.what and err.pos.line == 8
+    assert time.perf_counter() - started < 5
+
+
 def test_vars_chain_cannot_grow_past_the_limit(tmp_path):
     """Each var may double the previous one: the chain stops at the limit, at the var's line."""
     lines = "".join(f"  v{i}: \"${{v{i - 1} ~ v{i - 1}}}\"\n" for i in range(1, 40))

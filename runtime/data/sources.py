@@ -21,7 +21,7 @@ import torch
 
 from netspec.data_spec import DataSpec
 from netspec.errors import UserError
-from netspec.runtime.arrays import data_limit, load_arrays, too_large
+from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
@@ -154,6 +154,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             claimed = math.prod(dims)
             if claimed > data_limit():
                 raise too_large(path, f"its header claims {_fmt(dims)} =", claimed)
+            if gzipped and (err := bomb(path, claimed, path.stat().st_size)):
+                raise err
             if not gzipped and path.stat().st_size - start != claimed:
                 raise UserError(f"{path} holds {path.stat().st_size - start} bytes of data but its header says "
                                 f"{_fmt(dims)} = {claimed}", CORRUPT)
