@@ -15,6 +15,7 @@ from torch import fx
 from netspec.spec import Spec
 from netspec.compiler.expand import expand
 from netspec.compiler.graph import build_graph, check_graph
+from netspec.compiler.heads import check_heads
 from netspec.compiler.ir import Network
 from netspec.compiler.lower import lower
 from netspec.compiler.parse import parse
@@ -55,7 +56,7 @@ def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]
     raw, context = parse(path, overrides)
     spec = validate(raw)
     network = check_graph(build_graph(spec, expand(spec, context)))
-    return spec, infer_shapes(network)
+    return spec, check_heads(infer_shapes(network))
 
 
 def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:

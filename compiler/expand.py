@@ -6,6 +6,8 @@ the backbone's names. `from:` is resolved here, innermost scope first.
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,9 @@ from netspec.compiler.ir import Node
 from netspec.compiler.template import substitute
 from netspec.compiler.tree import LineDict
 from netspec.compiler.validate import validate_node
+
+MAX_NODES = 20_000  # op nodes after unrolling blocks and repeats (ResNet-1202 has ~4,800); NETSPEC_MAX_NODES
+MAX_EXPAND_SECONDS = 60.0  # wall-clock bound on unrolling; NETSPEC_MAX_EXPAND_SECONDS
 
 
 GRAD_SCALE = "grad_scale"  # local name of a branch's gradient-scaling node: <branch>.grad_scale
@@ -75,6 +80,8 @@ class _Expander:
         self.all_names: dict[str, str] = {}  # every qualified name and alias -> node name
         self.defined_at: dict[str, Pos | None] = {spec.input.name: spec.input.at}
         self.expanding: list[str] = []  # blocks being instantiated, innermost last (to refuse recursion)
+        self.max_nodes = int(_limit("NETSPEC_MAX_NODES", MAX_NODES))
+        self.deadline = time.monotonic() + _limit("NETSPEC_MAX_EXPAND_SECONDS", MAX_EXPAND_SECONDS)
 
     def run(self) -> Expanded:
         spec = self.spec
@@ -107,6 +114,7 @@ class _Expander:
 
     def emit(self, node, scope: Scope, previous: str, branch: str | None, via: str) -> str:
         self._claim(node.name, scope, node.at)
+        self._check_budget(node, via)
         if isinstance(node, BlockNode):
             return self.instantiate(node, scope, previous, branch, via)
         qualified = scope.prefix + node.name
@@ -152,6 +160,18 @@ class _Expander:
         self._define(node.name, entry, scope, node.at)
         return entry
 
+    def _check_budget(self, node, via: str) -> None:
+        """The unrolled network stays within MAX_NODES op nodes and MAX_EXPAND_SECONDS (nested repeats multiply)."""
+        where = f" ({via.strip()})" if via else ""
+        if len(self.nodes) >= self.max_nodes:
+            raise SpecError(f"the network unrolls to more than {self.max_nodes:,} nodes at node '{node.name}'{where}",
+                            "lower `repeat:` (repeats inside repeated blocks multiply), or raise the limit with "
+                            f"NETSPEC_MAX_NODES", node.at)
+        if time.monotonic() > self.deadline:
+            raise SpecError(f"unrolling blocks took longer than {_limit('NETSPEC_MAX_EXPAND_SECONDS', MAX_EXPAND_SECONDS):g}"
+                            f" s (at node '{node.name}'{where})", "make the network smaller, or raise the limit with "
+                            "NETSPEC_MAX_EXPAND_SECONDS", node.at)
+
     def _claim(self, name: str, scope: Scope, pos: Pos | None) -> None:
         if name in scope.names and name != "input":
             first = self.defined_at.get(scope.prefix + name)
@@ -171,6 +191,20 @@ class _Expander:
             raise SpecError(f"{who} '{ref}', which does not exist",
                             did_you_mean(ref, scope.visible() | set(self.all_names)), pos)
         return found
+
+
+def _limit(name: str, default: float) -> float:
+    """A limit from the environment variable `name` (a positive number), else `default`."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise SpecError(f"{name}={text[:40]!r} is not a positive number", f"e.g. {name}={default:g}")
+    return value
 
 
 def _pos(raw: Any) -> Pos | None:

@@ -52,6 +52,15 @@ def check_graph(net: Network) -> Network:
             want = f"{low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
             raise SpecError(f"node '{node.name}' ({node.op.op}) has {count} input(s), needs {want}",
                             "list its inputs with from: [a, b]" if low > 1 else "give it one `from:`", node.pos)
+    for node in net:
+        for source in node.inputs:
+            owner = net.nodes[source].branch if source in net.nodes else None
+            if owner is not None and owner != node.branch:
+                who = "backbone node" if node.branch is None else f"node '{node.name}' of branch"
+                raise SpecError(f"{who} '{node.name if node.branch is None else node.branch}' takes input from "
+                                f"'{source}', a node of branch '{owner}'",
+                                "the backbone (and each branch) may read the backbone only: a branch is cut off at "
+                                "export, so nothing else can depend on it", node.pos)
     reachable = nx.descendants(data, net.input.name)
     for node in net:
         if node.name not in reachable:

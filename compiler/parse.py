@@ -5,7 +5,10 @@ item was written, so that every later error can say `file:line`.
 """
 from __future__ import annotations
 
+import codecs
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,33 @@ from netspec.compiler.tree import LineDict, LineList, where
 
 MAX_YAML_NODES = 200_000  # expanded size; guards against alias ("billion laughs") bombs
 MAX_EXTENDS_DEPTH = 8
+MAX_SPEC_BYTES = 4 << 20  # a spec (or an override) larger than this is refused before it is read
+MAX_VARS = 1_000  # names under `vars:` (each is evaluated with all before it: the cost grows with the square)
+MAX_NESTING = 64  # mappings and lists inside each other, aliases included (deeper would exhaust the stack)
+# what YAML refuses as text (PyYAML's Reader.NON_PRINTABLE), found here first to say on which line
+_NON_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+         (codecs.BOM_UTF16_BE, "UTF-16")]
 
 
 class _PosLoader(yaml.SafeLoader):
     """yaml's SafeLoader (no python tags) that records positions and refuses alias bombs."""
+
+    def compose_node(self, parent, index):
+        """Compose one node, refusing nesting deeper than MAX_NESTING (counted through aliases too)."""
+        self._nesting = getattr(self, "_nesting", 0) + 1
+        try:
+            if self._nesting > MAX_NESTING:
+                raise _too_deep(Pos(self.name, self.peek_event().start_mark.line + 1))
+            node = super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not hasattr(node, "depth"):
+            children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+            node.depth = 1 + max((getattr(c, "depth", 1) for c in children), default=0)
+            if node.depth > MAX_NESTING:
+                raise _too_deep(Pos(self.name, node.start_mark.line + 1))
+        return node
 
     def compose_document(self):
         node = super().compose_document()
@@ -86,8 +112,25 @@ def _expanded_size(node, memo: dict) -> int:
     return memo[id(node)]
 
 
+def _too_deep(pos: Pos) -> SpecError:
+    return SpecError(f"mappings and lists are nested more than {MAX_NESTING} deep here",
+                     "a spec is a few levels deep: check the brackets and the indentation (or the anchors)", pos)
+
+
+def check_text(text: str, name: str) -> None:
+    """Refuse characters YAML cannot hold (NUL, control characters), at their line."""
+    bad = _NON_PRINTABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        what = "a NUL byte (a binary file, or UTF-16 text?)" if bad.group() == "\0" else f"the control character {bad.group()!r}"
+        raise SpecError(f"{what} is not allowed in a spec", "a spec is plain UTF-8 text: remove the character",
+                        Pos(name, line))
+
+
 def load_yaml(text: str, name: str) -> Any:
-    """Parse YAML text safely, keeping positions. Python tags and alias bombs are refused."""
+    """Parse YAML text safely, keeping positions. Python tags, alias bombs, control characters and very deep
+    nesting are refused."""
+    check_text(text, name)
     loader = _PosLoader(text)
     loader.name = name
     try:
@@ -104,20 +147,52 @@ def load_yaml(text: str, name: str) -> Any:
             fix = "specs are plain data: remove the tag (python objects cannot be created from a spec)"
         raise SpecError(problem, fix, Pos(name, line)) from None
     except yaml.YAMLError as err:
-        raise SpecError(f"cannot read YAML: {err}", "fix the YAML syntax", Pos(name, 0)) from None
+        raise SpecError(f"cannot read YAML: {str(err).splitlines()[0][:200]}", "fix the YAML syntax", Pos(name, 0)) from None
+    except RecursionError:
+        raise _too_deep(Pos(name, 0)) from None
     finally:
         loader.dispose()
 
 
-def read_spec_file(path: str | Path, _depth: int = 0) -> LineDict:
+def read_text(path: Path, what: str = "spec file", pos: Pos | None = None) -> str:
+    """A spec file's text: a regular file of at most MAX_SPEC_BYTES, UTF-8. Checked before it is read, so a
+    directory, a device (/dev/zero), a FIFO or a huge file is a one-line error, not a hang."""
+    shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
+    fix = "give the path of a .yaml spec, e.g. specs/cnds8.yaml"
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device or a pipe?)"
+            raise SpecError(f"{what} '{shown}' is {kind}", fix, pos)
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{what} '{shown}' is {info.st_size:,} bytes; specs are limited to {MAX_SPEC_BYTES:,}",
+                            "is this the right file? use blocks and repeat: for long networks", pos)
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError(f"{what} '{shown}' does not exist", fix, pos) from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise SpecError(f"cannot read {what} '{shown}': {getattr(err, 'strerror', None) or err}",
+                        "check the path and its permissions", pos) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{what} '{shown}' is larger than {MAX_SPEC_BYTES:,} bytes", "is this the right file?", pos)
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise SpecError(f"{what} '{shown}' is {encoding} text", "save it as UTF-8", Pos(str(path), 1))
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        hint = "it looks like a binary file" if b"\0" in data[:4096] else "is it Latin-1 or another encoding?"
+        raise SpecError(f"byte 0x{data[err.start]:02x} is not UTF-8 ({hint})", "save the file as UTF-8",
+                        Pos(str(path), line)) from None
+
+
+def read_spec_file(path: str | Path, _depth: int = 0, _pos: Pos | None = None) -> LineDict:
     """Read one spec file and, recursively, the file it `extends:`, merged below it."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"spec file '{path}' does not exist", "give the path of a .yaml spec, e.g. specs/cnds8.yaml") from None
-    except OSError as err:
-        raise SpecError(f"cannot read spec file '{path}': {err.strerror}", "check the path and its permissions") from None
+    what = "spec file" if _pos is None else "the file `extends:` names,"
+    text = read_text(path, what, _pos)
     data = load_yaml(text, str(path))
     if not isinstance(data, LineDict):
         raise SpecError("a spec must be a mapping (name:, input:, nodes:, ...)", "see specs/cnds8.yaml for the layout", Pos(str(path), 1))
@@ -126,11 +201,16 @@ def read_spec_file(path: str | Path, _depth: int = 0) -> LineDict:
         return data
     if _depth >= MAX_EXTENDS_DEPTH:
         raise SpecError("`extends:` goes more than 8 files deep (a loop?)", "make the chain shorter", data.where("extends"))
-    base_path = path.parent / str(base_name)
-    if not base_path.exists():
-        raise SpecError(f"`extends: {base_name}` names a file that does not exist ({base_path})",
-                        "the path is relative to this spec's folder", data.key_pos.get("extends", data.pos))
-    return merge(read_spec_file(base_path, _depth + 1), data)
+    at = data.key_pos.get("extends", data.pos)
+    if not isinstance(base_name, str) or not base_name:
+        raise SpecError("`extends:` must be the path of a spec file", "e.g. extends: cnds8.yaml", at)
+    base_path = path.parent / base_name
+    try:
+        os.stat(base_path)
+    except (OSError, ValueError):  # missing, a name too long, a NUL: the file is not there
+        raise SpecError(f"`extends: {base_name[:100]}` names a file that does not exist ({str(base_path)[:200]})",
+                        "the path is relative to this spec's folder", at) from None
+    return merge(read_spec_file(base_path, _depth + 1, at), data)
 
 
 def merge(base: Any, top: Any) -> Any:
@@ -154,13 +234,18 @@ def merge(base: Any, top: Any) -> Any:
 def apply_overrides(spec: LineDict, overrides: list[str]) -> LineDict:
     """Apply Hydra-style `a.b.c=value` overrides. List items can be picked by their `name:`."""
     for text in overrides:
-        pos = Pos(f"override '{text}'", 0)
+        pos = Pos(f"override '{text if len(text) <= 80 else text[:60] + '...'}'", 0)
         key, sep, raw_value = text.partition("=")
         if not sep or not key:
             raise SpecError("an override must look like key=value", "e.g. train.epochs=3 or branches.aux1.from=conv4_1", pos)
+        if len(text) > MAX_SPEC_BYTES:
+            raise SpecError(f"the override is longer than {MAX_SPEC_BYTES:,} characters", "put it in the spec", pos)
+        check_text(text, pos.file)
         try:
-            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw_value, pos.file) if raw_value.strip() else ""
+        except SpecError as err:
+            if "nested" in err.what:
+                raise SpecError(err.what, err.fix, pos) from None
             value = raw_value
         _set_path(spec, key.split("."), _with_pos(value, pos), pos)
     return spec
@@ -227,6 +312,9 @@ def resolve_vars(spec: LineDict) -> dict[str, Any]:
     variables = spec.get("vars") or {}
     if not isinstance(variables, dict):
         raise SpecError("`vars:` must be a mapping of names to values", "e.g. vars: {n: 5, width: 16}", where(variables, spec.where("vars")))
+    if len(variables) > MAX_VARS:
+        raise SpecError(f"`vars:` defines {len(variables):,} names; the limit is {MAX_VARS:,}",
+                        "use lists or blocks with params instead of numbered vars", spec.where("vars"))
     for name, value in variables.items():
         context[name] = substitute(value, context, variables.key_pos.get(name) if isinstance(variables, LineDict) else None)
     if "classes" in spec and "classes" not in context:

@@ -2,6 +2,9 @@
 device (no memory, no arithmetic), so shapes come from torch itself. Records shape, params, FLOPs."""
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -11,6 +14,31 @@ from torch import nn
 from netspec.errors import SpecError
 from netspec.ops import Call, Custom
 from netspec.compiler.ir import Network, Node
+
+# Bounds on what a spec may ask torch to allocate, checked here on the meta device before lowering builds the
+# real modules. Raise them with the environment variables when a network really is that large.
+MAX_PARAMS = 1 << 28  # parameters of the whole training graph (1 GiB in fp32); NETSPEC_MAX_PARAMS
+MAX_ACTIVATIONS = 1 << 28  # activation elements of one example, summed over the input and every node;
+# NETSPEC_MAX_ACTIVATIONS
+
+
+def limit(name: str, default: int) -> int:
+    """A size limit: the environment variable `name` when it is set (a positive integer), else `default`."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SpecError(f"{name}={text[:40]!r} is not a positive integer", f"e.g. {name}={default}")
+    return value
+
+
+def _too_large(what: str, count: int, bound: int, env: str, pos) -> SpecError:
+    return SpecError(f"{what} {count:,}, more than the limit of {bound:,}",
+                     f"make the network smaller, or raise the limit: {env}={count} (if the machine has the memory)", pos)
 
 
 def infer_shapes(net: Network) -> Network:
@@ -22,7 +50,15 @@ def infer_shapes(net: Network) -> Network:
     shapes = {net.input.name: net.input.shape}
     seen: dict[tuple, tuple] = {}  # (op params, input shapes) -> (shape, params, flops)
     nodes = {}
-    with torch.no_grad():
+    max_params = limit("NETSPEC_MAX_PARAMS", MAX_PARAMS)
+    max_activations = limit("NETSPEC_MAX_ACTIVATIONS", MAX_ACTIVATIONS)
+    total_params = 0
+    activations = math.prod(net.input.shape)
+    if activations > max_activations:
+        raise _too_large("the input has (per example) elements", activations, max_activations,
+                         "NETSPEC_MAX_ACTIVATIONS", net.input.pos)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes about meta tensors are no concern of the spec's author
         for node in net:
             in_shapes = tuple(shapes[source] for source in node.inputs)
             key = (type(node.op), node.op.model_dump_json(exclude={"name", "from_", "init"}), in_shapes)
@@ -32,6 +68,14 @@ def infer_shapes(net: Network) -> Network:
                 params = sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
                 seen[key] = (shape, params, node.op.flops(module, shape))
             shape, params, flops = seen[key]
+            total_params += params
+            activations += math.prod(shape)
+            if total_params > max_params:
+                raise _too_large(f"node '{node.name}' brings the parameter count to", total_params, max_params,
+                                 "NETSPEC_MAX_PARAMS", node.pos)
+            if activations > max_activations:
+                raise _too_large(f"node '{node.name}' {tuple(shape)} brings the activation elements per example to",
+                                 activations, max_activations, "NETSPEC_MAX_ACTIVATIONS", node.pos)
             shapes[node.name] = shape
             nodes[node.name] = replace(node, in_shapes=in_shapes, shape=shape, params=params, flops=flops)
     return replace(net, nodes=MappingProxyType(nodes))
@@ -54,8 +98,8 @@ def _build(node: Node, in_shapes: tuple):
         raise SpecError(f"node '{name}': {err}", "only allow custom ops from specs you trust", node.pos) from None
     except (ImportError, AttributeError) as err:
         raise SpecError(f"node '{name}': cannot import '{op.target}': {err}", "check the import path", node.pos) from None
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise _fail(node, in_shapes, str(err), "check the node's parameters against its input") from None
+    except (ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as err:
+        raise _fail(node, in_shapes, _first_line(err), "check the node's parameters against its input") from None
 
 
 def _run(node: Node, module, in_shapes: tuple) -> tuple[int, ...]:
@@ -72,15 +116,20 @@ def _run(node: Node, module, in_shapes: tuple) -> tuple[int, ...]:
                     "and size (stride/pooling) of its inputs, or use a shortcut node")
     try:
         out = module.fn(*inputs, **module.kwargs) if isinstance(module, Call) else module(*inputs)
-    except (RuntimeError, ValueError, IndexError) as err:
-        problem = str(err).splitlines()[0]
-        raise _fail(node, in_shapes, problem, _hint(op.op)) from None
+    except (RuntimeError, ValueError, IndexError, TypeError, OverflowError, MemoryError) as err:
+        raise _fail(node, in_shapes, _first_line(err), _hint(op.op)) from None
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"node '{node.name}' returns {type(out).__name__}, not a tensor", "a node must return one tensor",
                         node.pos)
     if any(d <= 0 for d in out.shape):
         raise _fail(node, in_shapes, f"the output would be {tuple(out.shape[1:])}", _hint(op.op))
     return tuple(out.shape[1:])
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of a library's message, without C++ frames (torch appends them to some errors)."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return lines[0][:300]
 
 
 def _hint(op: str) -> str:

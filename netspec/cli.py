@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netspec: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the file system refused (disk full, permissions, a name too long): no traceback
+        print(UserError(f"{err.strerror or type(err).__name__}: {err.filename or ''}".rstrip(": "),
+                        "check the path, its permissions and the free space"), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

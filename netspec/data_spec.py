@@ -38,7 +38,7 @@ class Augment(Strict):
 
     __section__ = "data.augment"
 
-    crop_pad: int = Field(0, ge=0, description="Pad each side by this many pixels, then crop a random window of the original size (CIFAR uses 4); 0 turns it off.")
+    crop_pad: int = Field(0, ge=0, le=1024, description="Pad each side by this many pixels, then crop a random window of the original size (CIFAR uses 4); 0 turns it off.")
     flip: bool = Field(False, description="Flip each training image horizontally with probability 1/2.")
 
 

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Iterable
+
+MAX_TOKEN = 160  # a longer run of non-blank characters in a message (a huge name or value) is shortened
+
+
+def shorten(text: str, limit: int = MAX_TOKEN) -> str:
+    """`text` with every run of more than `limit` non-blank characters cut in the middle (`...`), so a huge
+    name, path or value cannot flood a one-line message."""
+    keep = max(limit // 2 - 2, 8)
+    return re.sub(r"\S{%d,}" % (limit + 1), lambda m: m.group()[:keep] + "..." + m.group()[-keep // 2:], str(text))
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,7 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         head = f"{self.pos}: " if self.pos else "netspec: "
-        return head + self.what + (f" — {self.fix}" if self.fix else "")
+        return shorten(head + self.what + (f" — {self.fix}" if self.fix else ""))
 
 
 class SpecError(UserError):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import keyword
 import operator
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from netspec.schema_base import Strict
 
 Shape = tuple[int, ...]
 IntPair = Union[int, tuple[int, int]]
+Size = Annotated[int, Field(ge=1)]  # a kernel, stride or dilation: 1 or more
+Pad = Annotated[int, Field(ge=0)]
+SizePair = Union[Size, tuple[Size, Size]]
+PadPair = Union[Pad, tuple[Pad, Pad]]
 
 REGISTRY = Registry("op")
 register = REGISTRY.register  # class decorator: make an op usable in specs under the name in its `op` Literal
@@ -35,14 +40,22 @@ class Call:
 
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_NAME = 100
 # a submodule with such a name would shadow a method or attribute of the module holding it
 RESERVED_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 def check_name(name: str) -> str:
-    """A node or branch name: an identifier that is not an nn.Module/GraphModule attribute."""
-    if not NAME.match(name):
-        raise ValueError(f"'{name}' is not a valid name: use letters, digits and _, not starting with a digit")
+    """A node, branch, input or loss name: an identifier (not a Python keyword: it names a variable of the
+    generated forward) that is not an nn.Module/GraphModule attribute, short enough for any file or ONNX name."""
+    if not NAME.match(name) or len(name) > MAX_NAME:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise ValueError(f"'{shown}' is not a valid name: use 1 to {MAX_NAME} letters, digits and _, not starting "
+                         "with a digit (no dots, dashes or spaces)")
+    if keyword.iskeyword(name) or name == "self":
+        what = "a Python keyword" if name != "self" else "the generated forward's own first argument"
+        raise ValueError(f"'{name}' is {what} (it would name a variable of the generated code); "
+                         f"choose another name, e.g. '{name}_'")
     if name in RESERVED_NAMES:
         raise ValueError(f"'{name}' is reserved (a method of torch modules); choose another name, e.g. '{name}_'")
     return name
@@ -210,11 +223,11 @@ class Conv(ParamOp):
 
     op: Literal["conv"]
     out: int = Field(gt=0, description="output channels")
-    kernel: IntPair = Field(description="kernel size, int or [h, w]")
-    stride: IntPair = Field(default=1, description="stride, int or [h, w]")
-    pad: IntPair | Literal["same"] = Field(default=0, description="zero padding, int, [h, w] or 'same'")
-    dilation: IntPair = Field(default=1, description="dilation, int or [h, w]")
-    groups: int | Literal["depthwise"] = Field(default=1, description="channel groups; 'depthwise' = one per input channel")
+    kernel: SizePair = Field(description="kernel size, int or [h, w]")
+    stride: SizePair = Field(default=1, description="stride, int or [h, w]")
+    pad: PadPair | Literal["same"] = Field(default=0, description="zero padding, int, [h, w] or 'same'")
+    dilation: SizePair = Field(default=1, description="dilation, int or [h, w]")
+    groups: Size | Literal["depthwise"] = Field(default=1, description="channel groups; 'depthwise' = one per input channel")
     bias: bool = Field(default=True, description="learn a bias term")
     weighted: ClassVar[bool] = True
 
@@ -299,9 +312,9 @@ class LeakyReLU(OpNode):
 
 class _Pool(OpNode):
     needs_map: ClassVar[bool] = True
-    kernel: IntPair = Field(description="window size, int or [h, w]")
-    stride: IntPair | None = Field(default=None, description="stride; defaults to the kernel size")
-    pad: IntPair = Field(default=0, description="zero padding, int or [h, w]")
+    kernel: SizePair = Field(description="window size, int or [h, w]")
+    stride: SizePair | None = Field(default=None, description="stride; defaults to the kernel size")
+    pad: PadPair = Field(default=0, description="zero padding, int or [h, w]")
     ceil: bool = Field(default=False, description="Caffe's rounding: output size rounded up, not down")
 
     def _args(self):

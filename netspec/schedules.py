@@ -86,7 +86,7 @@ class DepthPowerSchedule(WeightSchedule):
 
     type: Literal["depth_power"]
     floor: float = Field(default=0.01, ge=0, description="smallest weight")
-    power: float = Field(default=2.0, description="exponent of the depth ratio")
+    power: float = Field(default=2.0, ge=0, description="exponent of the depth ratio")
 
     def factor(self, epoch, epochs, depth_ratio):
         return max(self.floor, depth_ratio ** self.power)

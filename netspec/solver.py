@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from netspec.errors import UserError
 from netspec.ops import Multiplier, multiplier_shorthand
+from netspec.project import check_run_path
 from netspec.registry import Registry
 from netspec.schema_base import Strict
 
@@ -72,7 +73,8 @@ class Adam(Optimizer):
 
     type: Literal["adam", "adamw"]
     lr: float = Field(default=1e-3, gt=0, description="base learning rate")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="moment decay rates")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default=(0.9, 0.999), description="moment decay rates")
     weight_decay: float = Field(default=0.0, ge=0, description="weight decay (decoupled for adamw)")
 
     def build(self, params):
@@ -110,7 +112,7 @@ class StepLR(LRPolicy):
 
     type: Literal["step"]
     step_size: int = Field(default=30, gt=0, description="epochs between drops")
-    gamma: float = Field(default=0.1, gt=0, description="drop factor")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="drop factor")
 
     def factor(self, epoch, epochs, base_lr):
         return self.gamma ** (int(epoch) // self.step_size)
@@ -121,8 +123,8 @@ class MultiStepLR(LRPolicy):
     """Multiply by `gamma` at each milestone epoch (Caffe `multistep`)."""
 
     type: Literal["multistep"]
-    milestones: list[int] = Field(default_factory=list, description="epochs at which to drop")
-    gamma: float = Field(default=0.1, gt=0, description="drop factor")
+    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="epochs at which to drop")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="drop factor")
 
     def factor(self, epoch, epochs, base_lr):
         return self.gamma ** sum(epoch >= m for m in self.milestones)
@@ -193,7 +195,7 @@ class TrainSpec(Strict):
                                        "a node's own lr_mult wins")
     decay_mult: Multiplier | None = Field(default=None, description="default weight-decay multiplier: a number or "
                                           "{weight: x, bias: y} (CNDS: {weight: 1, bias: 0}); a node's own decay_mult wins")
-    seed: int = Field(default=0, description="seed for init, shuffling and augmentation")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seed for init, shuffling and augmentation")
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
                                          "GPUs; also runs on CPU); losses stay fp32")
@@ -205,7 +207,7 @@ class TrainSpec(Strict):
                                   "max_iter); `epochs` then becomes as many as that takes")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
-    out: str | None = Field(default=None, description="folder of this spec's runs (each in <out>/<run name>/, "
+    out: Annotated[str, AfterValidator(check_run_path)] | None = Field(default=None, description="folder of this spec's runs (each in <out>/<run name>/, "
                                                      "with a `latest` link); defaults to runs/<spec name>")
     run_name: str | None = Field(default=None, description="this run's folder name (default: the start time, "
                                  "YYYYMMDD-HHMMSS); with --resume, the run to continue (default: latest)")
@@ -217,7 +219,7 @@ class TrainSpec(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value):
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?|mps", value):
             raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps")
         return value
 
@@ -234,6 +236,8 @@ class TrainSpec(Strict):
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer_shorthand(cls, value):
+        if isinstance(value, dict) and "type" not in value:  # `train.optimizer.lr=0.01`: the default optimizer's
+            value["type"] = "sgd"
         return {"type": value} if isinstance(value, str) else value
 
     @field_validator("lr_schedule", mode="before")

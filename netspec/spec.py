@@ -12,11 +12,13 @@ from pydantic import AfterValidator, Discriminator, Field, PositiveInt, Tag, fie
 
 from netspec.data_spec import DataSpec
 from netspec.ops import REGISTRY, Factor, NodeBase, NodeInit, check_name
+from netspec.project import check_path_name
 from netspec.schedules import SCHEDULES, Schedule, constant, schedule_shorthand
 from netspec.schema_base import Strict
 from netspec.solver import TrainSpec
 
 MAIN_HEAD = "main"
+MAX_REPEAT = 10_000  # copies of one block instance (the expanded node count has its own limit)
 
 
 # --- nodes -----------------------------------------------------------------------------------
@@ -27,7 +29,7 @@ class BlockNode(NodeBase):
 
     model_config = {**NodeBase.model_config, "extra": "allow"}
     block: str = Field(description="the block to instantiate (a key of `blocks:`)")
-    repeat: int = Field(default=1, ge=1, description="how many copies to chain")
+    repeat: int = Field(default=1, ge=1, le=MAX_REPEAT, description="how many copies to chain")
     first: dict[str, Any] = Field(default_factory=dict, description="params that differ for the first copy (e.g. stride: 2)")
 
     @property
@@ -118,7 +120,7 @@ class InputSpec(Strict):
     shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(description="C, H, W")
     mean: list[float] = Field(default_factory=lambda: [0.0], description="per-channel mean (on 0..1 pixels)")
     std: list[float] = Field(default_factory=lambda: [1.0], description="per-channel std")
-    name: str = Field(default="data", description="name of the input node")
+    name: Annotated[str, AfterValidator(check_name)] = Field(default="data", description="name of the input node")
 
     @model_validator(mode="after")
     def _channels_match(self):
@@ -142,7 +144,7 @@ class InitDefaults(NodeInit):
 class Spec(Strict):
     """A network with its supervision branches, losses, data and solver."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the build is written to build/<name>/")
+    name: Annotated[str, AfterValidator(check_path_name)] = Field(description="the build is written to build/<name>/")
     description: str = Field(default="", description="free text")
     vars: dict[str, Any] = Field(default_factory=dict, description="values usable as ${name} anywhere (and set by overrides)")
     input: InputSpec = Field(description="input shape and normalisation")
@@ -152,7 +154,7 @@ class Spec(Strict):
     nodes: list[Node] = Field(min_length=1, description="the backbone, input to main head, in order")
     output: str | None = Field(default=None, description=f"backbone node that is the '{MAIN_HEAD}' head; default the last")
     branches: dict[Annotated[str, AfterValidator(check_name)], Branch] = Field(default_factory=dict, description="auxiliary branches; each is a head named after it")
-    losses: dict[str, Loss] = Field(
+    losses: dict[Annotated[str, AfterValidator(check_name)], Loss] = Field(
         default_factory=lambda: {MAIN_HEAD: CrossEntropyLoss(type="cross_entropy", head=MAIN_HEAD)},
         description="loss nodes by name; default: cross-entropy on the main head")
     data: DataSpec = Field(default_factory=DataSpec, description="the data set")

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import nn
 
 from netspec.compiler import structure
 from netspec.errors import UserError
-from netspec.project import atomic_write
+from netspec.project import atomic_write, read_json
 from netspec.spec import Spec
 
 LAST, BEST, INDEX = "last.pt", "best.pt", "checkpoints.json"
@@ -181,13 +182,6 @@ def describe(state: dict, name: str) -> dict:
             "metric": "top1/main", "value": state["best"]}
 
 
-def read_index(folder: Path) -> dict:
-    try:
-        return json.loads((folder / INDEX).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def remove_stale_temps(folder: Path) -> list[str]:
     """Delete the temp files of writes a kill interrupted (`.<name>.*.tmp`, see project.atomic_file)."""
     gone = []
@@ -223,19 +217,20 @@ def verify(folder: Path) -> list[str]:
     return fixed
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (`weights_only`). A missing, damaged or foreign file is a UserError naming it."""
+def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
+    """Read a checkpoint safely (`weights_only`). A missing, damaged or foreign file is a UserError naming it;
+    with `resume`, the file must also hold the training state (optimizer, scheduler, rng, epoch, ...)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}", "train first (`netspec train`), or give the path of a .pt file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing a pickle; the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file can make the unpickler raise nearly anything
         raise UserError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})",
-                        "use the other checkpoint in its directory (last.pt or best.pt), or train again") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not a netspec checkpoint (no 'model' entry)",
-                        "give a file written by `netspec train`")
+                        "use the other checkpoint in its directory (last.pt or best.pt), or train again") from None
+    validate_checkpoint(state, path, resume=resume)
     return state
 
 
@@ -293,6 +288,64 @@ def _why(old: dict, new: dict, node: str) -> str:
     upstream = [n for n in structure.ancestry(new, node)
                 if n != node and (n not in old["nodes"] or own(old, n) != own(new, n))]
     return f"depends on {upstream[0]}" if upstream else "its input changed"
+def _tensor(kind: torch.dtype | None = None, length: int | None = None):
+    def check(value) -> bool:
+        return isinstance(value, torch.Tensor) and (kind is None or value.dtype == kind) and (
+            length is None or value.shape == (length,))
+    return check
+
+
+def _is(*types):
+    return lambda value: isinstance(value, types) and not isinstance(value, bool)
+
+
+# What `rng_state` writes for one process, and the training state `_train` saves: checked before use, so a
+# foreign or damaged file is one error naming it, not a failure deep inside torch.
+_RNG = {"torch": _tensor(torch.uint8), "cuda": lambda v: isinstance(v, list) and all(map(_tensor(torch.uint8), v)),
+        "python": _tensor(torch.int64, 626), "python_gauss": lambda v: _tensor(torch.float64)(v) and v.numel() <= 1,
+        "numpy": _tensor(torch.int64, 624), "numpy_extra": _tensor(torch.float64, 3)}
+_TRAINING = {
+    "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+    and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                        for g in v["param_groups"]),
+    "scheduler": lambda v: isinstance(v, dict) and _is(int)(v.get("last_epoch")) and isinstance(v.get("base_lrs"), list),
+    "rng": lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(r, dict) and all(key in r and ok(r[key]) for key, ok in _RNG.items()) for r in v),
+    "epoch": lambda v: _is(int)(v) and 0 <= v < 2**40, "step": lambda v: _is(int)(v) and 0 <= v < 2**40,
+    "best": _is(int, float), "spec_name": _is(str), "spec_hash": _is(str),
+}
+
+
+def validate_checkpoint(state, path: Path, *, resume: bool = False) -> None:
+    """The structure netspec writes (see the module docstring), else a UserError naming the file. Entries a
+    weights-only file may lack are checked when present, and required with `resume`."""
+    fix = "give a file written by `netspec train`"
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a netspec checkpoint: it holds a {type(state).__name__}, not a dict", fix)
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        what = "no 'model' entry" if model is None else "its 'model' entry is not a dict of named tensors"
+        raise UserError(f"{path} is not a netspec checkpoint ({what})", fix)
+    broken = next((k for k, v in model.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise UserError(f"{path} is damaged: '{broken[:80]}' holds NaN or infinite values",
+                        "use the other checkpoint in its directory (last.pt or best.pt), or train again")
+    for key, ok in _TRAINING.items():
+        if key in state and not ok(state[key]):
+            raise UserError(f"{path} is damaged: its '{key}' entry is not what `netspec train` writes", fix)
+    missing = [key for key in _TRAINING if key not in state]
+    if resume and missing:
+        raise UserError(f"{path} holds weights only (no {', '.join(missing[:3])}), so training cannot resume from it",
+                        "train without --resume (use init.from to start from these weights)")
+
+
+def read_index(folder: Path) -> dict:
+    """checkpoints.json (empty when absent); a damaged one is an error naming it, raised before anything is written."""
+    path = folder / INDEX
+    if not path.exists():
+        return {}
+    return read_json(path, {"spec_name?": str, "spec_hash?": str, "last?": dict, "best?": dict},
+                     f"delete {path} (netspec rewrites it at the next checkpoint)")
 
 
 # --- random generator states, as tensors -----------------------------------------------------

@@ -41,16 +41,23 @@ class Context:
         return self.world_size > 1
 
 
-def pick_device(option: str, local_rank: int = 0) -> torch.device:
-    """'auto' → cuda:<local rank> if CUDA is present, else cpu; 'cuda' → cuda:<local rank>; else as given."""
+def pick_device(option: str, local_rank: int = 0, what: str = "train.device") -> torch.device:
+    """'auto' → cuda:<local rank> if CUDA is present, else cpu; 'cuda' → cuda:<local rank>; else as given.
+    A device this machine does not have is a UserError (`what` names the setting in it)."""
     if option == "auto":
         option = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if option == "cuda" else option)
+    try:
+        device = torch.device(f"cuda:{local_rank}" if option == "cuda" else option)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{what} '{str(option)[:40]}' is not a device", "use cpu, cuda, cuda:N or mps") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{what} is 'mps' but this machine has no usable Apple GPU (MPS)",
+                        f"set {what}=cpu (or auto)".replace("--device=", "--device "))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device is '{option}' but this machine has no usable CUDA device",
-                        "set train.device=cpu (or auto)")
+        raise UserError(f"{what} is '{option}' but this machine has no usable CUDA device",
+                        f"set {what}=cpu (or auto)".replace("--device=", "--device "))
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"train.device is '{device}' but this machine has {torch.cuda.device_count()} CUDA device(s)",
+        raise UserError(f"{what} is '{device}' but this machine has {torch.cuda.device_count()} CUDA device(s)",
                         "use cuda:0 .. cuda:N-1, or cuda (one device per process under torchrun)")
     return device
 

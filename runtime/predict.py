@@ -3,15 +3,76 @@ model can be checked on a machine without it. Input normalisation and class name
 from __future__ import annotations
 
 import json
+import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from netspec.errors import UserError
+from netspec.runtime.arrays import load_arrays
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
 META = "netspec."  # prefix of every metadata key `netspec export` writes
 PREDICT_BATCH = 256
+MAX_MODEL_BYTES = 2 << 30  # protobuf's own limit on an .onnx file
+MAX_INPUT_ELEMENTS = 1 << 26  # C×H×W of one input, as the metadata states it
+MAX_CLASSES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What `predict` needs from an exported model's metadata, checked."""
+
+    shape: tuple[int, int, int]
+    mean: np.ndarray
+    std: np.ndarray
+    classes: list[str]
+    spec_name: str
+
+
+def read_metadata(model: Path, meta: dict[str, str]) -> Metadata:
+    """The netspec metadata of an exported model, each entry checked: a model not written by `netspec export`
+    (or edited since) is one error naming the file and the entry."""
+    fix = "give a model written by `netspec export` (its metadata says how to feed it)"
+    if META + "input_shape" not in meta:
+        raise UserError(f"{model} carries no netspec metadata", fix)
+
+    def entry(key: str):
+        if META + key not in meta:
+            raise UserError(f"{model}: the metadata has no '{META + key}'", fix)
+        text = meta[META + key]
+        try:
+            if len(text) > 64 << 20:
+                raise ValueError("too long")
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            raise UserError(f"{model}: the metadata '{META + key}' is not valid JSON", fix) from None
+
+    def bad(key: str, want: str) -> UserError:
+        return UserError(f"{model}: the metadata '{META + key}' must be {want}", fix)
+
+    shape = entry("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and 0 < d <= MAX_INPUT_ELEMENTS
+                                                                 for d in shape)
+            and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+        raise bad("input_shape", f"[C, H, W]: three positive integers, at most {MAX_INPUT_ELEMENTS:,} elements")
+    channels = shape[0]
+    norms = {}
+    for key in ("mean", "std"):
+        values = entry(key)
+        if not (isinstance(values, list) and len(values) in (1, channels) and all(
+                type(v) in (int, float) and math.isfinite(v) for v in values)):
+            raise bad(key, f"a list of 1 or {channels} finite numbers")
+        norms[key] = np.asarray(values, np.float32).reshape(-1, 1, 1)
+    if not (norms["std"] > 0).all():
+        raise bad("std", "positive numbers")
+    classes = entry("classes")
+    if not (isinstance(classes, list) and 0 < len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", f"a list of 1 to {MAX_CLASSES:,} class names")
+    name = meta.get(META + "spec_name", "?")
+    return Metadata(tuple(shape), norms["mean"], norms["std"], classes, name[:100])
 
 
 def predict(model: Path, inputs: list[Path], top: int) -> int:
@@ -20,18 +81,24 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
 
     if not model.is_file():
         raise UserError(f"no model at {model}", "export one with `netspec export --prune-aux MODEL.onnx`")
+    if model.stat().st_size > MAX_MODEL_BYTES:
+        raise UserError(f"{model} is {model.stat().st_size:,} bytes, larger than an ONNX file can be",
+                        "give a .onnx file written by `netspec export`")
     try:
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for unreadable models
-        raise UserError(f"cannot load {model}: {err}", "give a .onnx file written by `netspec export`") from None
-    meta = session.get_modelmeta().custom_metadata_map
-    if META + "input_shape" not in meta:
-        raise UserError(f"{model} carries no netspec metadata", "give a model written by `netspec export`")
-    shape = tuple(json.loads(meta[META + "input_shape"]))
-    mean = np.asarray(json.loads(meta[META + "mean"]), np.float32).reshape(-1, 1, 1)
-    std = np.asarray(json.loads(meta[META + "std"]), np.float32).reshape(-1, 1, 1)
-    classes = json.loads(meta[META + "classes"])
-    output = session.get_outputs()[0].name
+        raise UserError(f"cannot load {model}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}",
+                        "give a .onnx file written by `netspec export`") from None
+    info = read_metadata(model, session.get_modelmeta().custom_metadata_map)
+    shape, mean, std, classes = info.shape, info.mean, info.std, info.classes
+    ins, outs = session.get_inputs(), session.get_outputs()
+    fixed = [d for d in (ins[0].shape[1:] if ins else []) if isinstance(d, int)]
+    if len(ins) != 1 or not outs or len(ins[0].shape) != 4 or (len(fixed) == 3 and tuple(fixed) != shape):
+        raise UserError(f"{model} takes {len(ins)} input(s) of shape {ins[0].shape if ins else '-'}, not one batch of "
+                        f"{'×'.join(map(str, shape))} images as its metadata says", "give a model written by `netspec export`")
+    output = outs[0].name
     top = max(1, min(top, len(classes)))
     labels, pixels = [], []
     for path in inputs:
@@ -40,11 +107,18 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
             pixels.append(image)
     if not pixels:
         raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
-    print(f"{model}: exit {output} of spec {meta.get(META + 'spec_name')}, top {top} of {len(classes)} classes")
+    print(f"{model}: exit {output} of spec {info.spec_name}, top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     for start in range(0, len(pixels), PREDICT_BATCH):
         x = ((np.stack(pixels[start:start + PREDICT_BATCH]) - mean) / std).astype(np.float32)
-        logits = session.run([output], {session.get_inputs()[0].name: x})[0]
+        try:
+            logits = session.run([output], {ins[0].name: x})[0]
+        except Exception as err:  # onnxruntime's own exception types
+            raise UserError(f"{model} fails on these inputs: {str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}",
+                            "give a model written by `netspec export`") from None
+        if not (isinstance(logits, np.ndarray) and logits.shape == (len(x), len(classes))):
+            raise UserError(f"{model} outputs {getattr(logits, 'shape', '?')} for {len(x)} inputs, but its metadata names "
+                            f"{len(classes)} classes", "give a model written by `netspec export`")
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         for label, p in zip(labels[start:], probs):
@@ -68,16 +142,15 @@ def read_input(path: Path, shape: tuple[int, int, int]) -> list[tuple[str, np.nd
 
 
 def _read_array(path: Path) -> np.ndarray:
-    try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            key = next((k for k in ("x", "x_test") if k in z.files), z.files[0] if len(z.files) == 1 else None)
-            if key is None:
-                raise UserError(f"{path} holds several arrays ({', '.join(z.files)})", "name the images 'x' (or 'x_test')")
-            return z[key]
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"cannot read {path}: {err}", "save it with numpy.save / numpy.savez of a plain array") from None
+    arrays = load_arrays(path, scale=4)  # the pixels become float32
+    if path.suffix.lower() == ".npy":
+        return arrays[""]
+    names = [n for n in arrays]
+    key = next((k for k in ("x", "x_test") if k in arrays), names[0] if len(names) == 1 else None)
+    if key is None:
+        shown = ", ".join(n[:40] for n in names[:10]) or "none"
+        raise UserError(f"{path} holds {len(names)} arrays ({shown})", "name the images 'x' (or 'x_test')")
+    return arrays[key]
 
 
 def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:
@@ -85,6 +158,8 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
     c, h, w = shape
     if a.dtype.kind not in "uif":
         raise UserError(f"{path} holds {a.dtype} values", "store pixels as uint8 0..255 or floats 0..1")
+    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        raise UserError(f"{path} holds NaN or infinite values", "store pixels as uint8 0..255 or finite floats 0..1")
     if a.shape[-3:] == (h, w, c) and a.shape[-3:] != shape:
         a = np.moveaxis(a, -1, -3)
     elif c == 1 and a.shape[-2:] == (h, w) and a.shape[-3:] != shape:

@@ -103,7 +103,7 @@ def _open_run(compiled: Compiled, ctx: distributed.Context, resume: bool, overri
     if run_path == "error":
         raise UserError(has_start.removeprefix("netspec: "))
     run = Path(run_path)
-    start = ckpt.load_checkpoint(ckpt.checkpoint_dir(run) / ckpt.LAST) if has_start else None
+    start = ckpt.load_checkpoint(ckpt.checkpoint_dir(run) / ckpt.LAST, resume=True) if has_start else None
     try:
         if start is not None:
             ckpt.check_heads(start, compiled, list(compiled.heads), ckpt.checkpoint_dir(run) / ckpt.LAST, "resume")

@@ -132,7 +132,7 @@ CASES = [
      "uses 'outt', which is not defined", "did you mean 'out'?"),
     ("sandbox_escape", H + "vars: {w: 4}\nnodes:\n  - {name: a, op: conv, out: '${w.__class__.__mro__}', kernel: 3}  # <-\n"
      + FC, "unsafe", "names, numbers and arithmetic"),
-    ("expression_memory_bomb", H + "vars:\n  big: \"${'x' * 10**10}\"  # <-\nnodes:\n" + FC, "more than 100000 items", "check"),
+    ("expression_memory_bomb", H + "vars:\n  big: \"${'x' * 10**10}\"  # <-\nnodes:\n" + FC, "more than 100,000 characters/items", "check the expression"),
     # --- YAML itself
     ("yaml_syntax_error", "name: bad\ninput: {shape: [1, 8, 8]\nclasses: 3  # <-\n", "expected ',' or '}'", "YAML syntax"),
     ("yaml_tab", "name: bad\n\tinput: 3  # <-\n", "'\\t' that cannot start any token", "YAML syntax"),

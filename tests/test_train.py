@@ -162,8 +162,11 @@ def test_user_errors_have_no_traceback(tmp_path, capsys, monkeypatch):
     assert "--resume: no run in " in capsys.readouterr().err  # a requeued job with nothing saved starts fresh
     assert cli.main(["train", str(spec), "train.batch_size=200"]) == 2
     assert "smaller than one batch of 200" in capsys.readouterr().err
-    assert cli.main(["train", str(spec), "classes=3"]) == 2
+    narrow = ["classes=3", "nodes.fc.out=3", "branches.aux1.nodes.fc.out=3"]  # heads must give `classes` scores
+    assert cli.main(["train", str(spec), *narrow]) == 2
     assert "the data has 4 classes" in capsys.readouterr().err
+    assert cli.main(["train", str(spec), "classes=3"]) == 2  # found at compile time, at the head's line
+    assert "gives 4 scores but the spec has classes: 3" in capsys.readouterr().err
 
 
 def test_bf16_autocast_runs(tmp_path):

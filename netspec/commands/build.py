@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from netspec.project import atomic_write, build_root
+from netspec.project import atomic_write, build_root, check_output_file, claim_dir
 from netspec.compiler.artifacts import write_build
 from netspec.compiler import analyse
 from netspec.compiler.draw import collapse, render, to_dot
@@ -37,7 +37,7 @@ def run_compile(args: argparse.Namespace) -> int:
     compiled, overrides = load(args)
     summary = summarise(compiled.network)
     summary["compile_seconds"] = round(time.perf_counter() - started, 3)
-    out = build_root() / compiled.spec.name
+    out = claim_dir(build_root() / compiled.spec.name, ("build.json",), "build directory")
     write_build(compiled, overrides, summary, out)
     atomic_write(build_root() / "CURRENT", compiled.spec.name + "\n")
     if args.json:
@@ -49,6 +49,8 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_draw(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output, "drawing")
     compiled, overrides = load(args)
     network = compiled.network
     if args.deploy:  # what `export --prune-aux` deploys: the spec compiled without its branches

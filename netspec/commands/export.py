@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from netspec.errors import UserError
+from netspec.project import check_output_file
 from netspec.spec import MAIN_HEAD
 from netspec.runtime.export import EXPORT_TARGETS, export
 from netspec.commands.common import add_spec_arguments, load
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out, args.words = output_path(args.words)
+    check_output_file(out, "export target")
     compiled, _ = load(args)
     head = args.exit or (MAIN_HEAD if args.prune_aux else None)
     export(compiled, out, head=head, checkpoint=args.checkpoint, random_init=args.random_init)

@@ -7,14 +7,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from netspec.errors import UserError, did_you_mean
 from netspec.ops import Gaussian, Kaiming, TorchDefault, WeightInit, Xavier
-from netspec.project import atomic_write, build_root
+from netspec.project import atomic_write, build_root, check_output_file, claim_dir
 from netspec.solver import SGD
 from netspec.compiler import Compiled
 from netspec.runtime.data import load_dataset
+from netspec.runtime.distributed import pick_device
 from netspec.runtime.placement import (attach_node, attach_points, candidates, default_decay, format_points, mean,
                                        supervised_layers, weight_layers)
 from netspec.runtime.probe import Settings, format_table, plot_before_after, plot_gradients, probe
@@ -80,15 +79,12 @@ def settings(args: argparse.Namespace, compiled: Compiled) -> Settings:
     if args.in_place and args.output:
         raise UserError("--in-place and -o both say where the new spec goes", "give one of them")
     if args.apply:
-        apply_target(compiled.path, args.in_place, args.output)
+        check_output_file(apply_target(compiled.path, args.in_place, args.output), "new spec")
         if args.branch_template is not None and args.branch_template not in compiled.spec.branches:
             raise UserError(f"--branch-template '{args.branch_template}' is not a branch of {compiled.path}",
                             did_you_mean(args.branch_template, compiled.spec.branches) if compiled.spec.branches
                             else "the spec has no branches; leave the option out for the default CNDS head")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"unknown --device '{args.device}'", "e.g. --device cpu or --device cuda:0") from None
+    device = pick_device(args.device, what="--device")
     train = compiled.spec.train
     sgd = train.optimizer if isinstance(train.optimizer, SGD) else SGD(type="sgd", lr=0.01, weight_decay=0.0)
     return Settings(args.iters, train.seed if args.seed is None else args.seed, args.batch_size or train.batch_size,
@@ -130,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     compiled, overrides = load(args)
     config = settings(args, compiled)
+    out = claim_dir(Path(args.out) if args.out else build_root() / compiled.spec.name / "probe", ("probe.json",),
+                    "probe directory")
     net = compiled.network
     if args.with_branches and not compiled.spec.branches:
         raise UserError(f"{compiled.path} has no branches to probe with",
@@ -143,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
               "batch_size": config.batch_size, "lr": config.lr, "init": args.init, "threshold": args.threshold,
               "decay": args.decay or default_decay(table, args.threshold), "layers": layers, "gradients": plain,
               "points": [{"layer": p, "from": attach_node(net, p)} for p in points]}
-    out = Path(args.out) if args.out else build_root() / compiled.spec.name / "probe"
     title = f"{compiled.spec.name}, init {init_text(config.init, compiled)}"
     plots = [plot_gradients(plain, args.threshold, out / "probe_gradients", title)]
     with_branches = None

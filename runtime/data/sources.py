@@ -11,7 +11,6 @@ import math
 import os
 import pickle
 import struct
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from netspec.data_spec import DataSpec
 from netspec.errors import UserError
+from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
@@ -44,6 +44,7 @@ class Dataset:
 
 
 Split = tuple[np.ndarray, np.ndarray]
+MAX_CLASSES = 1 << 20  # a label at or beyond this is damage, not a class
 
 
 def cache_dir(source: str) -> Path:
@@ -80,6 +81,9 @@ def _finish(spec: DataSpec, shape: tuple[int, ...], train: Split, test: Split, c
     if any(y.min() < 0 for y in labels):
         raise UserError(f"data source '{spec.source}' has negative labels", "labels must be class indices 0, 1, ...", spec.at)
     top = max((int(y.max()) for y in labels), default=-1)
+    if top >= MAX_CLASSES:
+        raise UserError(f"data source '{spec.source}' has a label {top}, beyond any class count (at most {MAX_CLASSES:,})",
+                        "labels must be class indices 0, 1, ...: is the label array damaged?", spec.at)
     names = spec.classes or classes or [str(i) for i in range(top + 1)]
     if top >= len(names):
         raise UserError(f"the labels of data source '{spec.source}' go up to {top} but there are only {len(names)} class names",
@@ -132,22 +136,38 @@ IDX_FILES = {
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes with `ndim` dimensions, gzipped or not."""
+    """Parse an IDX file of unsigned bytes with `ndim` dimensions, gzipped or not. The header's claim is checked
+    against the limit (and, uncompressed, the file size) first, and no more than it claims is ever decompressed,
+    so a gzip bomb or a lying header costs nothing."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            start = 4 + 4 * ndim
+            head = f.read(start)
+            if len(head) < 4 or head[:3] != b"\0\0\x08" or head[3] != ndim:
+                raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) "
+                                f"(magic {head[:4].hex() or 'missing'})", CORRUPT)
+            if len(head) < start:
+                raise UserError(f"{path} ends inside its IDX header", CORRUPT)
+            dims = struct.unpack(f">{ndim}I", head[4:start])
+            claimed = math.prod(dims)
+            if claimed > data_limit():
+                raise too_large(path, f"its header claims {_fmt(dims)} =", claimed)
+            if gzipped and (err := bomb(path, claimed, path.stat().st_size)):
+                raise err
+            if not gzipped and path.stat().st_size - start != claimed:
+                raise UserError(f"{path} holds {path.stat().st_size - start} bytes of data but its header says "
+                                f"{_fmt(dims)} = {claimed}", CORRUPT)
+            raw = f.read(claimed + 1)  # one byte more than claimed tells a longer file, without reading it all
+    except UserError:
+        raise
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"cannot read {path}: {e}", CORRUPT) from e
-    if len(raw) < 4 or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
-        raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {raw[:4].hex() or 'missing'})", CORRUPT)
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise UserError(f"{path} ends inside its IDX header", CORRUPT)
-    dims = struct.unpack(f">{ndim}I", raw[4:start])
-    if len(raw) - start != math.prod(dims):
-        raise UserError(f"{path} holds {len(raw) - start} bytes of data but its header says {_fmt(dims)} = {math.prod(dims)}", CORRUPT)
-    return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
+        raise UserError(f"cannot read {path}: {str(e)[:160]}", CORRUPT) from None
+    if len(raw) != claimed:
+        held = f"{len(raw)}" if len(raw) <= claimed else f"more than {claimed}"
+        raise UserError(f"{path} holds {held} bytes of data but its header says {_fmt(dims)} = {claimed}", CORRUPT)
+    return np.frombuffer(raw, np.uint8).reshape(dims)
 
 
 @reader("fashion-mnist", "mnist", "idx")
@@ -211,10 +231,14 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> dict[str, Any]:
     """A CIFAR pickle as a dict with str keys (python-2 pickles carry bytes keys)."""
     try:
+        if path.stat().st_size > data_limit():
+            raise too_large(path, "the file has", path.stat().st_size)
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except UserError:
+        raise
     except Exception as e:  # a malformed pickle can raise nearly anything
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {e}", CORRUPT) from e
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:160]}", CORRUPT) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a CIFAR dictionary", CORRUPT)
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -225,10 +249,24 @@ def _cifar_batch(path: Path, labels_key: str) -> Split:
     x, y = d.get("data"), d.get(labels_key)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y is None:
         raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", CORRUPT)
-    y = np.asarray(y, dtype=np.int64)
+    y = _labels(y, path, labels_key)
     if y.shape != (len(x),):
         raise UserError(f"{path} has {len(x)} images but {y.size} labels", CORRUPT)
     return x.reshape(-1, 3, 32, 32), y
+
+
+def _labels(y: Any, path: Path, key: str) -> np.ndarray:
+    """Class indices as int64: a list or array of integers, nothing else (no strings, floats, bools, objects)."""
+    try:
+        a = np.asarray(y)
+    except (ValueError, TypeError, OverflowError):
+        a = None
+    if a is None or a.dtype.kind not in "iu" or a.ndim != 1:
+        kind = "?" if a is None else f"{a.dtype} of {a.ndim} dimension(s)"
+        raise UserError(f"{path}: '{key}' must be a list of integer class indices, not {kind}", CORRUPT)
+    if a.size and (a.min() < 0 or (a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max)):
+        raise UserError(f"{path}: '{key}' holds labels out of range (min {a.min()})", CORRUPT)
+    return a.astype(np.int64)
 
 
 @reader("cifar10", "cifar100")
@@ -246,7 +284,12 @@ def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spl
     train = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
     test = _cifar_batch(folder / lay.test, lay.labels)
     names = _unpickle(folder / lay.meta).get(lay.names)
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names is not None else None
+    if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, (str, bytes)) for n in names)):
+        raise UserError(f"{folder / lay.meta}: '{lay.names}' must be a list of class names", CORRUPT)
+    try:
+        classes = [n.decode() if isinstance(n, bytes) else n for n in names] if names is not None else None
+    except UnicodeDecodeError:
+        raise UserError(f"{folder / lay.meta}: a class name is not UTF-8 text", CORRUPT) from None
     return train, test, classes
 
 
@@ -270,6 +313,8 @@ def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
 def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Split:
     """Decode, convert to L or RGB and resize every image to `shape` (C, H, W)."""
     c, h, w = shape
+    if len(files) * h * w * c > data_limit():
+        raise too_large(files[0][0].parent.parent, f"{len(files)} images of {_fmt(shape)} take", len(files) * h * w * c)
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, (f, _) in enumerate(files):
         x[i] = read_image(f, shape)
@@ -308,14 +353,10 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     file = root / "data.npz" if root.is_dir() else root
     if not file.is_file():
         raise _missing(spec, root, file.name if root.is_dir() else "the file")
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
-            if missing:
-                raise UserError(f"{file} lacks the array(s) {', '.join(sorted(missing))}", "save x_train, y_train, x_test and y_test in it")
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read {file}: {e}", "save it with numpy.savez of plain (non-object) arrays") from e
+    arrays = load_arrays(file)
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    if missing:
+        raise UserError(f"{file} lacks the array(s) {', '.join(sorted(missing))}", "save x_train, y_train, x_test and y_test in it")
     splits = []
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -329,6 +370,10 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
         elif tuple(x.shape[1:]) != shape and x.shape[3] in (1, 3, 4):
             x = x.transpose(0, 3, 1, 2)  # NHWC
         splits.append((x, y))
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    names = arrays.get("classes")
+    if names is not None and (names.ndim != 1 or names.dtype.kind not in "USiu" or len(names) > 1 << 20):
+        raise UserError(f"{file}: 'classes' must be a list of class names, not {names.dtype} {_fmt(names.shape)}",
+                        "store the names as a 1-D array of strings")
+    classes = [str(c) for c in names] if names is not None else None
     return splits[0], splits[1], classes
 
