@@ -1,4 +1,4 @@
-"""Issue 10, class 2: every numeric field of every schema model × {0, -1, inf, -inf, nan, 2**70, 2**62}.
+"""Issue 10, class 2: every numeric field of every schema model × {0, -1, inf, -inf, nan, 2**70}.
 
 The field list is derived from the pydantic models (a field added tomorrow is covered without editing this
 file). Each value must compile, or fail with a SpecError pointing at the field's line; what compiles must also
@@ -25,7 +25,7 @@ from netspec.schedules import SCHEDULES
 from netspec.solver import LR_POLICIES, OPTIMIZERS, TrainSpec
 from netspec.spec import BlockNode, CrossEntropyLoss, InitDefaults, InputSpec, Spec, SynergyLoss
 
-VALUES = [0, -1, math.inf, -math.inf, math.nan, 2**70, 2**62]
+VALUES = [0, -1, math.inf, -math.inf, math.nan, 2**70]
 
 # One node of every op, in an order where each fits its input: the node named after its op is the one mutated.
 NODES = [
@@ -137,7 +137,7 @@ def test_every_numeric_field_is_covered():
                   "optimizer sgd.lr[scalar]", "init gaussian.std[scalar]", "augment.crop_pad[scalar]",
                   "optimizer adam.betas[pair]", "input.shape[list]", "input.std[list]", "spec.classes[scalar]"]:
         assert field in ids, field
-    assert len(CASES) > 400
+    assert len(CASES) > 350
 
 
 def _set(spec: dict, where: tuple, mapping, key: str, value):
