@@ -31,7 +31,7 @@ from torch import nn
 
 from netspec.compiler import structure
 from netspec.errors import UserError
-from netspec.project import atomic_write, read_json
+from netspec.project import atomic_write, claim_dir, read_json
 from netspec.spec import Spec
 
 LAST, BEST, INDEX = "last.pt", "best.pt", "checkpoints.json"
@@ -58,7 +58,7 @@ def latest_run(spec: Spec) -> Path | None:
 
 def new_run(spec: Spec) -> Path:
     """Make the directory of a new run (never an existing one) and point `latest` at it."""
-    root = runs_root(spec)
+    root = claim_dir(runs_root(spec), (LATEST,), "run directory (train.out)")  # absent, empty, or netspec's runs
     root.mkdir(parents=True, exist_ok=True)
     if spec.train.run_name:
         run = root / spec.train.run_name
@@ -201,15 +201,15 @@ def verify(folder: Path) -> list[str]:
         path = folder / name
         if not path.is_file():
             if key in index:
-                fixed.append(f"{name} is missing (the manifest named epoch {index[key]['epoch']})")
+                fixed.append(f"{name} is missing (the manifest named epoch {index[key].get('epoch')})")
                 index.pop(key)
             continue
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, resume=True)  # what a resume reads: training state included
         entry = describe(state, name)
         if index.get(key) != entry:
             was = index.get(key)
             fixed.append(f"the manifest said {name} holds "
-                         + (f"epoch {was['epoch']} step {was['step']}" if was else "nothing")
+                         + (f"epoch {was.get('epoch')} step {was.get('step')}" if was else "nothing")
                          + f"; it holds epoch {entry['epoch']} step {entry['step']}")
             index[key] = entry
     if fixed:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TextIO
 
 from netspec.compiler.summary import human
-from netspec.project import atomic_write
+from netspec.errors import UserError
+from netspec.project import atomic_write, read_small_text
 
 
 class Progress:
@@ -74,8 +75,8 @@ class MetricsLog:
         """Start empty, or (resuming) keep the records of epochs up to `keep_until_epoch` and the step records up
         to `keep_until_step` (a killed run may have logged past its last checkpoint)."""
         self.folder = folder
-        self.records = [r for r in _read_jsonl(folder / "metrics.jsonl") if r["epoch"] <= keep_until_epoch]
-        steps = [r for r in _read_jsonl(folder / "steps.jsonl") if r["step"] <= keep_until_step]
+        self.records = [r for r in _read_jsonl(folder / "metrics.jsonl", "epoch") if r["epoch"] <= keep_until_epoch]
+        steps = [r for r in _read_jsonl(folder / "steps.jsonl", "step", appended=True) if r["step"] <= keep_until_step]
         if steps or (folder / "steps.jsonl").is_file():
             atomic_write(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in steps))
 
@@ -95,14 +96,30 @@ class MetricsLog:
         atomic_write(self.folder / "metrics.csv", text.getvalue())
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def check_logs(folder: Path) -> None:
+    """Read a run's logs as resuming will: a damaged record is an error naming the file and line."""
+    _read_jsonl(folder / "metrics.jsonl", "epoch")
+    _read_jsonl(folder / "steps.jsonl", "step", appended=True)
+
+
+def _read_jsonl(path: Path, key: str, appended: bool = False) -> list[dict]:
+    """The records of a run's log; a damaged one is an error naming its line, except the last line of an
+    `appended` log (a kill can cut it)."""
+    if not path.exists():
+        return []
     out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # the last line of a killed write
-                pass
+    lines = read_small_text(path).splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or type(record.get(key)) is not int:
+            if appended and number == len(lines):
+                break
+            raise UserError(f"{path}:{number} is damaged: not a record of one {key}",
+                            f"delete {path} (its records are lost from the curves) or train afresh without --resume")
+        out.append(record)
     return out
 
 

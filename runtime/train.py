@@ -35,7 +35,7 @@ from netspec.spec import MAIN_HEAD, Spec
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import distributed, runs
 from netspec.runtime.data import Batches, Dataset, load_dataset
-from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, exit_rows, format_exit_table
+from netspec.runtime.metrics import MetricsLog, check_logs, Progress, TensorBoard, exit_rows, format_exit_table
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
 
@@ -107,6 +107,7 @@ def _open_run(compiled: Compiled, ctx: distributed.Context, resume: bool, overri
     try:
         if start is not None:
             ckpt.check_heads(start, compiled, list(compiled.heads), ckpt.checkpoint_dir(run) / ckpt.LAST, "resume")
+            check_logs(run)  # a damaged log is an error before anything is loaded or written
     except UserError:
         if lock is not None:
             lock.release()

@@ -93,12 +93,11 @@ def _digest(folder):
 def test_a_damaged_index_stops_training_before_anything_is_written(tmp_path, monkeypatch, capsys, state, index):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, MINI)
-    folder = tmp_path / "runs" / "mini" / "checkpoints"
-    folder.mkdir(parents=True)
+    folder = _run_folder(tmp_path)
     torch.save(state, folder / "last.pt")
     (folder / "checkpoints.json").write_bytes(index.encode("latin-1"))
     before = _digest(folder)
-    for resume in ([], ["--resume"]):
+    for resume in (["--resume"],):  # a fresh run gets a directory of its own and never reads this index
         assert main(["train", "spec.yaml", *resume]) == 2
         err = capsys.readouterr().err
         assert "checkpoints.json" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -112,10 +111,9 @@ def test_a_damaged_index_stops_training_before_anything_is_written(tmp_path, mon
 def test_a_damaged_metrics_log_stops_resume(tmp_path, monkeypatch, capsys, state, metrics):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, MINI)
-    folder = tmp_path / "runs" / "mini" / "checkpoints"
-    folder.mkdir(parents=True)
+    folder = _run_folder(tmp_path)
     torch.save(state, folder / "last.pt")
-    (tmp_path / "runs" / "mini" / "metrics.jsonl").write_text(metrics)
+    (folder.parent / "metrics.jsonl").write_text(metrics)
     assert main(["train", "spec.yaml", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "metrics.jsonl:1" in err and "Traceback" not in err, err
@@ -124,10 +122,17 @@ def test_a_damaged_metrics_log_stops_resume(tmp_path, monkeypatch, capsys, state
 def test_weights_only_resume_through_the_cli(tmp_path, monkeypatch, capsys, state):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, MINI)
-    folder = tmp_path / "runs" / "mini" / "checkpoints"
-    folder.mkdir(parents=True)
+    folder = _run_folder(tmp_path)
     torch.save({"model": state["model"]}, folder / "last.pt")
     assert main(["train", "spec.yaml", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "holds weights only" in err and len(err.splitlines()) == 1
     json.loads(json.dumps({}))
+
+
+def _run_folder(root: Path) -> Path:
+    """The checkpoint folder of a run `r1` of spec `mini`, made the latest run (runs/mini/r1/checkpoints)."""
+    folder = root / "runs" / "mini" / "r1" / "checkpoints"
+    folder.mkdir(parents=True)
+    (root / "runs" / "mini" / "latest").symlink_to("r1")
+    return folder
