@@ -2,12 +2,12 @@
 step against the deployed (pruned) forward, on the spec's device, with warm-up and repeats.
 
 Per node, forward: the training GraphModule run through a timing `fx.Interpreter` in eval mode under
-`torch.no_grad` (what a deployed forward does). Per node, backward: a train-mode forward with autograd, each
-node's output and inputs wrapped in an identity autograd function that stamps the clock when its gradient
-arrives; a node's backward time is from the gradient of its output arriving to the last gradient of its inputs
-leaving. The input batch requires a gradient so the first layer's backward is measured too (a training step does
-not compute it: the first layer's backward is slightly overstated). The totals are measured without any hook:
-the training step is forward + objective + backward + optimizer-free (no `step()`), the deploy forward is the
+`torch.no_grad` (what a deployed forward does). Per node, backward (as `caffe time`, layer
+by layer): the node run again alone in train mode on detached copies of the inputs a train-mode forward gave it,
+then the time of the gradient of its output (all ones) with respect to its parameters and its inputs (not the
+network's input, whose gradient a training step does not compute); `-` for a node with nothing to differentiate.
+BatchNorm running statistics of the module change (train-mode forwards); its weights do not. The totals are measured without any hook:
+the training step is forward + objective + backward (no optimizer `step()`), the deploy forward is the
 main exit pruned (`prune`) in eval mode under `torch.no_grad`. Times are medians over the repeats, in ms.
 """
 from __future__ import annotations
@@ -34,56 +34,51 @@ class _Clock:
         return time.perf_counter()
 
 
-class _Stamp(torch.autograd.Function):
-    """Identity; on backward, calls `record()` (the time the gradient passes this point)."""
-
-    @staticmethod
-    def forward(ctx, x, record):
-        ctx.record = record
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.record()
-        return grad, None
-
-
 class _Timed(fx.Interpreter):
-    """Runs the graph node by node, adding each op node's forward time to `forward`; with `backward` set, stamps
-    the gradients around each node (see the module docstring)."""
+    """Runs the graph node by node, adding each op node's forward time to `forward_ms`; with `keep`, also keeps each
+    op node's arguments (for the backward timing)."""
 
-    def __init__(self, gm: fx.GraphModule, clock: _Clock, backward: bool):
+    def __init__(self, gm: fx.GraphModule, clock: _Clock, keep: bool = False):
         super().__init__(gm)
-        self.clock, self.backward = clock, backward
+        self.clock, self.keep = clock, keep
         self.forward_ms: dict[str, float] = {}
-        self.starts: dict[str, float] = {}
-        self.ends: dict[str, float] = {}
+        self.calls: dict[str, tuple[fx.Node, tuple, dict]] = {}
 
     def run_node(self, n: fx.Node):
         if n.op not in ("call_module", "call_function"):
             return super().run_node(n)
         name = n.target if n.op == "call_module" else n.name
-        if self.backward:
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            args = tuple(self._stamp_input(a, name) for a in args)
-            start = self.clock()
-            out = getattr(self, n.op)(n.target, args, kwargs)
-            self.forward_ms[name] = (self.clock() - start) * 1e3
-            if isinstance(out, torch.Tensor) and out.requires_grad:
-                out = _Stamp.apply(out, lambda: self.starts.__setitem__(name, self.clock()))
-            return out
+        if self.keep:
+            self.calls[name] = (n, *self.fetch_args_kwargs_from_env(n))
         start = self.clock()
         out = super().run_node(n)
         self.forward_ms[name] = (self.clock() - start) * 1e3
         return out
 
-    def _stamp_input(self, value, name: str):
-        if not (isinstance(value, torch.Tensor) and value.requires_grad):
-            return value
 
-        def record():
-            self.ends[name] = max(self.ends.get(name, 0.0), self.clock())
-        return _Stamp.apply(value, record)
+def _backward_ms(gm: fx.GraphModule, n: fx.Node, args: tuple, kwargs: dict, clock: _Clock, data: set) -> float | None:
+    """One node's backward alone: its forward again on detached copies of its inputs, then the time of the gradient
+    of its output (ones) with respect to its parameters and to those inputs that are not the network's input."""
+    inputs = []
+
+    def detach(value, source):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.detach()
+        if value.is_floating_point() and source not in data:
+            value.requires_grad_(True)
+            inputs.append(value)
+        return value
+    args = tuple(detach(a, s) for a, s in zip(args, [getattr(x, "name", None) for x in n.args] + [None] * len(args)))
+    params = list(gm.get_submodule(n.target).parameters()) if n.op == "call_module" else []
+    wrt = inputs + [p for p in params if p.requires_grad]
+    out = gm.get_submodule(n.target)(*args, **kwargs) if n.op == "call_module" else n.target(*args, **kwargs)
+    if not wrt or not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return None
+    grad = torch.ones_like(out)
+    start = clock()
+    torch.autograd.grad(out, wrt, grad, allow_unused=True)
+    return (clock() - start) * 1e3
 
 
 def time_spec(compiled: Compiled, *, repeats: int = 10, warmup: int = 2, batch: int | None = None,
@@ -107,22 +102,19 @@ def time_spec(compiled: Compiled, *, repeats: int = 10, warmup: int = 2, batch: 
     gm.eval()
     with torch.no_grad():
         for i in range(warmup + repeats):
-            run = _Timed(gm, clock, backward=False)
+            run = _Timed(gm, clock)
             run.run(x)
             if i >= warmup:
                 for k, v in run.forward_ms.items():
                     forward.setdefault(k, []).append(v)
     gm.train()
-    for i in range(warmup + repeats):
-        run = _Timed(gm, clock, backward=True)
-        outputs = run.run(x.clone().requires_grad_(True))
-        loss, _ = objective(outputs, labels, 0.0)
-        gm.zero_grad(set_to_none=True)
-        loss.backward()
-        if i >= warmup:
-            for k, start in run.starts.items():
-                if k in run.ends:
-                    backward.setdefault(k, []).append(max(0.0, (run.ends[k] - start) * 1e3))
+    data = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+    run = _Timed(gm, clock, keep=True)
+    run.run(x)
+    for key, (n, args, kwargs) in run.calls.items():
+        times = [_backward_ms(gm, n, args, kwargs, clock, data) for _ in range(warmup + repeats)][warmup:]
+        if times[0] is not None:
+            backward[key] = times
 
     train_ms = _median_ms(lambda: _train_step(gm, x, labels, objective), warmup, repeats, clock)
     deploy = compiled.exit_module(MAIN_HEAD).to(dev).eval()

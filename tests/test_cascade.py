@@ -169,3 +169,27 @@ def test_time_lists_every_node(project):
     table = printed.getvalue()
     assert all(any(line.startswith(name + " ") for line in table.splitlines()) for name in compiled.network.nodes)
     assert main(["time", str(spec), "--repeats", "0"]) == 2
+
+
+def test_calibrate_picks_and_stores_thresholds(project, cascade_dir, tmp_path):
+    import shutil
+
+    _, spec = project
+    folder = tmp_path / "c"
+    shutil.copytree(cascade_dir, folder)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "100"]) == 0
+    report = json.loads((folder / "calibration.json").read_text())
+    manifest = read_manifest(folder)
+    chosen = report["chosen"]
+    assert [s["threshold"] for s in manifest["segments"]][:-1] == chosen["thresholds"][:-1]
+    assert chosen["share"][0] == 1.0 and chosen["mean_flops"] == manifest["segments"][0]["cumulative_flops"]
+    assert (folder / "calibration.png").stat().st_size > 1000
+    assert "chosen:" in printed.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "0"]) == 0
+    report = json.loads((folder / "calibration.json").read_text())
+    assert report["chosen"]["top1"] >= report["full_top1"]
+    assert abs(sum(report["chosen"]["share"]) - 1) < 1e-9
+    assert main(["calibrate", str(spec), "--cascade", str(tmp_path / "nowhere")]) == 2
