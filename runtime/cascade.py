@@ -63,13 +63,15 @@ class Cascade:
     sessions: list = field(default_factory=list)
 
     @classmethod
-    def load(cls, folder: Path) -> "Cascade":
+    def load(cls, folder: Path, threads: int | None = None) -> "Cascade":
         import onnxruntime as ort
 
         folder = Path(folder)
         manifest = read_manifest(folder)
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
         sessions = []
         for seg in manifest["segments"]:
             path = folder / seg["file"]
