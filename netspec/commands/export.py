@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cascade:
         from netspec.runtime.cascade_export import export_cascade
 
+        if any(w.endswith(tuple(EXPORT_TARGETS)) and "=" not in w for w in args.words):
+            raise UserError("--cascade writes a directory, not an output file", "leave out the .onnx file")
         compiled, _ = load(args)
         export_cascade(compiled, Path(args.cascade), checkpoint=args.checkpoint, random_init=args.random_init)
         return 0
