@@ -17,7 +17,7 @@ import numpy as np
 from netspec.project import atomic_write
 from netspec.runtime.cascade import Cascade, simulate, write_manifest
 
-GRID = [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
+GRID = [0.0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
         0.9999, 1.0]
 PER_EXIT_GRID = GRID
 
