@@ -20,6 +20,8 @@ COMMANDS = {
     "export": ("netspec.commands.export", "write an ONNX model (--prune-aux: without branches) and check it in onnxruntime"),
     "predict": ("netspec.commands.predict", "classify images or arrays with an ONNX model (onnxruntime only)"),
     "probe": ("netspec.commands.probe", "CNDS's gradient probe: where should a branch go?"),
+    "calibrate": ("netspec.commands.calibrate", "an early-exit cascade's accuracy vs FLOPs curve; thresholds for a target"),
+    "time": ("netspec.commands.time", "forward/backward time per node and branch, train step vs deploy (like caffe time)"),
     "import-caffe": ("netspec.commands.import_caffe", "Caffe .prototxt (+ solver, .caffemodel) → a spec (+ checkpoint)"),
 }
 

@@ -170,3 +170,38 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
         raise UserError(f"{path} has shape {'×'.join(map(str, a.shape))}, which is not one or many "
                         f"{'×'.join(map(str, shape))} images (C×H×W)", "give arrays of the model's input shape")
     return a.astype(np.float32) / (1.0 if a.dtype.kind == "f" else 255.0)
+
+
+def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
+    """Like `predict`, by an early-exit cascade directory (`netspec export --cascade`): per input also the exit it
+    left at and the FLOPs it cost (the cumulative FLOPs of that exit, from the manifest)."""
+    from netspec.runtime.cascade import Cascade, softmax
+
+    cascade = Cascade.load(folder)
+    manifest = cascade.manifest
+    shape = tuple(manifest["input"]["shape"])
+    mean = np.asarray(manifest["input"]["mean"], np.float32).reshape(-1, 1, 1)
+    std = np.asarray(manifest["input"]["std"], np.float32).reshape(-1, 1, 1)
+    classes, segments = manifest["classes"], manifest["segments"]
+    top = max(1, min(top, len(classes)))
+    labels, pixels = [], []
+    for path in inputs:
+        for label, image in read_input(path, shape):
+            labels.append(label)
+            pixels.append(image)
+    if not pixels:
+        raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
+    thresholds = ", ".join(f"{s['exit']} {s['threshold']:g}" for s in segments[:-1])
+    print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when max "
+          f"softmax > threshold: {thresholds}), top {top} of {len(classes)} classes")
+    width = max(map(len, labels))
+    full = manifest["full_flops"]
+    for start in range(0, len(pixels), PREDICT_BATCH):
+        x = ((np.stack(pixels[start:start + PREDICT_BATCH]) - mean) / std).astype(np.float32)
+        logits, where = cascade.run(x)
+        for label, p, k in zip(labels[start:], softmax(logits), where):
+            best = np.argsort(-p)[:top]
+            cost = segments[k]["cumulative_flops"]
+            print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best)
+                  + f"  exit {segments[k]['exit']}, {cost / 1e6:.3g} MFLOPs ({cost / full:.0%} of the full net)")
+    return 0

@@ -21,9 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--prune-aux", action="store_true", help="deploy the main exit alone, without any branch")
     which.add_argument("--exit", metavar="NAME", help="deploy this exit alone: the backbone up to it and its head")
+    which.add_argument("--cascade", metavar="OUT_DIR", help="write an early-exit cascade: one ONNX segment per exit "
+                       "and manifest.json (docs/cascade.md); no OUT.onnx then")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cascade:
+        from netspec.runtime.cascade_export import export_cascade
+
+        if any(w.endswith(tuple(EXPORT_TARGETS)) and "=" not in w for w in args.words):
+            raise UserError("--cascade writes a directory, not an output file", "leave out the .onnx file")
+        compiled, _ = load(args)
+        export_cascade(compiled, Path(args.cascade), checkpoint=args.checkpoint, random_init=args.random_init)
+        return 0
     out, args.words = output_path(args.words)
     check_output_file(out, "export target")
     compiled, _ = load(args)

@@ -1,0 +1,30 @@
+"""`netspec time`: forward and backward time per node, per branch, train step vs deploy forward (like `caffe time`)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from netspec.errors import UserError
+from netspec.runtime.timing import format_timing, time_spec
+from netspec.commands.common import add_spec_arguments, load
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    add_spec_arguments(parser)
+    parser.add_argument("--repeats", type=int, default=10, metavar="N", help="timed runs per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed runs first (default 2)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size (default: train.batch_size)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    for option in ("repeats", "batch"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            raise UserError(f"--{option} must be positive, not {value}", f"e.g. --{option} 10")
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, not {args.warmup}", "e.g. --warmup 2")
+    compiled, _ = load(args)
+    report = time_spec(compiled, repeats=args.repeats, warmup=args.warmup, batch=args.batch)
+    print(json.dumps(report, indent=1) if args.json else format_timing(report))
+    return 0

@@ -1,0 +1,125 @@
+"""`netspec export --cascade DIR`: the trained model as an early-exit cascade of ONNX segments (`compiler/cascade.py`
+cuts the graph; `runtime/cascade.py` runs it), checked in onnxruntime before anything is written.
+
+The check, on a random batch and on real test images (`verify.check_batches`): every segment's outputs equal the
+torch activations they stand for, and the cascade run with every threshold at 1.0 (never exit early) equals the
+full model's main output, within `verify.TOLERANCE` × max(1, max |logit|).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import netspec
+from netspec.compiler import Compiled
+from netspec.compiler.cascade import Segment, split
+from netspec.project import atomic_write
+from netspec.spec import MAIN_HEAD
+from netspec.runtime.cascade import CRITERION, MANIFEST, Cascade, write_manifest
+from netspec.runtime.export import BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, class_names, spec_names
+from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
+
+
+def segment_onnx(segment: Segment, examples: list[torch.Tensor]):
+    """One segment as an `onnx.ModelProto`: inputs and outputs named as in the manifest, the batch axis dynamic."""
+    import onnx
+
+    batch = torch.export.Dim(BATCH_AXIS)
+    with _quiet_exporter():
+        program = torch.onnx.export(segment.module, tuple(examples), dynamo=True, verbose=False,
+                                    input_names=list(segment.inputs), output_names=list(segment.outputs),
+                                    dynamic_shapes=tuple({0: batch} for _ in examples))
+    proto = program.model_proto
+    spec_names(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def torch_values(segments: list[Segment], input_name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every segment's outputs in torch, chained (inputs looked up by name)."""
+    values = {input_name: x}
+    with torch.no_grad():
+        for seg in segments:
+            outs = seg.module(*(values[name] for name in seg.inputs))
+            values.update(zip(seg.outputs, outs))
+    return values
+
+
+def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
+                   thresholds: list[float] | None = None) -> dict:
+    """Write the cascade directory `out` (segment files + manifest.json); return the manifest."""
+    spec, net = compiled.spec, compiled.network
+    model = compiled.module.eval()
+    weights = apply_checkpoint(compiled, model, checkpoint, random_init)
+    segments = split(model, net)
+    for seg in segments:
+        seg.module.eval()
+    dataset = _test_data(spec)
+    order = " → ".join(s.exit for s in segments)
+    print(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
+    example = torch.zeros(2, *spec.input.shape)  # batch 2: torch.export specialises sizes 0 and 1
+    values = torch_values(segments, spec.input.name, example)
+    total, cumulative, entries, protos = 0, [], [], []
+    for k, seg in enumerate(segments):
+        protos.append(segment_onnx(seg, [values[name] for name in seg.inputs]))
+        total += seg.flops
+        entries.append({"exit": seg.exit, "file": f"{k:02d}_{seg.exit}.onnx", "inputs": list(seg.inputs),
+                        "outputs": list(seg.outputs), "nodes": len(seg.nodes), "flops": seg.flops,
+                        "cumulative_flops": total,
+                        "threshold": 1.0 if thresholds is None else float(thresholds[k])})
+    manifest = {"netspec_version": netspec.__version__, "spec_name": spec.name, "spec_hash": compiled.spec_hash,
+                "weights": weights, "criterion": CRITERION,
+                "criterion_text": "leave at exit k when max softmax(logits_k) > threshold_k; the last exit takes the rest",
+                "input": {"name": spec.input.name, "shape": list(spec.input.shape), "mean": spec.input.mean,
+                          "std": spec.input.std},
+                "classes": class_names(spec, dataset), "full_flops": sum(net.nodes[n].flops for n in net.ancestry(MAIN_HEAD)),
+                "segments": entries}
+    with tempfile.TemporaryDirectory(prefix="cascade-") as tmp:
+        tmp = Path(tmp)
+        for entry, proto in zip(entries, protos):
+            (tmp / entry["file"]).write_bytes(proto.SerializeToString())
+        write_manifest(tmp, manifest)
+        check_cascade(model, segments, Cascade.load(tmp), spec.input.name, check_batches(spec, dataset))
+        out.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            shutil.copyfile(tmp / entry["file"], out / entry["file"])
+        atomic_write(out / MANIFEST, (tmp / MANIFEST).read_text())
+    for entry in entries:
+        print(f"  {entry['file']:<24} inputs {', '.join(entry['inputs']):<28} outputs {', '.join(entry['outputs']):<36}"
+              f" cumulative {entry['cumulative_flops'] / 1e6:.2f} MFLOPs")
+    print(f"wrote {out}/ ({len(entries)} segments + {MANIFEST}; full main exit {manifest['full_flops'] / 1e6:.2f} MFLOPs)")
+    return manifest
+
+
+def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: str, batches) -> None:
+    """Segments in onnxruntime vs torch activations, and thresholds 1.0 vs the full model's main output."""
+    failures = []
+    print(f"onnxruntime cascade vs torch, max |difference| (tolerance {TOLERANCE:g} × max(1, max |value|)):")
+
+    def compare(what, got, reference, description):
+        diff = float(np.abs(got - reference).max())
+        limit = TOLERANCE * max(1.0, float(np.abs(reference).max()))
+        if not diff <= limit:
+            failures.append(f"{what} on the {description}: {diff:.2e} > {limit:.2e}")
+        return diff
+
+    for description, x, _ in batches:
+        expected = torch_values(segments, input_name, x)
+        got = {input_name: x.numpy()}
+        for seg, session in zip(cascade.manifest["segments"], cascade.sessions):
+            got.update(zip(seg["outputs"], session.run(seg["outputs"], {n: got[n] for n in seg["inputs"]})))
+        worst = max(compare(name, got[name], expected[name].numpy(), description) for name in expected if name != input_name)
+        with torch.no_grad():
+            main = model(x)[MAIN_HEAD].numpy()
+        logits, where = cascade.run(x.numpy(), [1.0] * len(segments))
+        main_diff = compare("cascade at thresholds 1.0 vs main", logits, main, description)
+        if not (where == len(segments) - 1).all():
+            failures.append(f"an input left early at thresholds 1.0 on the {description}")
+        print(f"  {description:<18} segments {worst:.1e}; cascade (thresholds 1.0) vs main {main_diff:.1e}")
+    if failures:
+        raise ExportMismatch("the cascade differs from torch beyond the tolerance: " + "; ".join(failures),
+                             "no files written; report this with the spec — an op may export wrongly")
