@@ -33,7 +33,8 @@ PROGRESS_EVERY = 2.0  # seconds between progress lines while indexing
 
 @dataclass
 class StreamData:
-    """An image folder as file lists: paths (numpy str arrays) and int64 labels; nothing decoded."""
+    """An image folder as file lists: paths relative to `root` (numpy bytes arrays: ~1 byte a character) and int64
+    labels; nothing decoded."""
 
     train_files: np.ndarray
     train_y: torch.Tensor
@@ -68,7 +69,7 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     train, test = train[:spec.train_limit], test[:spec.test_limit]
 
     def split(files):
-        paths = np.array([p for p, _ in files], dtype=str) if files else np.zeros(0, dtype="<U1")
+        paths = np.array([os.fsencode(os.path.relpath(p, root)) for p, _ in files]) if files else np.zeros(0, "S1")
         return paths, torch.tensor([label for _, label in files], dtype=torch.int64)
 
     (tf, ty), (vf, vy) = split(train), split(test)
@@ -93,7 +94,7 @@ class _Counter:
 
 def _list(root: Path, classes: list[str], counter: _Counter, spec: DataSpec) -> list[tuple[str, int]]:
     out = []
-    for d in sorted(e for e in os.scandir(root) if e.is_dir()):
+    for d in sorted((e for e in os.scandir(root) if e.is_dir()), key=lambda e: e.name):
         if d.name not in classes:
             raise UserError(f"{d.path} is a class directory that {root.parent / 'train'} does not have",
                             "give train/ and test/ the same class directories", spec.at)
@@ -141,10 +142,10 @@ def load_data(spec, progress=sys.stderr) -> Dataset | StreamData:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Paths and labels; item (index, epoch) decodes one file. Holds no decoded image."""
+    """Paths (relative to `root`) and labels; item (index, epoch) decodes one file. Holds no decoded image."""
 
-    def __init__(self, files: np.ndarray, labels: torch.Tensor, transform: Transform, seed: int):
-        self.files, self.labels = files, labels.numpy()
+    def __init__(self, files: np.ndarray, labels: torch.Tensor, transform: Transform, seed: int, root: str | Path = ""):
+        self.files, self.labels, self.root = files, labels.numpy(), os.fsencode(root)
         self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
@@ -152,7 +153,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        path = str(self.files[index])
+        path = os.fsdecode(os.path.join(self.root, self.files[index]))
         try:
             x = self.transform(path, rng(self.seed, epoch, index) if self.transform.train else None)
         except Exception as err:  # a bad file: reported by the main process as one line
@@ -177,7 +178,7 @@ class StreamBatches:
     def __init__(self, files: np.ndarray, y: torch.Tensor, batch_size: int, *, train: bool, transform: Transform,
                  mean: list[float], std: list[float], augment: Augment | None = None,
                  device: torch.device | str = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4):
+                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4, root: str | Path = ""):
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
         channels = transform.shape[0]
@@ -186,7 +187,7 @@ class StreamBatches:
         if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels) or (std_t <= 0).any():
             raise ValueError(f"mean and std need 1 or {channels} values, std > 0")
         self.y = y.to(torch.int64)
-        self.dataset = ImageFiles(files, self.y, transform, seed)
+        self.dataset = ImageFiles(files, self.y, transform, seed, root)
         self.batch_size, self.train = batch_size, train
         self.augment = augment if train and augment and (augment.crop_pad or augment.flip) else None
         self.device = torch.device(device)
@@ -248,7 +249,7 @@ def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: in
         raise UserError(f"data.resize {d.resize} is smaller than the {shape[1]}×{shape[2]} input",
                         f"set data.resize to at least {max(shape[1:])} (Caffe: 256 for 227)", d.at)
     common = dict(mean=spec.input.mean, std=spec.input.std, device=device, seed=spec.train.seed, rank=rank,
-                  world_size=world_size, workers=d.workers)
+                  world_size=world_size, workers=d.workers, root=data.root)
     train = StreamBatches(data.train_files, data.train_y, spec.train.batch_size // world_size, train=True,
                           transform=Transform(shape, d.crop, d.resize, train=True), augment=d.augment, **common)
     test = StreamBatches(data.test_files, data.test_y, spec.train.eval_batch_size, train=False,
