@@ -2,7 +2,7 @@
 
 No torchvision: the crop windows are drawn here (from a numpy generator seeded by (seed, epoch, example index),
 so an image's crop does not depend on the worker, the rank or the number of processes), the resize is Pillow's
-(`draft` lets JPEG decode at a reduced scale first), the crop and the mirror are slices of the uint8 tensor.
+(`draft` lets JPEG decode at a reduced scale first), the crop and the mirror are strided views of the uint8 pixels, copied once into the (C, H, W) tensor.
 """
 from __future__ import annotations
 
@@ -87,24 +87,32 @@ class Transform:
                 im = im.convert(mode)
                 top, left, ch, cw = random_resized_box(im.height, im.width, gen)
                 im = im.resize((w, h), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
-                x = _tensor(im, c)
-                return x.flip(2) if gen.random() < 0.5 else x
+                return _chw(_pixels(im, c), 0, 0, h, w, gen.random() < 0.5)
             rh, rw = (h, w) if self.crop == "none" else resized_size(im.height, im.width, self.resize)
             im.draft(mode, (rw, rh))  # JPEG: decode at the smallest scale still ≥ the target (a no-op otherwise)
             im = im.convert(mode)
             if im.size != (rw, rh):
                 im = im.resize((rw, rh), Image.Resampling.BILINEAR)
-            x = _tensor(im, c)
+            a = _pixels(im, c)
         if self.crop == "none":
-            return x
+            return _chw(a, 0, 0, h, w, False)
         if rh < h or rw < w:
             raise ValueError(f"resized to {rh}×{rw}, smaller than the {h}×{w} input: raise data.resize")
         top, left, mirror = caffe_window(rh, rw, h, w, self.train and self.crop == "caffe", gen)
-        x = x[:, top:top + h, left:left + w]
-        return (x.flip(2) if mirror else x).contiguous()
+        return _chw(a, top, left, h, w, mirror)
 
 
-def _tensor(im, c: int) -> torch.Tensor:
-    """A Pillow image as a uint8 (C, H, W) tensor."""
-    a = np.asarray(im, np.uint8).reshape(im.height, im.width, c)
-    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+def _pixels(im, c: int) -> np.ndarray:
+    """A Pillow image as uint8 (H, W, C) pixels."""
+    return np.asarray(im, np.uint8).reshape(im.height, im.width, c)
+
+
+def _chw(a: np.ndarray, top: int, left: int, h: int, w: int, mirror: bool) -> torch.Tensor:
+    """The h×w window at (top, left) of (H, W, C) pixels, mirrored or not, as a contiguous uint8 (C, H, W) tensor.
+
+    Cropped and mirrored as strided views, then one copy (torch's strided uint8 copies in a process with
+    several intra-op threads are ~100× slower than numpy's, and the main process may decode when workers: 0)."""
+    window = a[top:top + h, left:left + w]
+    if mirror:
+        window = window[:, ::-1]
+    return torch.from_numpy(window.transpose(2, 0, 1).copy())  # C order: contiguous, writable
