@@ -251,3 +251,58 @@ def test_indexing_prints_progress_on_large_folders(folder, monkeypatch):
     index_imagefolder(DataSpec(source="imagefolder"), folder, progress=out)
     text = out.getvalue()
     assert f"indexing {folder}: 200 files" in text and text.endswith(f"indexed {folder}: 2000 files\n")
+
+
+RANK_READS = """\
+import json, os, sys
+import torch, torch.distributed as dist
+from netspec.runtime.data import transforms
+from netspec.runtime.data.stream import StreamBatches, index_imagefolder
+from netspec.data_spec import DataSpec
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+opened = []
+call = transforms.Transform.__call__
+transforms.Transform.__call__ = lambda self, path, gen: (opened.append(os.path.basename(os.path.dirname(path)) + "/"
+                                                        + os.path.basename(path)), call(self, path, gen))[1]
+root = sys.argv[1]
+data = index_imagefolder(DataSpec(source="imagefolder"), __import__("pathlib").Path(root), progress=None)
+b = StreamBatches(data.train_files[:100], data.train_y[:100], 5, train=True, workers=0, seed=3, rank=rank,
+                  world_size=world, transform=transforms.Transform((3, 32, 32), "caffe", 36), mean=[0.5], std=[0.25],
+                  root=root)
+b.set_epoch(1)
+batches = [y.tolist() for _, y in b]
+gathered = [None] * world
+dist.all_gather_object(gathered, {"opened": opened, "indices": b.indices()})
+if rank == 0:
+    json.dump(gathered, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_gloo_two_processes_each_read_only_their_shard(folder, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "reads.py"
+    script.write_text(RANK_READS)
+    out = tmp_path / "reads.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(folder), str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    data = index_imagefolder(DataSpec(source="imagefolder"), folder, progress=None)
+    names = [f.decode() for f in data.train_files[:100]]
+    one = stream(data.train_files[:100], data.train_y[:100], batch=10, root=folder)
+    one.set_epoch(1)
+    for r, got in enumerate(ranks):
+        mine = [i for batch in got["indices"] for i in batch]
+        assert got["opened"] == [names[i] for i in mine]  # each rank decoded exactly its shard, in order
+    assert not set(ranks[0]["opened"]) & set(ranks[1]["opened"])
+    assert len(ranks[0]["opened"]) + len(ranks[1]["opened"]) == 100
+    for b, batch in enumerate(one.indices()):
+        assert sorted(batch) == sorted(ranks[0]["indices"][b] + ranks[1]["indices"][b])
