@@ -54,19 +54,23 @@ def decode_rate(root: Path, workers: int, batch: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def sibling(folder: Path, path: Path) -> Path:
+    """specs/cnds8.yaml with widths ÷ 8 and 10 classes, reading `folder` (resize [256, 256], caffe crop)."""
+    text = Path("specs/cnds8.yaml").read_text()
+    text = re.sub(r"out: (\d+)\b", lambda m: f"out: {WIDTHS.get(m.group(1), m.group(1))}", text)
+    text = text.replace("classes: 1000", "classes: 10").replace("path: data/imagenet", f"path: {folder}")
+    path.write_text(text)
+    return path
+
+
 def step_rate(batch: int, steps: int, threads: int) -> tuple[float, float]:
     """(images/s, seconds/step) of training the 227-input CNDS-8 sibling (forward + backward + SGD), all losses."""
     from netspec.compiler import compile_spec
     from netspec.runtime.objective import Objective
 
     torch.set_num_threads(threads)
-    text = Path("specs/cnds8.yaml").read_text()
-    text = re.sub(r"out: (\d+)\b", lambda m: f"out: {WIDTHS.get(m.group(1), m.group(1))}", text)
-    text = text.replace("classes: 1000", "classes: 10")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cnds8_cpu.yaml"
-        path.write_text(text)
-        compiled = compile_spec(path)
+        compiled = compile_spec(sibling(Path(tmp), Path(tmp) / "cnds8_cpu.yaml"))
     model, objective = compiled.module, Objective(compiled.network)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     x, y = torch.randn(batch, 3, 227, 227), torch.randint(0, 10, (batch,))
@@ -88,11 +92,28 @@ def main() -> None:
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--train", action="store_true", help="also train the 227-input sibling end to end (3 steps)")
     a = p.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, "
           f"torch {torch.__version__}")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if a.train:  # end to end: `netspec train` of the sibling, streaming the JPEGs with 2 workers
+            import resource
+            import subprocess
+            import sys
+
+            folder = write_images(Path(tmp) / "e2e", a.images, ".jpg")
+            spec = sibling(folder, Path(tmp) / "cnds8_cpu.yaml")
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "netspec.cli", "train", str(spec), "train.max_steps=3",
+                                   "train.batch_size=32", "train.eval_batch_size=32", "data.test_limit=64",
+                                   "data.workers=2", f"train.out={tmp}/runs"], capture_output=True, text=True)
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            print(f"netspec train, 227-input sibling, {a.images} JPEGs, 3 steps + eval of 64, 2 workers: exit "
+                  f"{done.returncode}, {time.perf_counter() - t:.0f} s, max RSS of a process {rss:.0f} MB")
+            if done.returncode:
+                print(done.stderr[-2000:])
         for suffix in (".jpg", ".png"):
             root = write_images(Path(tmp) / suffix[1:], a.images, suffix)
             for workers in (1, 2):
