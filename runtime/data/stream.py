@@ -117,8 +117,8 @@ def check_classes(spec, data) -> None:
                         f"with one directory per class", spec.data.at)
 
 
-def streams(spec) -> bool:
-    """Whether a spec's data go through the streaming pipeline (data.stream, `auto` by size)."""
+def streams(spec) -> bool | None:
+    """Whether a spec's data go through the streaming pipeline (data.stream); None: `auto`, decided by size."""
     d = spec.data
     if d.source != "imagefolder" or d.stream is False:
         return False
@@ -159,6 +159,15 @@ class ImageFiles(torch.utils.data.Dataset):
         except Exception as err:  # a bad file: reported by the main process as one line
             return None, -1, f"cannot read image {path}: {err}"
         return x, int(self.labels[index]), None
+
+
+def _ignore_signals(worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the training process, which saves a checkpoint and stops (the DataLoader
+    then ends its workers); a Ctrl-C reaching the whole process group must not kill them mid-batch first."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def collate(items):
@@ -222,7 +231,8 @@ class StreamBatches:
         keys = [[(i, self.epoch) for i in batch] for batch in self.indices()]
         extra = dict(prefetch_factor=self.prefetch, persistent_workers=False) if self.workers else {}
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
-                                           collate_fn=collate, pin_memory=self.device.type == "cuda", **extra)
+                                           collate_fn=collate, pin_memory=self.device.type == "cuda",
+                                           worker_init_fn=_ignore_signals if self.workers else None, **extra)
 
     def __iter__(self):
         start = self.skip if self.train else 0
