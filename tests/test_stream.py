@@ -306,3 +306,18 @@ def test_gloo_two_processes_each_read_only_their_shard(folder, tmp_path):
     assert len(ranks[0]["opened"]) + len(ranks[1]["opened"]) == 100
     for b, batch in enumerate(one.indices()):
         assert sorted(batch) == sorted(ranks[0]["indices"][b] + ranks[1]["indices"][b])
+
+
+def test_stream_auto_and_false_choose_the_path(folder, tmp_path, monkeypatch):
+    from netspec.runtime.data import Dataset
+    from netspec.runtime.data import stream as stream_mod
+
+    base = ["data.crop=none", "data.resize=null", "data.train_limit=50", "data.test_limit=10"]
+    small = compile_spec(spec_for(tmp_path, folder), base).spec
+    assert small.data.stream == "auto" and isinstance(load_data(small, progress=None), Dataset)  # small: in memory
+    monkeypatch.setattr(stream_mod, "STREAM_AUTO_BYTES", 1000)
+    assert isinstance(load_data(small, progress=None), StreamData)  # over the size: streamed
+    off = compile_spec(spec_for(tmp_path, folder), [*base, "data.stream=false"]).spec
+    assert isinstance(load_data(off, progress=None), Dataset)
+    with pytest.raises(UserError, match="has 10 class directories but the spec has classes: 3"):
+        load_data(compile_spec(spec_for(tmp_path, folder, classes=3), [*base, "data.stream=false"]).spec)
