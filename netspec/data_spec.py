@@ -42,6 +42,17 @@ class Augment(Strict):
     flip: bool = Field(False, description="Flip each training image horizontally with probability 1/2.")
 
 
+CROPS = {
+    "none": "resize every image to the input's H×W (no crop, no mirror)",
+    "caffe": "Caffe's recipe: resize (data.resize, default 256 for a 227 input), then a random input-sized crop and a random "
+             "mirror for training, the centre crop for test",
+    "random_resized": "the modern recipe: a random crop of 8-100% of the area and aspect 3/4-4/3 resized to the input, "
+                      "plus a random mirror, for training; resize (data.resize) and centre crop for test",
+}
+# `stream: auto` streams an imagefolder set whose decoded images would take more than this many bytes
+STREAM_AUTO_BYTES = 1 << 30
+
+
 class DataSpec(Strict):
     """Where the training data comes from and how it is augmented."""
 
@@ -55,6 +66,22 @@ class DataSpec(Strict):
     train_limit: int | None = Field(None, ge=1, description="Use only the first N training examples (for smoke runs).")
     test_limit: int | None = Field(None, ge=1, description="Use only the first N test examples (for smoke runs).")
     classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
+    stream: bool | Literal["auto"] = Field("auto", description=f"Decode image files on the fly in DataLoader worker processes instead of holding the decoded set in memory (imagefolder only). auto: stream when data.crop or data.resize is set, or when the decoded images would exceed {STREAM_AUTO_BYTES >> 30} GiB.")
+    workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images when streaming (0: decode in the training process).")
+    resize: int | list[int] | None = Field(None, description="Streaming: resize each image before cropping, to this shorter side (e.g. 256) or to exactly [H, W]. Default: the input size for crop: none, round(input × 256/227) otherwise (256 for 227).")
+    crop: Literal[tuple(CROPS)] = Field("none", description="Streaming crops: " + "; ".join(f"{k}: {v}" for k, v in CROPS.items()) + ". Mean and std subtraction stay input.mean/input.std.")
+
+    @model_validator(mode="after")
+    def _stream_settings(self) -> DataSpec:
+        sizes = [self.resize] if isinstance(self.resize, int) else self.resize or []
+        if len(sizes) not in (0, 1, 2) or any(not 1 <= v <= 8192 for v in sizes):
+            raise ValueError(f"data.resize is a shorter side or [H, W], each 1..8192, not {self.resize}")
+        if self.stream is True and self.source != "imagefolder":
+            raise ValueError(f"data.stream: true works for source imagefolder, not '{self.source}'")
+        if (self.crop != "none" or self.resize is not None) and (self.source != "imagefolder" or self.stream is False):
+            raise ValueError("data.crop and data.resize need the streaming pipeline: source: imagefolder and "
+                             "data.stream: true or auto")
+        return self
 
     @model_validator(mode="after")
     def _download_needs_a_mirror(self) -> DataSpec:

@@ -96,9 +96,12 @@ def data_identity(spec, dataset) -> dict:
         for dirpath, _, files in os.walk(root):
             size += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
     digest = hashlib.blake2b(digest_size=16)
-    for tensor in (dataset.train_y, dataset.test_y, dataset.train_x, dataset.test_x):
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
+    streamed = hasattr(dataset, "train_files")  # streaming: the file lists stand for the pixels
+    for tensor in (dataset.train_y, dataset.test_y) + ((dataset.train_files, dataset.test_files) if streamed
+                                                         else (dataset.train_x, dataset.test_x)):
+        array = tensor.contiguous().numpy() if isinstance(tensor, torch.Tensor) else tensor
+        digest.update(str(tuple(array.shape)).encode())
+        digest.update(array.tobytes())
     return {"source": spec.data.source, "path": str(root.resolve()) if root.exists() else str(root),
             "bytes": size, "train": len(dataset.train_y), "test": len(dataset.test_y),
             "checksum": digest.hexdigest()}

@@ -34,8 +34,9 @@ from netspec.solver import LRPolicy
 from netspec.spec import MAIN_HEAD, Spec
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import distributed, runs
-from netspec.runtime.data import Batches, Dataset, load_dataset
-from netspec.runtime.metrics import MetricsLog, check_logs, Progress, TensorBoard, exit_rows, format_exit_table
+from netspec.runtime.data import Batches, Dataset
+from netspec.runtime.data.stream import StreamData, load_data, stream_batches
+from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows, format_exit_table
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
 
@@ -174,7 +175,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
     if cfg.batch_size % ctx.world_size:
         raise UserError(f"train.batch_size {cfg.batch_size} does not split evenly over {ctx.world_size} processes",
                         f"use a multiple of {ctx.world_size}")
-    data = distributed.main_first(ctx, lambda: load_dataset(spec.data, spec.input.shape))
+    data = distributed.main_first(ctx, lambda: load_data(spec, sys.stderr if ctx.is_main else None))
     _check_classes(spec, data)
     train_batches, test_batches = make_batches(spec, data, ctx)
     steps = min(len(train_batches), cfg.steps_per_epoch or len(train_batches))
@@ -338,8 +339,11 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
     return Result(raw, rows, run)
 
 
-def make_batches(spec: Spec, data: Dataset, ctx: distributed.Context) -> tuple[Batches, Batches]:
-    """This rank's training batches (shuffled, augmented, batch_size / world_size each) and test batches."""
+def make_batches(spec: Spec, data: Dataset | StreamData, ctx: distributed.Context) -> tuple[Batches, Batches]:
+    """This rank's training batches (shuffled, augmented, batch_size / world_size each) and test batches:
+    decoded on the fly by DataLoader workers for streamed data (data.stream), from memory otherwise."""
+    if isinstance(data, StreamData):
+        return stream_batches(spec, data, ctx.device, ctx.rank, ctx.world_size)
     common = dict(mean=spec.input.mean, std=spec.input.std, device=ctx.device, seed=spec.train.seed,
                   rank=ctx.rank, world_size=ctx.world_size)
     train_batches = Batches(data.train_x, data.train_y, spec.train.batch_size // ctx.world_size, train=True,
@@ -390,7 +394,7 @@ def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dic
     ckpt.load_weights(model, state["model"], path)
     if state.get("spec_hash") != compiled.spec_hash and not state.get("structure"):
         print(f"note: {path} was written for another version of the spec '{state.get('spec_name')}'", file=sys.stderr)
-    _, test_batches = make_batches(spec, load_dataset(spec.data, spec.input.shape), ctx)
+    _, test_batches = make_batches(spec, load_data(spec), ctx)
     autocast = _autocast(ctx, spec.train.amp)
     rows = exit_rows(summarise(compiled.network), evaluate(model, test_batches, list(compiled.heads), ctx, autocast))
     print(f"{spec.name}: {path} (epoch {state.get('epoch')}), test split")
