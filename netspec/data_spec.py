@@ -68,7 +68,7 @@ class DataSpec(Strict):
     classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
     stream: bool | Literal["auto"] = Field("auto", description=f"Decode image files on the fly in DataLoader worker processes instead of holding the decoded set in memory (imagefolder only). auto: stream when data.crop or data.resize is set, or when the decoded images would exceed {STREAM_AUTO_BYTES >> 30} GiB.")
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images when streaming (0: decode in the training process).")
-    resize: int | list[int] | None = Field(None, description="Streaming: resize each image before cropping, to this shorter side (e.g. 256) or to exactly [H, W]. Default: the input size for crop: none, round(input × 256/227) otherwise (256 for 227).")
+    resize: int | list[int] | None = Field(None, description="Streaming: resize before cropping, to this shorter side (e.g. 256) or exactly [H, W]; default input size × 256/227 (crop: none: the input size)")
     crop: Literal[tuple(CROPS)] = Field("none", description="Streaming crops: " + "; ".join(f"{k}: {v}" for k, v in CROPS.items()) + ". Mean and std subtraction stay input.mean/input.std.")
 
     @model_validator(mode="after")

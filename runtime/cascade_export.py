@@ -63,7 +63,7 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
     print(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
     example = torch.zeros(2, *spec.input.shape)  # batch 2: torch.export specialises sizes 0 and 1
     values = torch_values(segments, spec.input.name, example)
-    total, cumulative, entries, protos = 0, [], [], []
+    total, entries, protos = 0, [], []
     for k, seg in enumerate(segments):
         protos.append(segment_onnx(seg, [values[name] for name in seg.inputs]))
         total += seg.flops
