@@ -100,13 +100,7 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
                         f"{'×'.join(map(str, shape))} images as its metadata says", "give a model written by `netspec export`")
     output = outs[0].name
     top = max(1, min(top, len(classes)))
-    labels, pixels = [], []
-    for path in inputs:
-        for label, image in read_input(path, shape):
-            labels.append(label)
-            pixels.append(image)
-    if not pixels:
-        raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
+    labels, pixels = read_inputs(inputs, shape)
     print(f"{model}: exit {output} of spec {info.spec_name}, top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     for start in range(0, len(pixels), PREDICT_BATCH):
@@ -125,6 +119,18 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
             best = np.argsort(-p)[:top]
             print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
     return 0
+
+
+def read_inputs(inputs: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], list[np.ndarray]]:
+    """(labels, C×H×W float pixels) of every image in `inputs` (image files, or each image of an array)."""
+    labels, pixels = [], []
+    for path in inputs:
+        for label, image in read_input(path, shape):
+            labels.append(label)
+            pixels.append(image)
+    if not pixels:
+        raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
+    return labels, pixels
 
 
 def read_input(path: Path, shape: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
@@ -184,13 +190,7 @@ def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
     std = np.asarray(manifest["input"]["std"], np.float32).reshape(-1, 1, 1)
     classes, segments = manifest["classes"], manifest["segments"]
     top = max(1, min(top, len(classes)))
-    labels, pixels = [], []
-    for path in inputs:
-        for label, image in read_input(path, shape):
-            labels.append(label)
-            pixels.append(image)
-    if not pixels:
-        raise UserError(f"{', '.join(map(str, inputs))} hold(s) no image", "give images, or arrays with at least one")
+    labels, pixels = read_inputs(inputs, shape)
     thresholds = ", ".join(f"{s['exit']} {s['threshold']:g}" for s in segments[:-1])
     print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when max "
           f"softmax > threshold: {thresholds}), top {top} of {len(classes)} classes")

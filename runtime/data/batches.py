@@ -32,6 +32,17 @@ def augment_batch(x: torch.Tensor, augment: Augment, gen: torch.Generator) -> to
     return x
 
 
+def shard_size(n: int, rank: int, world_size: int, drop_last: bool) -> int:
+    """How many of an epoch's n examples a rank sees (equal on every rank with drop_last; else the remainder
+    goes to the lower ranks)."""
+    base, rem = divmod(n, world_size)
+    return base if drop_last else base + (rank < rem)
+
+
+def batch_count(size: int, batch_size: int, drop_last: bool) -> int:
+    return size // batch_size if drop_last else -(-size // batch_size)
+
+
 class Batches:
     """One epoch of a split as (float32 normalised images, int64 labels) batches on `device`.
 
@@ -72,13 +83,10 @@ class Batches:
         self.epoch, self.skip = epoch, skip
 
     def _shard_size(self) -> int:
-        """How many examples of the epoch this rank sees (equal on every rank with drop_last)."""
-        base, rem = divmod(len(self.y), self.world_size)
-        return base if self.drop_last else base + (self.rank < rem)
+        return shard_size(len(self.y), self.rank, self.world_size, self.drop_last)
 
     def __len__(self) -> int:
-        size = self._shard_size()
-        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+        return batch_count(self._shard_size(), self.batch_size, self.drop_last)
 
     def __iter__(self):
         n = len(self.y)

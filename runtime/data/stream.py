@@ -22,7 +22,7 @@ import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError
-from netspec.runtime.data.batches import _generator, augment_batch
+from netspec.runtime.data.batches import _generator, augment_batch, batch_count, shard_size
 from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
@@ -212,12 +212,10 @@ class StreamBatches:
         self.epoch, self.skip = epoch, skip
 
     def _shard_size(self) -> int:
-        base, rem = divmod(len(self.y), self.world_size)
-        return base if self.drop_last else base + (self.rank < rem)
+        return shard_size(len(self.y), self.rank, self.world_size, self.drop_last)
 
     def __len__(self) -> int:
-        size = self._shard_size()
-        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+        return batch_count(self._shard_size(), self.batch_size, self.drop_last)
 
     def indices(self) -> list[list[int]]:
         """This rank's batches of the epoch (example indices), after `skip`: the order of `Batches`."""
