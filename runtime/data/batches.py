@@ -32,6 +32,17 @@ def augment_batch(x: torch.Tensor, augment: Augment, gen: torch.Generator) -> to
     return x
 
 
+def normalisation(mean: list[float], std: list[float], channels: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) that turn uint8 pixels into (x / 255 - mean) / std with one multiply-add, per channel."""
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    std_t = torch.tensor(std, dtype=torch.float32)
+    if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels) or (std_t <= 0).any():
+        raise ValueError(f"mean and std need 1 or {channels} values, std > 0")
+    return ((1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1).to(device),
+            (-mean_t / std_t).reshape(1, -1, 1, 1).to(device))
+
+
 def shard_size(n: int, rank: int, world_size: int, drop_last: bool) -> int:
     """How many of an epoch's n examples a rank sees (equal on every rank with drop_last; else the remainder
     goes to the lower ranks)."""
@@ -62,10 +73,6 @@ class Batches:
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
         channels = x_uint8.shape[1]
-        mean_t = torch.tensor(mean, dtype=torch.float32)
-        std_t = torch.tensor(std, dtype=torch.float32)
-        if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels) or (std_t <= 0).any():
-            raise ValueError(f"mean and std need 1 or {channels} values, std > 0")
         self.x, self.y = x_uint8, y.to(torch.int64)
         self.batch_size, self.train = batch_size, train
         self.augment = augment if train and augment and (augment.crop_pad or augment.flip) else None
@@ -73,9 +80,7 @@ class Batches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         self.epoch, self.skip = 0, 0
-        # (x / 255 - mean) / std as one multiply-add
-        self._scale = (1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1).to(self.device)
+        self._scale, self._shift = normalisation(mean, std, channels, self.device)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Choose the epoch whose shuffle and augmentation the next iteration uses, and how many of its first

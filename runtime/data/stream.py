@@ -22,7 +22,7 @@ import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError
-from netspec.runtime.data.batches import _generator, augment_batch, batch_count, shard_size
+from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
 from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
@@ -191,10 +191,6 @@ class StreamBatches:
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
         channels = transform.shape[0]
-        mean_t = torch.tensor(mean, dtype=torch.float32)
-        std_t = torch.tensor(std, dtype=torch.float32)
-        if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels) or (std_t <= 0).any():
-            raise ValueError(f"mean and std need 1 or {channels} values, std > 0")
         self.y = y.to(torch.int64)
         self.dataset = ImageFiles(files, self.y, transform, seed, root)
         self.batch_size, self.train = batch_size, train
@@ -204,8 +200,7 @@ class StreamBatches:
         self.drop_last = train if drop_last is None else drop_last
         self.workers, self.prefetch = workers, prefetch
         self.epoch, self.skip = 0, 0
-        self._scale = (1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1).to(self.device)
+        self._scale, self._shift = normalisation(mean, std, channels, self.device)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """As `Batches.set_epoch`: the epoch's order and crops, and how many of its first batches to leave out."""
