@@ -1,109 +1,202 @@
-"""Reproduction at CPU scale (issue 3): `python bench/reproduce.py [--epochs E] [--train-limit N] [--seeds S ...]`.
+"""Reproductions at CPU scale (issue 15): one table per paper, each probing that paper's claim in a regime a
+2-core machine can train in about half an hour. `python bench/reproduce.py --table dks|mwbp|cnds [--out DIR]`.
 
-1. Baseline vs DS vs DKS: main-exit top-1 of specs/resnet20_fmnist.yaml (plain ResNet-20, width 8),
-   specs/ds_resnet20_fmnist.yaml (the DKS heads, cross-entropy only) and specs/dks_resnet20_fmnist.yaml
-   (heads + bi-directional synergy) on Fashion-MNIST, the same budget for all, mean ± std over seeds; also the
-   aux exits of DS / DKS.
-2. MW-BP: the per-exit table (exit, depth, params, FLOPs, top-1, top-5) of specs/mwbp_fmnist.yaml
-   (pre-activation ResNet-56, width 8, exits after blocks 8/13/18/23, γ_k depth weights).
+- dks:  DKS (paper 002_*) claims better generalisation: an over-fitting regime (1,000 training images, 30 epochs,
+        all 10,000 test images), DKS section 4.1's ResNet recipe scaled to 30 epochs, heads of the paper's relative
+        capacity; baseline vs DS vs DKS, 5 paired seeds (the paper's count), plus DS/DKS with "too simple" AP+2FC
+        heads (Table 3's direction).
+- mwbp: MW-BP (paper 001_*) claims a shallower multi-exit net beats a deeper plain one (MwResNet-44 vs ResNet-110):
+        the best exit of a multi-exit pre-act ResNet-20 trained with MW-BP's rule vs a plain pre-act ResNet-56 (and a
+        plain ResNet-20 as control), the same budget, 3 paired seeds.
+- cnds: CNDS (paper 000_*) claims the branch lets a deep plain net with Gaussian init train: CNN-8 vs CNDS-8 from
+        the paper's N(0, 0.01²) and from N(0, 0.03²) (its per-layer gain at this width), 3 paired seeds, with the
+        lower layers' gradient norms logged every 10 steps and plotted.
 
-Every run is `netspec train SPEC train.epochs=E data.train_limit=N train.seed=S train.out=OUT/<spec>_s<S>` (its files in
-`OUT/<spec>_s<S>/latest/`) in a
-subprocess with OMP_NUM_THREADS=1 (torch then uses one intra-op thread) and NETSPEC_BUILD=OUT/build, at most
---jobs at once, longest first. The numbers are those of the *last* epoch (metrics.jsonl / exits.json), not the
-best epoch: choosing the best epoch on the test split would flatter every method. A run whose directory already
-holds a finished run with the same budget is reused (delete OUT, or pass --fresh, to train again);
-`--collect` only reads what is there.
-
-    python bench/reproduce.py                       # the tables of docs/reproduction.md
-    python bench/reproduce.py --quick               # smoke run of the whole pipeline (~2 min, meaningless numbers)
-    python bench/reproduce.py --only mwbp --mwbp-seeds 0 1 2
+Every run is `netspec train SPEC OVERRIDES train.seed=S train.out=OUT/<table>/<arm>_s<S>/runs` (its log and
+`run.json` beside, in OUT/<table>/<arm>_s<S>/) in a subprocess with one
+torch thread (OMP_NUM_THREADS=1), --jobs at once, longest first. Resumable: a run whose `run.json` records the
+same command and `finished` is reused; one with the same command that was cut off continues with `--resume`
+(from its last epoch checkpoint); `--fresh` trains everything again; `--collect` only tabulates. The figures are
+the last epoch's (never the best epoch: picking it on the test split would flatter every method). Writes
+OUT/<table>/results.md, results.json and the plots (also into --plots DIR).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = [("baseline", "resnet20_fmnist"), ("DS", "ds_resnet20_fmnist"), ("DKS", "dks_resnet20_fmnist")]
-MWBP = "mwbp_fmnist"
-# rough cost of one training step relative to the plain ResNet-20 (for ordering the queue, longest first)
-COST = {"resnet20_fmnist": 1.0, "ds_resnet20_fmnist": 1.3, "dks_resnet20_fmnist": 1.35, MWBP: 2.3}
+# two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (any statistics table)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a table: a spec with its overrides, trained once per seed."""
+
+    key: str
+    label: str
+    spec: str
+    overrides: tuple[str, ...] = ()
+    cost: float = 1.0  # relative time of a run, to start the longest first
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    claim: str
+    budget: tuple[str, ...]  # overrides shared by every arm
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...]
+
+
+# DKS section 4.1 (ResNets): SGD momentum 0.9 (no Nesterov), batch 64, weight decay 1e-4, lr 0.1 divided by 10 every
+# 60 of 200 epochs -> every 9 of 30 here. The regime (1,000 images, 30 epochs, test every 10) is OURS.
+DKS_BUDGET = ("data.train_limit=1000", "train.epochs=30", "train.batch_size=64", "train.eval_every=10",
+              "train.optimizer={type: sgd, lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0001}",
+              "train.lr_schedule={type: step, step_size: 9, gamma: 0.1}")
+# heads of the paper's relative capacity: DHM's ResNet-32 heads [[5, 3], [5]] (n = 5) scaled to n = 3 (OURS, see
+# specs/dks_resnet32.yaml); the official ε = 1e-8 smoothing of the synergy KL (dks_resnet20_fmnist keeps 0)
+DKS_HEADS = ("vars.shallow=[3, 2]", "vars.deep=[3]")
+# MW-BP's code recipe (specs/mwbp_resnet56.yaml: Nesterov 0.9, wd 1e-4, lr 0.1 x0.1 at 40 % and 60 % of the epochs)
+# at 4,000 images x 10 epochs (OURS)
+MWBP_BUDGET = ("data.train_limit=4000", "train.epochs=10", "train.batch_size=128", "train.eval_every=5",
+               "train.optimizer={type: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0001}",
+               "train.lr_schedule={type: multistep, milestones: [4, 6], gamma: 0.1}")
+# the specs' own CPU recipe (cnds8_fmnist.yaml) on 20,000 images x 3 epochs (OURS), from Gaussian weights: the
+# paper's N(0, 0.01²) (CNDS section 3.1, prototxt), and N(0, 0.03²) (OURS): at this net's 16-64 input channels
+# that gives a 3x3 conv about the per-layer gain 0.01·√(9·C_in/2) ≈ 0.3-0.4 the paper's std has at AlexNet widths
+# (C_in 256-384); std 0.01 here shrinks the signal ~10x per layer (docs/probe.md)
+CNDS_BUDGET = ("data.train_limit=20000", "train.epochs=3", "train.log_every_steps=10", "train.log_grad_norms=true")
+GAUSSIAN = {std: (f"init.weight={{type: gaussian, std: {std}}}",) for std in (0.01, 0.03)}
+CNDS_PAIRS = (("cnn8", "cnds8"), ("cnn8_g03", "cnds8_g03"))
+LOWER_LAYERS = ("conv1", "conv2", "conv3_1", "conv3_2")
+
+TABLES = {t.name: t for t in (
+    Table("dks", "DKS: in an over-fitting regime, DS helps a little and DKS more; with too simple heads DS hurts and "
+                 "DKS hurts more (Table 3)", DKS_BUDGET, (
+        Arm("baseline", "baseline", "resnet20_fmnist", (), 1.0),
+        Arm("ds", "DS", "ds_resnet20_fmnist", DKS_HEADS, 2.7),
+        Arm("dks", "DKS", "dks_resnet20_fmnist", DKS_HEADS + ("losses.synergy.smoothing=1e-8",), 2.8),
+        Arm("ds_simple", "DS, AP+2FC heads", "ds_resnet20_simple_fmnist", (), 1.1),
+        Arm("dks_simple", "DKS, AP+2FC heads", "dks_resnet20_simple_fmnist", ("losses.synergy.smoothing=1e-8",), 1.2),
+    ), (0, 1, 2, 3, 4)),
+    Table("mwbp", "MW-BP: a shallower multi-exit net beats a deeper plain net (MwResNet-44 > ResNet-110)", MWBP_BUDGET, (
+        Arm("mw20", "Mw pre-act ResNet-20", "mwbp_resnet20_fmnist", (), 1.1),
+        Arm("plain20", "plain pre-act ResNet-20", "preresnet56_fmnist", ("vars.n=3",), 1.0),
+        Arm("plain56", "plain pre-act ResNet-56", "preresnet56_fmnist", (), 2.9),
+    ), (0, 1, 2)),
+    Table("cnds", "CNDS: from Gaussian init the branch lets the deep plain net train (vanishing gradients in its "
+                  "lower layers without it)", CNDS_BUDGET, (
+        Arm("cnn8", "CNN-8, N(0, 0.01²)", "cnn8_fmnist", GAUSSIAN[0.01], 0.9),
+        Arm("cnds8", "CNDS-8, N(0, 0.01²)", "cnds8_fmnist", GAUSSIAN[0.01], 1.0),
+        Arm("cnn8_g03", "CNN-8, N(0, 0.03²)", "cnn8_fmnist", GAUSSIAN[0.03], 0.9),
+        Arm("cnds8_g03", "CNDS-8, N(0, 0.03²)", "cnds8_fmnist", GAUSSIAN[0.03], 1.0),
+    ), (0, 1, 2)),
+)}
+
+
+# --- running -------------------------------------------------------------------------------------------------
 
 def netspec() -> list[str]:
     exe = Path(sys.executable).with_name("netspec")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "netspec.cli"]
 
 
-def budget(args: argparse.Namespace, seed: int) -> dict:
-    return {"epochs": args.epochs, "train_limit": args.train_limit, "test_limit": args.test_limit, "seed": seed}
+def run_dir(root: Path, arm: Arm, seed: int) -> Path:
+    return root / f"{arm.key}_s{seed}"
 
 
-def overrides(b: dict, out: Path) -> list[str]:
-    words = [f"train.epochs={b['epochs']}", f"train.seed={b['seed']}", f"train.out={out}"]
-    if b["train_limit"]:
-        words.append(f"data.train_limit={b['train_limit']}")
-    if b["test_limit"]:
-        words.append(f"data.test_limit={b['test_limit']}")
-    return words
+def command(table: Table, arm: Arm, seed: int, out: Path, extra: tuple[str, ...]) -> list[str]:
+    return ["train", f"specs/{arm.spec}.yaml", *table.budget, *arm.overrides, *extra, "train.device=cpu",
+            f"train.seed={seed}", f"train.out={out / 'runs'}"]
 
 
-def finished(out: Path, b: dict) -> bool:
+def train_one(words: list[str], out: Path, fresh: bool) -> dict:
+    """Run one `netspec train` (or reuse / resume it, see the module doc); its wall time and return code."""
+    record = out / "run.json"
     try:
-        same = json.loads((out / "budget.json").read_text()) == b
-        return same and json.loads((out / "latest" / "exits.json").read_text())["epoch"] == b["epochs"]
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def train_one(spec: str, b: dict, root: Path, fresh: bool) -> dict:
-    """Train one spec/seed in a subprocess (or reuse a finished run); its wall time and return code."""
-    out = root / f"{spec}_s{b['seed']}"
-    if not fresh and finished(out, b):
-        return {"spec": spec, "seed": b["seed"], "out": out, "wall": None, "rc": 0, "reused": True}
+        old = json.loads(record.read_text())
+    except (OSError, ValueError):
+        old = {}
+    same = old.get("command") == words and not fresh
+    if same and old.get("finished"):
+        return {"out": out, "wall": None, "rc": 0, "how": "reused"}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "budget.json").unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NETSPEC_BUILD": str(root / "build"),
-           "PYTHONUNBUFFERED": "1"}
-    cmd = netspec() + ["train", f"specs/{spec}.yaml", *overrides(b, out)]
+    record.write_text(json.dumps({"command": words, "finished": False}) + "\n")
+    how = "resumed" if same else "trained"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "NETSPEC_BUILD": str(out.parent / "build")}
     started = time.perf_counter()
-    with open(out / "train.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    with open(out / "train.log", "a") as log:
+        rc = subprocess.run(netspec() + words + ["--resume"] * same, cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - started
     if rc == 0:
-        (out / "budget.json").write_text(json.dumps(b) + "\n")
-    print(f"  {'done' if rc == 0 else f'FAILED (exit {rc}, see {out}/train.log)'}: {spec} seed {b['seed']} "
-          f"in {wall / 60:.1f} min", file=sys.stderr, flush=True)
-    return {"spec": spec, "seed": b["seed"], "out": out, "wall": wall, "rc": rc, "reused": False}
+        record.write_text(json.dumps({"command": words, "finished": True, "wall_seconds": round(wall, 1)}) + "\n")
+    print(f"  {how if rc == 0 else f'FAILED (exit {rc}, see {out}/train.log)'}: {out.name} in {wall / 60:.1f} min",
+          file=sys.stderr, flush=True)
+    return {"out": out, "wall": wall, "rc": rc, "how": how}
 
 
 def read_run(out: Path) -> dict | None:
-    """The last epoch's record and the per-exit rows of a finished run."""
+    """A finished run's epoch records, step records and per-exit rows (None when it has not finished)."""
+    latest = out / "runs" / "latest"
     try:
-        records = [json.loads(line) for line in (out / "latest" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        exits = json.loads((out / "latest" / "exits.json").read_text())["exits"]
+        if not json.loads((out / "run.json").read_text()).get("finished"):
+            return None
+        records = [json.loads(x) for x in (latest / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        exits = json.loads((latest / "exits.json").read_text())["exits"]
     except (OSError, ValueError, KeyError):
         return None
-    train_seconds = sum(r["seconds"] for r in records)
-    return {"last": records[-1], "exits": exits, "train_seconds": train_seconds}
+    steps_file = latest / "steps.jsonl"
+    steps = [json.loads(x) for x in steps_file.read_text().splitlines() if x.strip()] if steps_file.is_file() else []
+    return {"records": records, "last": records[-1], "exits": exits, "steps": steps,
+            "train_seconds": sum(r["seconds"] for r in records)}
 
+
+# --- statistics ----------------------------------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> str:
-    """'mean ± std' in %, sample std (n − 1); '±  –' for a single value."""
+    """'mean ± sample std' of fractions, in %."""
     pct = [100 * v for v in values]
     if not pct:
         return "–"
-    if len(pct) == 1:
-        return f"{pct[0]:.2f}"
-    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+    return f"{pct[0]:.2f}" if len(pct) == 1 else f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+
+
+def paired(a: list[float], b: list[float]) -> dict | None:
+    """The paired difference a − b (same seeds), in points: mean, sample std and the 95 % t confidence interval."""
+    d = [100 * (x - y) for x, y in zip(a, b)]
+    if len(d) < 2:
+        return None
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    half = T975[min(len(d) - 1, len(T975)) - 1] * sd / math.sqrt(len(d))
+    return {"n": len(d), "mean": mean, "std": sd, "ci95": [mean - half, mean + half], "per_seed": d}
+
+
+def fmt_paired(p: dict | None) -> str:
+    if p is None:
+        return "–"
+    lo, hi = p["ci95"]
+    return f"{p['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def verdict(p: dict | None, favourable: str, unfavourable: str) -> str:
+    """What a paired difference says: its 95 % interval above 0, below 0, or across it."""
+    if p is None:
+        return "not measured"
+    lo, hi = p["ci95"]
+    return favourable if lo > 0 else unfavourable if hi < 0 else "no difference resolved (the interval contains 0)"
 
 
 def fmt_count(n: float) -> str:
@@ -113,158 +206,255 @@ def fmt_count(n: float) -> str:
     return str(int(n))
 
 
-def method_tables(root: Path, seeds: list[int]) -> tuple[str, dict]:
-    runs = {name: {s: read_run(root / f"{spec}_s{s}") for s in seeds} for name, spec in METHODS}
-    data: dict = {}
-    main_rows = ["| method | spec | seeds | main top-1 % (mean ± std) | main top-5 % | per seed (top-1 %) |",
-                 "|---|---|---|---|---|---|"]
-    for name, spec in METHODS:
-        got = {s: r for s, r in runs[name].items() if r is not None}
-        top1 = [r["last"]["top1/main"] for r in got.values()]
-        top5 = [r["last"]["top5/main"] for r in got.values()]
-        data[name] = {"spec": spec, "seeds": list(got), "top1/main": top1, "top5/main": top5}
-        per_seed = ", ".join(f"{100 * v:.2f}" for v in top1)
-        main_rows.append(f"| {name} | `{spec}` | {len(got)} | {mean_std(top1)} | {mean_std(top5)} | {per_seed} |")
+# --- the tables ----------------------------------------------------------------------------------------------
 
-    exit_rows = ["| method | exit | depth | params | FLOPs | top-1 % (mean ± std) | top-5 % (mean ± std) |",
-                 "|---|---|---|---|---|---|---|"]
-    for name, spec in METHODS:
-        got = [r for r in runs[name].values() if r is not None]
-        if not got:
+def collect(table: Table, root: Path, seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """arm key -> seed -> finished run (seeds without a finished run of every arm are dropped: pairs stay paired)."""
+    runs = {arm.key: {s: read_run(run_dir(root, arm, s)) for s in seeds} for arm in table.arms}
+    complete = [s for s in seeds if all(runs[a.key][s] is not None for a in table.arms)]
+    return {key: {s: by_seed[s] for s in complete} for key, by_seed in runs.items()}
+
+
+def top1(runs: dict[int, dict], head: str = "main") -> list[float]:
+    return [r["last"][f"top1/{head}"] for r in runs.values()]
+
+
+def exit_row(run: dict, head: str) -> dict:
+    return next(e for e in run["exits"] if e["exit"] == head)
+
+
+def dks_report(table: Table, runs: dict) -> tuple[str, dict]:
+    arms = {a.key: a for a in table.arms}
+    seeds = list(runs["baseline"])
+    base = top1(runs["baseline"])
+    rows = ["| method | main top-1 % (mean ± std) | per seed | Δ vs baseline, points (paired mean [95 % CI]) | "
+            "main train CE, last epoch |", "|---|---|---|---|---|"]
+    data = {"seeds": seeds, "arms": {}}
+    for key, arm in arms.items():
+        acc = top1(runs[key])
+        vs = paired(acc, base) if key != "baseline" else None
+        ce = [r["last"]["ce/main"] for r in runs[key].values()]
+        exits = next(iter(runs[key].values()))["exits"] if acc else []
+        data["arms"][key] = {"label": arm.label, "spec": arm.spec, "overrides": list(arm.overrides), "top1": acc,
+                             "vs_baseline": vs, "train_ce": ce,
+                             "exits": {e["exit"]: top1(runs[key], e["exit"]) for e in exits}}
+        if acc:
+            rows.append(f"| {arm.label} (`{arm.spec}`{' ' + ' '.join(arm.overrides) if arm.overrides else ''}) | "
+                        f"{mean_std(acc)} | {', '.join(f'{100 * v:.2f}' for v in acc)} | {fmt_paired(vs)} | "
+                        f"{statistics.mean(ce):.3f} |")
+    pairs = {"DKS − DS (designed heads)": paired(top1(runs["dks"]), top1(runs["ds"])),
+             "DKS − DS (AP+2FC heads)": paired(top1(runs["dks_simple"]), top1(runs["ds_simple"])),
+             "DS (designed) − DS (AP+2FC)": paired(top1(runs["ds"]), top1(runs["ds_simple"]))}
+    data["pairs"] = pairs
+    rows += ["", "| paired difference (main top-1, points) | mean [95 % CI] | per seed |", "|---|---|---|"]
+    rows += [f"| {name} | {fmt_paired(p)} | {', '.join(f'{d:+.2f}' for d in p['per_seed']) if p else '–'} |"
+             for name, p in pairs.items()]
+    rows += ["", "| method | exit | depth | params | FLOPs | top-1 % (mean ± std) |", "|---|---|---|---|---|---|"]
+    for key, arm in arms.items():
+        if not runs[key]:
             continue
-        for row in got[0]["exits"]:
-            h = row["exit"]
-            top1 = [r["last"][f"top1/{h}"] for r in got]
-            top5 = [r["last"][f"top5/{h}"] for r in got]
-            data[name][f"top1/{h}"], data[name][f"top5/{h}"] = top1, top5
-            exit_rows.append(f"| {name} | {h} | {row['depth']} | {fmt_count(row['params'])} | "
-                             f"{fmt_count(row['flops'])} | {mean_std(top1)} | {mean_std(top5)} |")
-    return "\n".join(main_rows) + "\n\n" + "\n".join(exit_rows), data
+        first = next(iter(runs[key].values()))
+        for e in first["exits"]:
+            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {fmt_count(e['params'])} | "
+                        f"{fmt_count(e['flops'])} | {mean_std(top1(runs[key], e['exit']))} |")
+    v = data["arms"]
+    said = [f"DS vs baseline: {verdict(v['ds']['vs_baseline'], 'DS better (the paper: slightly better)', 'DS worse')}",
+            f"DKS vs baseline: {verdict(v['dks']['vs_baseline'], 'DKS better (the paper direction)', 'DKS worse')}",
+            f"DKS vs DS: {verdict(pairs['DKS − DS (designed heads)'], 'DKS better (the paper direction)', 'DKS worse')}",
+            f"AP+2FC heads, DS vs baseline: {verdict(v['ds_simple']['vs_baseline'], 'DS better', 'DS worse (the paper direction)')}",
+            f"AP+2FC heads, DKS vs DS: {verdict(pairs['DKS − DS (AP+2FC heads)'], 'DKS better', 'DKS worse (the paper direction)')}"]
+    data["verdicts"] = said
+    return "\n".join(rows) + "\n\n" + "\n".join(f"- {s}" for s in said), data
 
 
-def mwbp_table(root: Path, seeds: list[int]) -> tuple[str, dict]:
-    got = [r for r in (read_run(root / f"{MWBP}_s{s}") for s in seeds) if r is not None]
-    if not got:
-        return "(no finished MW-BP run)", {}
-    n = len(got)
-    lines = [f"| exit | depth | params | FLOPs | top-1 %{' (mean ± std)' * (n > 1)} | top-5 %"
-             f"{' (mean ± std)' * (n > 1)} |", "|---|---|---|---|---|---|"]
-    data = {"seeds": n, "exits": []}
-    for row in got[0]["exits"]:
-        h = row["exit"]
-        top1 = [r["last"][f"top1/{h}"] for r in got]
-        top5 = [r["last"][f"top5/{h}"] for r in got]
-        data["exits"].append({**{k: row[k] for k in ("exit", "depth", "params", "flops")}, "top1": top1, "top5": top5})
-        lines.append(f"| {h} | {row['depth']} | {fmt_count(row['params'])} | {fmt_count(row['flops'])} | "
-                     f"{mean_std(top1)} | {mean_std(top5)} |")
-    return "\n".join(lines), data
+def mwbp_report(table: Table, runs: dict) -> tuple[str, dict]:
+    arms = {a.key: a for a in table.arms}
+    seeds = list(runs["mw20"])
+    rows = ["| net | exit | depth | params | FLOPs | top-1 % (mean ± std) | per seed |", "|---|---|---|---|---|---|---|"]
+    data: dict = {"seeds": seeds, "arms": {}}
+    for key, arm in arms.items():
+        if not runs[key]:
+            continue
+        first = next(iter(runs[key].values()))
+        data["arms"][key] = {"label": arm.label, "spec": arm.spec, "overrides": list(arm.overrides), "exits": {}}
+        for e in first["exits"]:
+            acc = top1(runs[key], e["exit"])
+            data["arms"][key]["exits"][e["exit"]] = {**{k: e[k] for k in ("depth", "params", "flops")}, "top1": acc}
+            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {fmt_count(e['params'])} | "
+                        f"{fmt_count(e['flops'])} | {mean_std(acc)} | {', '.join(f'{100 * x:.2f}' for x in acc)} |")
+    if not seeds:
+        return "\n".join(rows), data
+    mw = data["arms"]["mw20"]["exits"]
+    best = max(mw, key=lambda h: statistics.mean(mw[h]["top1"]))
+    vs56 = paired(mw[best]["top1"], top1(runs["plain56"]))
+    vs20 = paired(top1(runs["mw20"]), top1(runs["plain20"]))
+    data |= {"best_exit": best, "best_vs_plain56": vs56, "main_vs_plain20": vs20}
+    rows += ["", "| paired difference (top-1, points) | mean [95 % CI] | per seed |", "|---|---|---|",
+             f"| Mw-20 best exit ({best}) − plain ResNet-56 | {fmt_paired(vs56)} | "
+             f"{', '.join(f'{d:+.2f}' for d in vs56['per_seed']) if vs56 else '–'} |",
+             f"| Mw-20 main − plain ResNet-20 | {fmt_paired(vs20)} | "
+             f"{', '.join(f'{d:+.2f}' for d in vs20['per_seed']) if vs20 else '–'} |"]
+    said = [f"Mw-20 ({best}) vs plain ResNet-56: "
+            + verdict(vs56, "the shallow multi-exit net is better (the paper direction)", "the deeper plain net is better"),
+            "Mw-20 main vs plain ResNet-20 (MW-BP's rule on the same net): "
+            + verdict(vs20, "MW-BP better", "MW-BP worse")]
+    data["verdicts"] = said
+    return "\n".join(rows) + "\n\n" + "\n".join(f"- {s}" for s in said), data
 
 
-def plot(data: dict, mwbp: dict, folder: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def grad_curves(runs: dict[int, dict], layer: str) -> tuple[list[int], list[float]]:
+    """Steps and the geometric mean over seeds of `grad/<layer>` (the seeds log the same steps)."""
+    seeds = list(runs.values())
+    steps = [s["step"] for s in seeds[0]["steps"] if f"grad/{layer}" in s]
+    means = []
+    for i in range(len(steps)):
+        logs = [math.log(max(r["steps"][i][f"grad/{layer}"], 1e-30)) for r in seeds]
+        means.append(math.exp(statistics.mean(logs)))
+    return steps, means
+
+
+def cnds_report(table: Table, runs: dict) -> tuple[str, dict]:
+    arms = {a.key: a for a in table.arms}
+    seeds = list(runs["cnn8"])
+    data: dict = {"seeds": seeds, "arms": {}}
+    if not seeds:
+        return "(no finished pair of runs)", data
+    epochs = [r["epoch"] for r in next(iter(runs["cnn8"].values()))["records"]]
+    rows = ["| net, init | " + " | ".join(f"top-1 % after epoch {e}" for e in epochs) + " | per seed (last) | "
+            "main train CE, last epoch |", "|---" * (len(epochs) + 3) + "|"]
+    window = 10  # step records (100 steps) at the start and at the end
+    grads = ["| net, init | layer | ‖∇W‖ first 100 steps (geo. mean) | ‖∇W‖ last 100 steps |", "|---|---|---|---|"]
+    for key, arm in arms.items():
+        per_epoch = [[r["records"][i].get("top1/main", math.nan) for r in runs[key].values()] for i in range(len(epochs))]
+        ce = [r["last"]["ce/main"] for r in runs[key].values()]
+        data["arms"][key] = {"label": arm.label, "spec": arm.spec, "overrides": list(arm.overrides),
+                             "top1_per_epoch": per_epoch, "train_ce": ce, "grad": {}}
+        rows.append(f"| {arm.label} | " + " | ".join(mean_std(v) for v in per_epoch) + " | "
+                    + ", ".join(f"{100 * v:.2f}" for v in per_epoch[-1]) + f" | {statistics.mean(ce):.3f} |")
+        for layer in LOWER_LAYERS:
+            steps, values = grad_curves(runs[key], layer)
+            early = math.exp(statistics.mean(math.log(max(v, 1e-30)) for v in values[:window]))
+            late = math.exp(statistics.mean(math.log(max(v, 1e-30)) for v in values[-window:]))
+            data["arms"][key]["grad"][layer] = {"steps": steps, "norm": values, "early": early, "late": late}
+            grads.append(f"| {arm.label} | {layer} | {early:.3g} | {late:.3g} |")
+    said = []
+    for plain, branched in CNDS_PAIRS:
+        vs = paired(top1(runs[branched]), top1(runs[plain]))
+        data[f"{branched}_vs_{plain}"] = vs
+        state = {k: "trains" if statistics.mean(top1(runs[k])) > 0.2 else "stays near chance (10 %)"
+                 for k in (plain, branched)}
+        said.append(f"{arms[plain].label}: {state[plain]}; {arms[branched].label}: {state[branched]}; CNDS-8 − CNN-8 "
+                    f"(last epoch, paired) {fmt_paired(vs)} points — "
+                    + verdict(vs, "CNDS-8 better (the paper direction)", "CNDS-8 worse"))
+    data["verdicts"] = said
+    return ("\n".join(rows) + "\n\n" + "\n".join(grads) + "\n\n" + "\n".join(f"- {x}" for x in said)), data
+
+
+REPORTS = {"dks": dks_report, "mwbp": mwbp_report, "cnds": cnds_report}
+
+
+# --- plots ---------------------------------------------------------------------------------------------------
+
+def plot(table: Table, data: dict, folder: Path) -> list[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    if any(data.get(m, {}).get("top1/main") for m, _ in METHODS):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for i, (name, _) in enumerate(METHODS):
-            vals = [100 * v for v in data[name]["top1/main"]]
-            if not vals:
-                continue
-            ax.bar(i, statistics.mean(vals), yerr=statistics.stdev(vals) if len(vals) > 1 else 0, capsize=6,
-                   color=["#999999", "#4c72b0", "#c44e52"][i], alpha=0.8)
-            ax.scatter([i] * len(vals), vals, color="k", s=12, zorder=3)
-        lo = min(100 * v for m, _ in METHODS for v in data[m]["top1/main"])
-        ax.set_ylim(lo - 2, None)
-        ax.set_xticks(range(len(METHODS)), [m for m, _ in METHODS])
-        ax.set_ylabel("main-exit top-1 % (test)")
-        ax.set_title("ResNet-20 (w=8), Fashion-MNIST: mean ± std, dots = seeds", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(folder / "reproduction_methods.png", dpi=120)
-        plt.close(fig)
-    if mwbp:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        xs = [e["flops"] / 1e6 for e in mwbp["exits"]]
-        ys = [100 * statistics.mean(e["top1"]) for e in mwbp["exits"]]
-        ax.plot(xs, ys, "o-")
-        for e, x, y in zip(mwbp["exits"], xs, ys):
-            ax.annotate(f"{e['exit']} (d={e['depth']})", (x, y), textcoords="offset points", xytext=(4, -10),
-                        fontsize=8)
-        ax.set_xlabel("forward MFLOPs of the model cut at the exit")
-        ax.set_ylabel("top-1 % (test)")
-        ax.set_title("MW-BP pre-act ResNet-56 (w=8): every exit as a model", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(folder / "reproduction_mwbp.png", dpi=120)
-        plt.close(fig)
+    fig = Figure(figsize=(12, 6.4) if table.name == "cnds" else (6.5, 3.6))
+    FigureCanvasAgg(fig)
+    if table.name == "cnds":
+        grid = fig.subplots(len(CNDS_PAIRS), len(LOWER_LAYERS), sharex=True, sharey="row", squeeze=False)
+        for row, pair in zip(grid, CNDS_PAIRS):
+            for ax, layer in zip(row, LOWER_LAYERS):
+                for key, colour in zip(pair, ("#999999", "#c44e52")):
+                    g = data["arms"][key]["grad"][layer]
+                    ax.plot(g["steps"], g["norm"], color=colour, label=data["arms"][key]["label"])
+                ax.set(yscale="log", title=layer)
+                ax.grid(alpha=0.3)
+            row[0].set_ylabel("‖∇W‖ (geo. mean over seeds)")
+            row[0].legend(fontsize=7)
+        for ax in grid[-1]:
+            ax.set_xlabel("step")
+        fig.suptitle("CNN-8 vs CNDS-8 from Gaussian init: gradient norms of the lower layers", fontsize=10)
+    else:
+        ax = fig.subplots()
+        if table.name == "dks":
+            items = [(v["label"], v["top1"]) for v in data["arms"].values()]
+        else:
+            items = [(f"{v['label']} {h}", e["top1"]) for v in data["arms"].values() for h, e in v["exits"].items()]
+        for i, (label, values) in enumerate(items):
+            pct = [100 * x for x in values]
+            ax.bar(i, statistics.mean(pct), yerr=statistics.stdev(pct) if len(pct) > 1 else 0, capsize=4, alpha=0.7)
+            ax.scatter([i] * len(pct), pct, color="k", s=10, zorder=3)
+        low = min(100 * x for _, values in items for x in values)
+        ax.set_ylim(low - 2, None)
+        ax.set_xticks(range(len(items)), [label for label, _ in items], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("test top-1 % (last epoch)")
+        ax.set_title(f"{table.name}: mean ± std, dots = seeds", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = folder / f"reproduction_{table.name}.png"
+    fig.savefig(path, dpi=110)
+    return [path]
 
+
+# --- main ----------------------------------------------------------------------------------------------------
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-limit", type=int, default=15000, help="first N training images (0: all 60,000)")
-    p.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all 10,000)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of baseline / DS / DKS")
-    p.add_argument("--mwbp-seeds", type=int, nargs="+", default=[0], help="seeds of the MW-BP net")
-    p.add_argument("--only", choices=["all", "methods", "mwbp"], default="all")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/repro"), help="run directories and build dir")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 epoch, 1280 train / 1000 test images, seeds 0 1 2, into OUT/quick")
+    p.add_argument("--table", choices=sorted(TABLES), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the table's (5 for dks, else 3)")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 torch thread each)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/repro"), help="run directories go to OUT/<table>/")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch on 512 training / 1,000 test images, "
+                                                        "seeds 0 1, into OUT/quick/<table> (numbers mean nothing)")
     p.add_argument("--fresh", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--collect", action="store_true", help="train nothing; tabulate the runs in OUT")
-    p.add_argument("--plots", type=Path, default=None, metavar="DIR",
-                   help="also write reproduction_methods.png and reproduction_mwbp.png into DIR")
+    p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
+    p.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also copy the plot(s) into DIR")
     args = p.parse_args()
+    table = TABLES[args.table]
+    seeds = args.seeds or list(table.seeds)
+    extra: tuple[str, ...] = ()
+    root = args.out / args.table
     if args.quick:
-        args.epochs, args.train_limit, args.test_limit, args.out = 1, 1280, 1000, args.out / "quick"
-    args.out = args.out.resolve()
+        seeds, root = args.seeds or [0, 1], args.out / "quick" / args.table
+        extra = ("train.epochs=1", "data.train_limit=512", "data.test_limit=1000", "train.eval_every=1",
+                 "train.log_every_steps=1")
+    root = root.resolve()
 
-    jobs = []
-    if args.only in ("all", "mwbp"):
-        jobs += [(MWBP, s) for s in args.mwbp_seeds]
-    if args.only in ("all", "methods"):
-        jobs += [(spec, s) for s in args.seeds for _, spec in reversed(METHODS)]  # complete seeds come first
-    jobs.sort(key=lambda j: -COST[j[0]] * (j[0] == MWBP))  # the long MW-BP run(s) first, the rest seed by seed
-
+    jobs = sorted(((arm, s) for s in seeds for arm in table.arms), key=lambda j: (-j[0].cost, j[1]))
     started = time.perf_counter()
     results = []
     if not args.collect:
-        print(f"{len(jobs)} runs, {args.jobs} at a time, {args.epochs} epochs, train_limit "
-              f"{args.train_limit or 'all'}, test_limit {args.test_limit or 'all'}, into {args.out}",
-              file=sys.stderr, flush=True)
+        print(f"{args.table}: {len(jobs)} runs, {args.jobs} at a time, into {root}", file=sys.stderr, flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda j: train_one(j[0], budget(args, j[1]), args.out, args.fresh), jobs))
+            results = list(pool.map(lambda j: train_one(command(table, j[0], j[1], run_dir(root, *j), extra),
+                                                        run_dir(root, *j), args.fresh), jobs))
     wall = time.perf_counter() - started
 
-    text, data, mwbp = [], {}, {}
-    how = (f"{args.epochs} epochs, first {args.train_limit or 60000} training images, "
-           f"{'first ' + str(args.test_limit) if args.test_limit else 'all 10,000'} test images; last-epoch accuracy")
-    if args.only in ("all", "methods"):
-        table, data = method_tables(args.out, args.seeds)
-        text.append(f"### Baseline vs DS vs DKS ({how}; seeds {' '.join(map(str, args.seeds))})\n\n{table}")
-    if args.only in ("all", "mwbp"):
-        table, mwbp = mwbp_table(args.out, args.mwbp_seeds)
-        text.append(f"### MW-BP per-exit table ({how}; seeds {' '.join(map(str, args.mwbp_seeds))})\n\n{table}")
-    timing = ["| run | wall min | train min (sum of epochs) |", "|---|---|---|"]
-    for spec, s in jobs:
-        r = read_run(args.out / f"{spec}_s{s}")
-        w = next((x["wall"] for x in results if x["spec"] == spec and x["seed"] == s and x["wall"]), None)
-        timing.append(f"| {spec} s{s} | {('reused' if r else '–') if w is None else f'{w / 60:.1f}'} | "
-                      f"{'–' if r is None else format(r['train_seconds'] / 60, '.1f')} |")
-    total = "collected only" if args.collect else f"total wall {wall / 60:.1f} min, {args.jobs} processes at once"
-    text.append(f"### Timing ({total})\n\n" + "\n".join(timing))
-    out = "\n\n".join(text)
-    print(out)
-    (args.out / "results.md").write_text(out + "\n")
-    (args.out / "results.json").write_text(json.dumps({"budget": vars(args) | {"out": str(args.out),
-                                                                               "plots": str(args.plots)},
-                                                       "methods": data, "mwbp": mwbp, "wall_seconds": wall},
-                                                      indent=1, default=str) + "\n")
-    if args.plots:
-        plot(data, mwbp, args.plots)
-    failed = [r for r in results if r["rc"]]
-    return 1 if failed else 0
+    runs = collect(table, root, seeds)
+    body, data = REPORTS[table.name](table, runs)
+    timing = ["| run | wall min (this call) | train min (sum of epochs) |", "|---|---|---|"]
+    for (arm, s), r in zip(jobs, results or [None] * len(jobs)):
+        done = read_run(run_dir(root, arm, s))
+        wall_min = "–" if not r or r["wall"] is None else f"{r['wall'] / 60:.1f}"
+        train_min = "–" if done is None else f"{done['train_seconds'] / 60:.1f}"
+        timing.append(f"| {arm.key}_s{s} | {wall_min} | {train_min} |")
+    budget = " ".join(table.budget + extra)
+    text = (f"### {table.claim}\n\nbudget (every arm): `{budget}`; seeds {' '.join(map(str, seeds))} "
+            f"(paired: seed s of every arm); {len(next(iter(runs.values())))} complete seed(s)\n\n{body}\n\n"
+            f"timing: {'collected only' if args.collect else f'{wall / 60:.1f} min wall, {args.jobs} runs at once'}"
+            f"\n\n" + "\n".join(timing))
+    print(text)
+    (root / "results.md").write_text(text + "\n")
+    (root / "results.json").write_text(json.dumps({"table": table.name, "budget": list(table.budget + extra),
+                                                   "seeds": seeds, "wall_seconds": wall, **data}, indent=1) + "\n")
+    if any(runs[a.key] for a in table.arms):
+        for path in plot(table, data, root):
+            if args.plots:
+                args.plots.mkdir(parents=True, exist_ok=True)
+                (args.plots / path.name).write_bytes(path.read_bytes())
+    return 1 if any(r["rc"] for r in results) else 0
 
 
 if __name__ == "__main__":

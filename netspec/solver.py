@@ -10,7 +10,7 @@ import re
 from typing import Annotated, Literal
 
 import torch
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from netspec.errors import UserError
 from netspec.ops import Multiplier, multiplier_shorthand
@@ -215,6 +215,16 @@ class TrainSpec(Strict):
                                                "(Caffe's snapshot:); a resume from it is exact")
     log_every_steps: int | None = Field(default=None, gt=0, description="log a step record (each term, raw CE per "
                                         "head, α_t, lr, examples/s) every N steps to steps.jsonl (and TensorBoard)")
+    log_grad_norms: bool = Field(default=False, description="with log_every_steps: each step record also holds "
+                                 "the L2 norm of every conv/fc weight's gradient (`grad/<node>`; CNDS Fig. 2)")
+    eval_every: int = Field(default=1, gt=0, description="epochs between test evaluations (Caffe's test_interval); "
+                            "the last epoch is always evaluated, best.pt only among evaluated epochs")
+
+    @model_validator(mode="after")
+    def _grad_norms_need_step_records(self):
+        if self.log_grad_norms and not self.log_every_steps:
+            raise ValueError("log_grad_norms needs step records: set train.log_every_steps too (e.g. 10)")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -4,7 +4,8 @@ Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `exampl
 `loss/<term>` (weighted), `ce/<head>` (raw cross-entropy), `alpha/<term>` (schedule factor), `top1/<exit>`,
 `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory; with
 `train.log_every_steps`, one record every N steps (`step`, fractional `epoch`, the same loss keys, `lr`,
-`examples_per_second`) to `steps.jsonl`. When the `tensorboard` package is importable, both also go to
+`examples_per_second`; with `train.log_grad_norms`, `grad/<node>`) to `steps.jsonl`. Epochs skipped by
+`train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable, both also go to
 TensorBoard event files in `<run>/tensorboard/`.
 """
 from __future__ import annotations
@@ -135,10 +136,10 @@ class TensorBoard:
         else:
             self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=step or None)
 
-    def scalars(self, record: dict, step: int) -> None:
+    def scalars(self, record: dict, step: int, group: str) -> None:
+        """`record`'s numbers under `group/` ("epoch" or "step")."""
         if self.writer is None:
             return
-        group = "epoch" if "top1/main" in record else "step"
         for key, value in record.items():
             if key not in ("step",) and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{group}/{key}", value, step)

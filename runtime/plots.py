@@ -49,11 +49,12 @@ def plot_curves(records: list[dict], folder: Path, term_heads: dict[str, str] | 
             ce.plot(epochs, [r.get(f"ce/{head}", math.nan) for r in records], marker="o", color=colour[head], label=head)
     ce.set(xlabel="epoch", ylabel="cross-entropy (unweighted, epoch mean)", title="each head's raw CE")
 
+    tested = [r for r in records if f"top1/{heads[0]}" in r] if heads else []  # train.eval_every skips epochs
     for head in heads:
-        accuracy.plot(epochs, [100 * r.get(f"top1/{head}", math.nan) for r in records], marker="o",
-                      color=colour[head], label=f"{head} top-1")
-        accuracy.plot(epochs, [100 * r.get(f"top5/{head}", math.nan) for r in records], ls="--", color=colour[head],
-                      label=f"{head} top-5")
+        accuracy.plot([r["epoch"] for r in tested], [100 * r.get(f"top1/{head}", math.nan) for r in tested],
+                      marker="o", color=colour[head], label=f"{head} top-1")
+        accuracy.plot([r["epoch"] for r in tested], [100 * r.get(f"top5/{head}", math.nan) for r in tested], ls="--",
+                      color=colour[head], label=f"{head} top-5")
     accuracy.set(xlabel="epoch", ylabel="test accuracy (%)", title="every exit")
     for axes in (losses, ce, accuracy):
         axes.grid(alpha=0.3)

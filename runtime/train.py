@@ -273,18 +273,20 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
                 _stop_if_diverged(objective.names, values[:len(objective.names)], epoch, step, folder)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                log_step = cfg.log_every_steps and (step + 1) % cfg.log_every_steps == 0 and ctx.is_main
+                grads = grad_norms(raw) if log_step and cfg.log_grad_norms else {}
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 sums += values
                 progress.step(f"epoch {epoch + 1}/{cfg.epochs}", i + 1, steps, sum(values[:len(objective.names)]))
-                if cfg.log_every_steps and step % cfg.log_every_steps == 0 and ctx.is_main:
+                if log_step:
                     now = time.perf_counter()
                     speed = (step - window[1]) * cfg.batch_size / max(now - window[0], 1e-9)
-                    record = _step_record(objective, heads, values, epoch + i / steps, step,
-                                          base_lr(), speed)
+                    record = {**_step_record(objective, heads, values, epoch + i / steps, step, base_lr(), speed),
+                              **grads}
                     log.append_step(record)
-                    board.scalars(record, step)
+                    board.scalars(record, step, "step")
                     window = (now, step)
                 snap_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and i + 1 < steps
                 if stop or snap_due:
@@ -301,7 +303,8 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
             _check_finite(raw, epoch, step, folder)
 
             distributed.sync_buffers(ctx, raw)
-            accuracy = evaluate(net, test_batches, heads, ctx, autocast)
+            evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            accuracy = evaluate(net, test_batches, heads, ctx, autocast) if evaluated else None
             means = sums / steps
             record = {"epoch": epoch + 1, "step": step, "lr": base_lr(), "seconds": round(seconds, 3),
                       "examples_per_second": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
@@ -309,18 +312,18 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
                       **{f"loss/{k}": float(v) for k, v in zip(objective.names, means)},
                       **{f"ce/{h}": float(v) for h, v in zip(heads, means[len(objective.names):])},
                       **{f"alpha/{t.name}": t.factor(epoch + 1 - 1e-9, cfg.epochs) for t in objective.terms},
-                      **{f"top{k}/{h}": accuracy[h][j] for h in heads for j, k in enumerate((1, 5))}}
+                      **{f"top{k}/{h}": accuracy[h][j] for h in heads for j, k in enumerate((1, 5)) if evaluated}}
             progress.end_epoch(_epoch_line(record, cfg.epochs, dict(zip(objective.names, means.tolist())), accuracy))
 
-            improved = accuracy[MAIN_HEAD][0] > best
-            best = max(best, accuracy[MAIN_HEAD][0])
+            improved = evaluated and accuracy[MAIN_HEAD][0] > best
+            best = max(best, accuracy[MAIN_HEAD][0]) if evaluated else best
             due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
             done, sums, seconds = 0, np.zeros_like(sums), 0.0
             if due or improved:
                 state = snapshot(epoch + 1, 0, sums, 0.0)
             if ctx.is_main:
                 log.append(record)
-                board.scalars(record, step)
+                board.scalars(record, step, "epoch")
                 plot_curves(log.records, run, term_heads=term_heads, heads=heads)
                 if due or improved:
                     ckpt.save(folder, state, best=improved)
@@ -445,6 +448,16 @@ def _check_finite(model: nn.Module, epoch: int, step: int, folder: Path) -> None
                         "`netspec train --resume`")
 
 
+def grad_norms(model: nn.Module) -> dict[str, float]:
+    """`grad/<node>`: the L2 norm of each conv/fc weight's gradient (tensors of 2+ dimensions named `weight`)."""
+    named = [(name.removesuffix(".weight"), p.grad) for name, p in model.named_parameters()
+             if name.endswith(".weight") and p.dim() > 1 and p.grad is not None]
+    if not named:
+        return {}
+    norms = torch.stack([g.detach().float().norm() for _, g in named]).tolist()
+    return {f"grad/{name}": value for (name, _), value in zip(named, norms)}
+
+
 def _step_record(objective: Objective, heads: list[str], values: list[float], epoch: float, step: int, lr: float,
                  speed: float) -> dict:
     """One step's log: each weighted term, each head's raw cross-entropy, each term's schedule factor, lr, speed."""
@@ -486,10 +499,12 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _epoch_line(record: dict, epochs: int, means: dict[str, float], accuracy: dict[str, tuple[float, float]]) -> str:
+def _epoch_line(record: dict, epochs: int, means: dict[str, float],
+                accuracy: dict[str, tuple[float, float]] | None) -> str:
     terms = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-    exits = ", ".join(f"{h} {100 * a[0]:.2f}/{100 * a[1]:.2f}" for h, a in accuracy.items())
-    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  top-1/top-5 % {exits}  "
+    exits = ("top-1/top-5 % " + ", ".join(f"{h} {100 * a[0]:.2f}/{100 * a[1]:.2f}" for h, a in accuracy.items())
+             if accuracy is not None else "(not evaluated: train.eval_every)")
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  {exits}  "
             f"lr {record['lr']:.3g}  {record['seconds']:.1f}s")
 
 
