@@ -1,9 +1,10 @@
 """Benchmark of an early-exit cascade (not a test): batch 1 in onnxruntime, the cascade vs the full pruned model.
 
-    python bench/bench_cascade.py SPEC [key=value ...] --cascade DIR --full MAIN.onnx [--n 500] [--rounds 5]
+    python bench/bench_cascade.py SPEC [key=value ...] --cascade DIR [--full MAIN.onnx] [--start 0] [--n 500] [--rounds 5]
 
-DIR from `netspec export --cascade DIR` (thresholds from `netspec calibrate`), MAIN.onnx from
-`netspec export --prune-aux` of the same checkpoint. On the first N test examples, one at a time, in interleaved
+DIR from `netspec export --cascade DIR` (thresholds from `netspec calibrate`); the full model is DIR's full.onnx
+(the pruned main exit), or MAIN.onnx (e.g. from `netspec export --prune-aux` of the same checkpoint). On N test
+examples from index `--start` (e.g. calibrate's --holdout, to bench on examples not used to choose), one at a time, in interleaved
 rounds (full, cascade, full again as the A/A control: load drift hits all alike); the figure is the median
 round's mean per-input latency. Prints top-1 of both, mean FLOPs, latency, and the ratios cascade / full.
 """
@@ -16,10 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from netspec.compiler import compile_spec
-from netspec.runtime.cascade import Cascade
+from netspec.runtime.cascade import Cascade, session
 from netspec.runtime.data import Batches, load_dataset
 
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("words", nargs="+", help="SPEC [key=value ...]")
     parser.add_argument("--cascade", required=True)
-    parser.add_argument("--full", required=True)
+    parser.add_argument("--full", default=None, help="the full model (default: the cascade's full.onnx)")
+    parser.add_argument("--start", type=int, default=0, help="the first test example used")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -36,13 +37,13 @@ def main() -> None:
     compiled = compile_spec(args.words[0], args.words[1:])
     spec = compiled.spec
     data = load_dataset(spec.data, spec.input.shape)
-    n = min(args.n, len(data.test_y))
-    x, y = next(iter(Batches(data.test_x[:n], data.test_y[:n], n, train=False, mean=spec.input.mean, std=spec.input.std)))
+    stop = min(args.start + args.n, len(data.test_y))
+    n = stop - args.start
+    x, y = next(iter(Batches(data.test_x[args.start:stop], data.test_y[args.start:stop], n, train=False,
+                             mean=spec.input.mean, std=spec.input.std)))
     x, y = x.numpy(), y.numpy()
     cascade = Cascade.load(Path(args.cascade), threads=args.threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    full = ort.InferenceSession(args.full, options, providers=["CPUExecutionProvider"])
+    full = session(args.full, args.threads) if args.full else cascade.full_session()
     name, out = full.get_inputs()[0].name, full.get_outputs()[0].name
 
     def run_full():
@@ -65,7 +66,8 @@ def main() -> None:
     full_flops = cascade.manifest["full_flops"]
     latency = {k: statistics.median(v) for k, v in times.items()}
     figures = {
-        "examples": n, "rounds": args.rounds, "threads": args.threads,
+        "examples": [args.start, stop], "full": args.full or str(Path(args.cascade) / cascade.manifest["full"]),
+        "rounds": args.rounds, "threads": args.threads,
         "thresholds": {s["exit"]: s["threshold"] for s in segments[:-1]},
         "top1_full": float((full_logits.argmax(1) == y).mean() * 100),
         "top1_cascade": float((casc_logits.argmax(1) == y).mean() * 100),
@@ -74,7 +76,7 @@ def main() -> None:
         "latency_ms": latency, "latency_ratio": latency["cascade"] / latency["full"],
         "aa_ratio": latency["full (A/A)"] / latency["full"],
     }
-    print(f"| {n} test inputs, batch 1, {args.threads} thread(s), median of {args.rounds} interleaved rounds | full | cascade | ratio |")
+    print(f"| test inputs {args.start}–{stop - 1}, batch 1, {args.threads} thread(s), median of {args.rounds} interleaved rounds | full | cascade | ratio |")
     print("|---|---|---|---|")
     print(f"| top-1 (%) | {figures['top1_full']:.2f} | {figures['top1_cascade']:.2f} | {figures['top1_cascade'] - figures['top1_full']:+.2f} points |")
     print(f"| mean FLOPs | 1 | {figures['mean_flops_ratio']:.3f} | {figures['mean_flops_ratio']:.3f} |")

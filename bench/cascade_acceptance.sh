@@ -1,17 +1,26 @@
 #!/bin/sh
-# The issue-14 acceptance run of docs/cascade.md, per seed: train specs/mwbp_fmnist.yaml on a small budget, export
-# the cascade and the pruned main exit, calibrate (target 0.5 points), benchmark at batch 1.
-#   sh bench/cascade_acceptance.sh OUT SEED...     (e.g. sh bench/cascade_acceptance.sh /tmp/casc 0 1 2)
+# The issue-14 acceptance run of docs/cascade.md for any spec, per seed: train specs/SPEC.yaml on BUDGET (skipped
+# when OUT/SPEC/seedS/latest/exits.json exists), export the cascade (with full.onnx), calibrate with a held-out
+# split (choose on the first 5000 test examples, report on the rest; target 0.5 points), benchmark the cascade
+# at batch 1 on 300 examples of the report split. Then: python bench/cascade_table.py OUT SPEC SEED...
+#   sh bench/cascade_acceptance.sh OUT SPEC "BUDGET" SEED...
+#   e.g. sh bench/cascade_acceptance.sh /tmp/casc mwbp_fmnist "train.epochs=2" 0 1 2
 set -e
-OUT=$1; shift
-NS=${NETSPEC:-.venv/bin/netspec}; PY=${PYTHON:-.venv/bin/python}
-BUDGET="train.epochs=2 data.train_limit=2560 data.test_limit=2000 train.device=cpu"
-for s in "$@"; do
-  O="$BUDGET train.seed=$s train.out=$OUT/seed$s"
-  [ -e "$OUT/seed$s/latest" ] || $NS train specs/mwbp_fmnist.yaml $O > "$OUT/train_seed$s.log" 2>&1
-  $NS export specs/mwbp_fmnist.yaml $O --cascade "$OUT/cascade$s" > "$OUT/export_seed$s.log" 2>&1
-  $NS export specs/mwbp_fmnist.yaml $O --prune-aux "$OUT/main$s.onnx" >> "$OUT/export_seed$s.log" 2>&1
-  $NS calibrate specs/mwbp_fmnist.yaml $O --cascade "$OUT/cascade$s" --target-drop 0.5 > "$OUT/calibrate_seed$s.txt" 2>&1
-  $PY bench/bench_cascade.py specs/mwbp_fmnist.yaml $O --cascade "$OUT/cascade$s" --full "$OUT/main$s.onnx" \
-      --n 300 --rounds 3 --json "$OUT/bench_seed$s.json" > "$OUT/bench_seed$s.txt" 2>&1
+[ $# -ge 4 ] || { echo "usage: sh bench/cascade_acceptance.sh OUT SPEC \"BUDGET\" SEED..." >&2; exit 2; }
+OUT=$1; SPEC=$2; BUDGET=$3; shift 3
+[ -x .venv/bin/netspec ] && PATH=$PWD/.venv/bin:$PATH
+mkdir -p "$OUT/$SPEC"
+for S in "$@"; do
+  R=$OUT/$SPEC/seed$S
+  O="$BUDGET train.device=cpu train.seed=$S train.out=$R"
+  [ -e "$R/latest/exits.json" ] || \
+    OMP_NUM_THREADS=1 NETSPEC_BUILD=$OUT/build netspec train specs/$SPEC.yaml $BUDGET train.device=cpu train.seed=$S train.out=$OUT/$SPEC/seed$S \
+      > "$OUT/$SPEC/train_seed$S.log" 2>&1
+  OMP_NUM_THREADS=1 NETSPEC_BUILD=$OUT/build netspec export specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" \
+      > "$OUT/$SPEC/export_seed$S.log" 2>&1
+  OMP_NUM_THREADS=1 NETSPEC_BUILD=$OUT/build netspec calibrate specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" \
+      --holdout 5000 --target-drop 0.5 > "$OUT/$SPEC/calibrate_seed$S.txt" 2>&1
+  OMP_NUM_THREADS=1 NETSPEC_BUILD=$OUT/build python bench/bench_cascade.py specs/$SPEC.yaml $O \
+      --cascade "$OUT/$SPEC/cascade$S" --start 5000 --n 300 --rounds 3 --json "$OUT/$SPEC/bench_seed$S.json" \
+      > "$OUT/$SPEC/bench_seed$S.txt" 2>&1
 done

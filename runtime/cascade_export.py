@@ -3,7 +3,9 @@ cuts the graph; `runtime/cascade.py` runs it), checked in onnxruntime before any
 
 The check, on a random batch and on real test images (`verify.check_batches`): every segment's outputs equal the
 torch activations they stand for, and the cascade run with every threshold at 1.0 (never exit early) equals the
-full model's main output, within `verify.TOLERANCE` × max(1, max |logit|).
+full model's main output, within `verify.TOLERANCE` × max(1, max |logit|). The pruned main exit alone is
+written too, as `full.onnx` (exported and checked as `netspec export --prune-aux` does): the reference that
+calibration and the benchmark time the cascade against.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from netspec.compiler import Compiled
 from netspec.compiler.cascade import Segment, split
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
-from netspec.runtime.cascade import CRITERION, MANIFEST, Cascade, write_manifest
-from netspec.runtime.export import BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, class_names, spec_names
+from netspec.runtime.cascade import CRITERION, FULL, MANIFEST, Cascade, write_manifest
+from netspec.runtime.export import (BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, checked_bytes,
+                                    class_names, spec_names)
 from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
 
 
@@ -51,7 +54,7 @@ def torch_values(segments: list[Segment], input_name: str, x: torch.Tensor) -> d
 
 def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
                    thresholds: list[float] | None = None) -> dict:
-    """Write the cascade directory `out` (segment files + manifest.json); return the manifest."""
+    """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest."""
     spec, net = compiled.spec, compiled.network
     model = compiled.module.eval()
     weights = apply_checkpoint(compiled, model, checkpoint, random_init)
@@ -77,21 +80,24 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
                 "input": {"name": spec.input.name, "shape": list(spec.input.shape), "mean": spec.input.mean,
                           "std": spec.input.std},
                 "classes": class_names(spec, dataset), "full_flops": sum(net.nodes[n].flops for n in net.ancestry(MAIN_HEAD)),
-                "segments": entries}
+                "full": FULL, "segments": entries}
+    full = checked_bytes(compiled, ".onnx", MAIN_HEAD, checkpoint, random_init, dataset)
     with tempfile.TemporaryDirectory(prefix="cascade-") as tmp:
         tmp = Path(tmp)
         for entry, proto in zip(entries, protos):
             (tmp / entry["file"]).write_bytes(proto.SerializeToString())
+        (tmp / FULL).write_bytes(full)
         write_manifest(tmp, manifest)
         check_cascade(model, segments, Cascade.load(tmp), spec.input.name, check_batches(spec, dataset))
         out.mkdir(parents=True, exist_ok=True)
-        for entry in entries:
-            shutil.copyfile(tmp / entry["file"], out / entry["file"])
+        for name in [e["file"] for e in entries] + [FULL]:
+            shutil.copyfile(tmp / name, out / name)
         atomic_write(out / MANIFEST, (tmp / MANIFEST).read_text())
     for entry in entries:
         print(f"  {entry['file']:<24} inputs {', '.join(entry['inputs']):<28} outputs {', '.join(entry['outputs']):<36}"
               f" cumulative {entry['cumulative_flops'] / 1e6:.2f} MFLOPs")
-    print(f"wrote {out}/ ({len(entries)} segments + {MANIFEST}; full main exit {manifest['full_flops'] / 1e6:.2f} MFLOPs)")
+    print(f"wrote {out}/ ({len(entries)} segments, {FULL} (the main exit alone, {manifest['full_flops'] / 1e6:.2f} "
+          f"MFLOPs) and {MANIFEST})")
     return manifest
 
 
@@ -110,8 +116,8 @@ def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: 
     for description, x, _ in batches:
         expected = torch_values(segments, input_name, x)
         got = {input_name: x.numpy()}
-        for seg, session in zip(cascade.manifest["segments"], cascade.sessions):
-            got.update(zip(seg["outputs"], session.run(seg["outputs"], {n: got[n] for n in seg["inputs"]})))
+        for k in range(len(segments)):
+            cascade.step(k, got)
         worst = max(compare(name, got[name], expected[name].numpy(), description) for name in expected if name != input_name)
         with torch.no_grad():
             main = model(x)[MAIN_HEAD].numpy()

@@ -81,19 +81,26 @@ def export(compiled: Compiled, out: Path, *, head: str | None, checkpoint: str |
     is written)."""
     if out.suffix not in EXPORT_TARGETS:
         raise UserError(f"cannot export to '{out.name}'", f"give a file ending in {', '.join(EXPORT_TARGETS)}")
-    exporter = EXPORT_TARGETS[out.suffix]()
+    data = checked_bytes(compiled, out.suffix, head, checkpoint, random_init, _test_data(compiled.spec))
+    atomic_write(out, data)
+    print(f"wrote {out} ({len(data) / 1e6:.1f} MB)")
+
+
+def checked_bytes(compiled: Compiled, suffix: str, head: str | None, checkpoint: str | None, random_init: bool,
+                  dataset) -> bytes:
+    """The model (one exit when `head` is given, else every head) in the format of `suffix`, checked against
+    torch on a random batch and `dataset`'s test images; raises ExportMismatch."""
+    exporter = EXPORT_TARGETS[suffix]()
     model = (compiled.exit_module(head) if head else compiled.module).eval()
     weights = apply_checkpoint(compiled, model, checkpoint, random_init)
     outputs = [head] if head else list(compiled.heads)
     spec = compiled.spec
-    dataset = _test_data(spec)
     meta = metadata(compiled, head, class_names(spec, dataset), weights)
     exported = f"exit {head}" if head else f"all heads ({', '.join(outputs)})"
     print(f"{spec.name}: {exported}, weights {weights}")
     data = exporter.convert(model, compiled, outputs, meta)
     exporter.check(model, data, outputs, check_batches(spec, dataset))
-    atomic_write(out, data)
-    print(f"wrote {out} ({len(data) / 1e6:.1f} MB)")
+    return data
 
 
 def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool) -> str:

@@ -15,6 +15,7 @@ from netspec.cli import main
 from netspec.compiler import compile_spec
 from netspec.compiler.cascade import split
 from netspec.ops import scale_grad
+from netspec.runtime.calibrate import add_latency, choose_and_report
 from netspec.runtime.cascade import Cascade, read_manifest, simulate
 from netspec.runtime.data import Batches, load_dataset
 
@@ -179,17 +180,90 @@ def test_calibrate_picks_and_stores_thresholds(project, cascade_dir, tmp_path):
     shutil.copytree(cascade_dir, folder)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "100"]) == 0
+        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "100", "--no-latency"]) == 0
     report = json.loads((folder / "calibration.json").read_text())
     manifest = read_manifest(folder)
-    chosen = report["chosen"]
+    chosen = report["choose"]["chosen"]
     assert [s["threshold"] for s in manifest["segments"]][:-1] == chosen["thresholds"][:-1]
     assert chosen["share"][0] == 1.0 and chosen["mean_flops"] == manifest["segments"][0]["cumulative_flops"]
     assert (folder / "calibration.png").stat().st_size > 1000
-    assert "chosen:" in printed.getvalue()
+    assert "chosen:" in printed.getvalue() and "on the same test examples 0–59 (60)" in printed.getvalue()
+    assert report["same_examples"] and report["report"] == report["choose"]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "0"]) == 0
+        assert main(["calibrate", str(spec), "--cascade", str(folder), "--target-drop", "0", "--no-latency"]) == 0
     report = json.loads((folder / "calibration.json").read_text())
-    assert report["chosen"]["top1"] >= report["full_top1"]
-    assert abs(sum(report["chosen"]["share"]) - 1) < 1e-9
+    assert report["choose"]["chosen"]["top1"] >= report["choose"]["full_top1"]
+    assert abs(sum(report["choose"]["chosen"]["share"]) - 1) < 1e-9
     assert main(["calibrate", str(spec), "--cascade", str(tmp_path / "nowhere")]) == 2
+
+
+def test_holdout_chooses_on_the_first_examples_and_reports_on_the_others():
+    labels = np.zeros(10, np.int64)
+    main_logits = np.tile([[5.0, 0, 0]], (10, 1))  # always right
+    early = np.tile([[10.0, 0, 0]], (10, 1))  # always as confident: right but on examples 4 and 5
+    early[4:6] = [0, 10.0, 0]
+    cumulative = np.array([1.0, 3.0])
+    report = choose_and_report([early, main_logits], labels, ["early", "main"], cumulative, 0.0, holdout=4)
+    choose, held = report["choose"], report["report"]
+    assert not report["same_examples"] and choose["examples"] == [0, 4] and held["examples"] == [4, 10]
+    assert choose["full_top1"] == held["full_top1"] == 100
+    assert choose["exit_top1"]["early"] == 100 and held["exit_top1"]["early"] == pytest.approx(400 / 6)
+    assert choose["chosen"]["thresholds"] == [0.0, 1.0]  # every example of the choose split leaves early, rightly
+    assert choose["chosen"]["top1"] == 100 and choose["chosen"]["share"] == [1.0, 0.0]
+    assert held["chosen"]["thresholds"] == [0.0, 1.0] and held["chosen"]["share"] == [1.0, 0.0]
+    assert held["chosen"]["top1"] == pytest.approx(400 / 6) and held["chosen"]["mean_flops"] == 1.0
+    same = choose_and_report([early, main_logits], labels, ["early", "main"], cumulative, 0.0)
+    assert same["same_examples"] and same["report"] is same["choose"] and same["choose"]["examples"] == [0, 10]
+    assert same["choose"]["chosen"]["share"] == [0.0, 1.0]  # exit early would lose examples 4 and 5
+
+
+def test_mean_latency_is_the_shares_times_the_per_exit_latency():
+    points = [{"share": [0.25, 0.75]}, {"share": [1.0, 0.0]}]
+    add_latency(points, {"exits": [2.0, 6.0], "full": 5.0})
+    assert [p["mean_latency_ms"] for p in points] == [5.0, 2.0]
+
+
+def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    _, spec = project
+    folder = tmp_path / "c"
+    shutil.copytree(cascade_dir, folder)
+    args = ["calibrate", str(spec), "--cascade", str(folder)]
+    for bad in ("0", "-3", "60", "99"):
+        assert main(args + ["--holdout", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--holdout {bad} must be between 1 and 59" in err
+    assert main(args + ["--holdout", "20", "--latency-inputs", "4", "--latency-repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "chosen on test examples 0–19 (20), reported on test examples 20–59 (40)" in printed
+    report = json.loads((folder / "calibration.json").read_text())
+    latency = report["latency_ms"]
+    assert latency["inputs"] == 4 and latency["repeats"] == 1 and latency["threads"] == 1
+    assert len(latency["exits"]) == 3 and all(v > 0 for v in latency["exits"]) and latency["full"] > 0
+    for p in report["choose"]["shared"] + report["choose"]["per_exit"] + [report["report"]["chosen"]]:
+        assert p["mean_latency_ms"] == pytest.approx(float(np.dot(p["share"], latency["exits"])))
+    record = read_manifest(folder)["calibration"]
+    assert record["choose"]["examples"] == [0, 20] and record["report"]["examples"] == [20, 60]
+    assert record["report"]["top1"] == report["report"]["chosen"]["top1"] and not record["same_examples"]
+
+    def no_timing(*_):
+        raise AssertionError("timed despite --no-latency")
+    monkeypatch.setattr(Cascade, "latency", no_timing)
+    assert main(args + ["--no-latency"]) == 0
+    report = json.loads((folder / "calibration.json").read_text())
+    assert report["latency_ms"] is None and "mean_latency_ms" not in report["choose"]["chosen"]
+    assert "mean ms" not in capsys.readouterr().out
+
+
+def test_full_onnx_is_the_main_exit(project, cascade_dir):
+    _, spec = project
+    manifest = read_manifest(cascade_dir)
+    assert manifest["full"] == "full.onnx" and (cascade_dir / "full.onnx").is_file()
+    compiled = compile_spec(spec)
+    x = torch.randn(7, 1, 8, 8)
+    with torch.no_grad():
+        expected = compiled.exit_module("main").eval()(x).numpy()
+    full = Cascade.load(cascade_dir).full_session()
+    got = full.run(None, {full.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())

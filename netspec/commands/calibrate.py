@@ -1,4 +1,4 @@
-"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-FLOPs curve on the test split, and its thresholds."""
+"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-cost curve on the test split, and its thresholds."""
 from __future__ import annotations
 
 import argparse
@@ -16,12 +16,25 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--cascade", required=True, metavar="DIR", help="a directory written by `export --cascade`")
     parser.add_argument("--target-drop", type=float, default=0.5, metavar="POINTS",
                         help="top-1 points the cascade may lose against the full net (default 0.5)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="calibrate on the first N test examples")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N test examples only")
+    parser.add_argument("--holdout", type=int, default=None, metavar="N",
+                        help="choose the thresholds on the first N test examples, report them on the others "
+                             "(default: choose and report on the same examples)")
+    parser.add_argument("--no-latency", action="store_true", help="do not measure latency (FLOPs only)")
+    parser.add_argument("--latency-inputs", type=int, default=200, metavar="N",
+                        help="time batch-1 latency on the first N test examples (default 200)")
+    parser.add_argument("--latency-repeats", type=int, default=3, metavar="N",
+                        help="rounds of timing after one warm-up round; the median is kept (default 3)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.target_drop >= 0:
         raise UserError(f"--target-drop must be 0 or more, not {args.target_drop}", "e.g. --target-drop 0.5")
+    for flag in ("latency_inputs", "latency_repeats", "threads"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be 1 or more, not {getattr(args, flag)}",
+                            "or give --no-latency to skip the timing")
     folder = Path(args.cascade)
     manifest = read_manifest(folder)
     compiled, _ = load(args)
@@ -33,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
     n = len(data.test_y) if args.limit is None else min(args.limit, len(data.test_y))
     if n == 0:
         raise UserError("the test split is empty", "calibrate needs labelled test examples")
+    if args.holdout is not None and not 0 < args.holdout < n:
+        raise UserError(f"--holdout {args.holdout} must be between 1 and {n - 1}: the thresholds are chosen on the "
+                        f"first N of the {n} test examples and reported on the others",
+                        f"e.g. --holdout {n // 2}")
     x, y = next(iter(Batches(data.test_x[:n], data.test_y[:n], n, train=False, mean=manifest["input"]["mean"],
                              std=manifest["input"]["std"])))
-    report = calibrate(folder, x.numpy(), y.numpy(), args.target_drop)
+    report = calibrate(folder, x.numpy(), y.numpy(), args.target_drop, args.holdout,
+                       0 if args.no_latency else args.latency_inputs, args.latency_repeats, args.threads)
     print(format_report(report))
     print(f"\nwrote the thresholds into {folder / 'manifest.json'}; {folder / 'calibration.json'}, "
           f"{folder / 'calibration.png'}")
