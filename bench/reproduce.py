@@ -167,8 +167,8 @@ def read_run(out: Path) -> dict | None:
 # --- statistics ----------------------------------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> str:
-    """'mean ± sample std' of fractions, in %."""
-    pct = [100 * v for v in values]
+    """'mean ± sample std' of fractions, in % (epochs not evaluated, NaN, left out)."""
+    pct = [100 * v for v in values if not math.isnan(v)]
     if not pct:
         return "–"
     return f"{pct[0]:.2f}" if len(pct) == 1 else f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"

@@ -187,21 +187,33 @@ def test_mwbp_exits_sit_after_blocks_8_13_18_23_with_the_reference_counts():
 
 
 def test_mwbp_grad_scale_is_gamma_over_cumulative_gamma_and_losses_are_plain():
-    spec, _ = analyse("specs/mwbp_resnet56.yaml")
     gammas = mwbp_gammas((8, 13, 18, 23))
     assert [round(g, 4) for g, _ in gammas.values()] == [0.1308, 0.33, 0.6197, 1.0]
     assert [round(G, 4) for _, G in gammas.values()] == [2.0806, 1.9498, 1.6197, 1.0]
+
+
+# MW-BP's rule on ResNet-56 (the code's pivots) and on the CPU-sized ResNet-20 of docs/reproduction.md (ours)
+MWBP_NETS = [("specs/mwbp_resnet56.yaml", (8, 13, 18, 23), 9), ("specs/mwbp_resnet20_fmnist.yaml", (3, 4, 6, 8), 3)]
+
+
+@pytest.mark.parametrize("path, pivots, n", MWBP_NETS)
+def test_mwbp_exits_sit_after_their_blocks_with_grad_scale_gamma_over_cumulative_gamma(path, pivots, n):
+    spec, net = analyse(path)
+    gammas = mwbp_gammas(pivots)
+    assert sorted(h for h in net.heads if h != "main") == sorted(f"exit{p}" for p in pivots)
     for p, (g, G) in gammas.items():
+        assert block_index(spec.branches[f"exit{p}"].from_, n) == p
         assert spec.branches[f"exit{p}"].grad_scale == pytest.approx(g / G, abs=1e-6), p
     for loss in spec.losses.values():
-        assert loss.weight == 1 and loss.schedule.type == "constant"
+        assert loss.weight == 1 and loss.schedule.type == "constant" and loss.type == "cross_entropy"
 
 
-def test_mwbp_decay_multipliers_reproduce_the_per_exit_optimizers_weight_decay():
+@pytest.mark.parametrize("path, pivots, n", MWBP_NETS)
+def test_mwbp_decay_multipliers_reproduce_the_per_exit_optimizers_weight_decay(path, pivots, n):
     """Each exit's optimizer decays the backbone before it at lr/Γ_p; with one optimizer that is
     decay_mult = 1 + Σ_{exits p ≥ block} 1/Γ_p on every tensor of the block (and the stem); heads 1."""
-    spec, net = analyse("specs/mwbp_resnet56.yaml")
-    gammas = mwbp_gammas((8, 13, 18, 23))
+    spec, net = analyse(path)
+    gammas = mwbp_gammas(pivots)
     train = spec.train
     for node in net:
         if not node.params:
@@ -211,9 +223,32 @@ def test_mwbp_decay_multipliers_reproduce_the_per_exit_optimizers_weight_decay()
         if node.branch or node.name.startswith("head."):
             want = 1.0
         else:
-            block = 0 if node.name == "conv1" else block_index(".".join(node.name.split(".")[:2]))
+            block = 0 if node.name == "conv1" else block_index(".".join(node.name.split(".")[:2]), n)
             want = 1 + sum(1 / G for p, (_, G) in gammas.items() if block <= p)
         assert decay == pytest.approx(want, abs=1e-5), node.name
+    if n != 9:
+        return
     opt, lr = train.optimizer, train.lr_schedule
     assert (opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == (0.1, 0.9, True, 1e-4)
     assert (train.epochs, train.batch_size, lr.milestones, lr.gamma) == (400, 128, [160, 240], 0.1)
+
+
+def test_the_plain_preact_resnet56_is_the_mwbp_backbone_without_exits_or_extra_decay():
+    spec, net = analyse("specs/preresnet56_fmnist.yaml")
+    mw_spec, mw = analyse("specs/mwbp_resnet56.yaml", ["vars.w=8", "input.shape=[1, 28, 28]", "input.mean=[0.286]",
+                                                      "input.std=[0.353]"])
+    assert list(net.heads) == ["main"] and net.depth["main"] == 56
+    assert sum(n.params for n in net) == sum(mw.nodes[n].params for n in mw.ancestry("main"))
+    train = spec.train
+    assert {multipliers(n.op, train.lr_mult, train.decay_mult, "weight") for n in net if n.params} == {(1.0, 1.0)}
+    assert analyse("specs/preresnet56_fmnist.yaml", ["vars.n=3"])[1].depth["main"] == 20
+
+
+def test_the_simple_dks_heads_are_gap_and_two_fc_on_the_same_attach_points():
+    """DKS Table 3's simplest auxiliary classifier, AP+2FC, on dks_resnet20_fmnist's attach points."""
+    spec, net = analyse("specs/dks_resnet20_simple_fmnist.yaml")
+    designed, _ = analyse("specs/dks_resnet20_fmnist.yaml")
+    for head in ("aux1", "aux2"):
+        assert [n.op.op for n in net if n.branch == head] == ["gap", "fc", "relu", "fc"]
+        assert spec.branches[head].from_ == designed.branches[head].from_
+    assert "synergy" in spec.losses and "synergy" not in analyse("specs/ds_resnet20_simple_fmnist.yaml")[0].losses

@@ -174,3 +174,46 @@ def test_bf16_autocast_runs(tmp_path):
     result = train_mod.train(compile_spec(spec, ["train.epochs=1", "train.steps_per_epoch=2", "train.amp=bf16"]))
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert {r["exit"] for r in result.rows} == {"main", "aux1"}
+
+
+def test_eval_every_tests_only_every_nth_and_the_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert cli.main(["train", str(spec), "train.epochs=5", "train.eval_every=2"]) == 0
+    run = tmp_path / "run" / "latest"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in records if "top1/main" in r] == [2, 4, 5]  # the last epoch always
+    assert all("loss" in r and "ce/main" in r for r in records)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] in (2, 4, 5) and best["best"] == max(r["top1/main"] for r in records if "top1/main" in r)
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_log_grad_norms_records_every_weight_layers_gradient_norm(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert cli.main(["train", str(spec), "train.epochs=1", "train.log_every_steps=2", "train.log_grad_norms=true"]) == 0
+    steps = [json.loads(line) for line in (tmp_path / "run" / "latest" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [2, 4]  # 64 examples / batch 16
+    weights = {"grad/conv1", "grad/conv2", "grad/fc", "grad/aux1.fc"}
+    assert {k for k in steps[0] if k.startswith("grad/")} == weights
+    assert all(s[k] > 0 and math.isfinite(s[k]) for s in steps for k in weights)
+
+
+def test_grad_norms_are_the_l2_norms_of_the_weight_gradients():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(3))
+    model(torch.randn(4, 1, 5, 5)).square().sum().backward()
+    norms = train_mod.grad_norms(model)
+    assert set(norms) == {"grad/0", "grad/3"}  # batchnorm's 1-d weight is not a layer's weight matrix
+    assert norms["grad/0"] == pytest.approx(model[0].weight.grad.norm().item())
+
+
+@pytest.mark.parametrize("words", [["train.log_grad_norms=true"], ["train.eval_every=0"], ["train.eval_every=x"]])
+def test_bad_logging_and_evaluation_settings_are_one_line_errors(tmp_path, capsys, monkeypatch, words):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert cli.main(["train", str(spec), *words]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "train." in err
