@@ -10,7 +10,7 @@
         plain ResNet-20 as control), the same budget, 3 paired seeds.
 - cnds: CNDS (paper 000_*) claims the branch lets a deep plain net with Gaussian init train: CNN-8 vs CNDS-8 from
         the paper's N(0, 0.01²) and from N(0, 0.03²) (its per-layer gain at this width), 3 paired seeds, with the
-        lower layers' gradient norms logged every 10 steps and plotted.
+        lower layers' mean |gradient| logged every 10 steps and plotted.
 
 Every run is `netspec train SPEC OVERRIDES train.seed=S train.out=OUT/<table>/<arm>_s<S>/runs` (its log and
 `run.json` beside, in OUT/<table>/<arm>_s<S>/) in a subprocess with one
@@ -76,7 +76,7 @@ MWBP_BUDGET = ("data.train_limit=4000", "train.epochs=10", "train.batch_size=128
 # paper's N(0, 0.01²) (CNDS section 3.1, prototxt), and N(0, 0.03²) (OURS): at this net's 16-64 input channels
 # that gives a 3x3 conv about the per-layer gain 0.01·√(9·C_in/2) ≈ 0.3-0.4 the paper's std has at AlexNet widths
 # (C_in 256-384); std 0.01 here shrinks the signal ~10x per layer (docs/probe.md)
-CNDS_BUDGET = ("data.train_limit=20000", "train.epochs=3", "train.log_every_steps=10", "train.log_grad_norms=true")
+CNDS_BUDGET = ("data.train_limit=20000", "train.epochs=3", "train.log_every_steps=10", "train.log_gradients=true")
 GAUSSIAN = {std: (f"init.weight={{type: gaussian, std: {std}}}",) for std in (0.01, 0.03)}
 CNDS_PAIRS = (("cnn8", "cnds8"), ("cnn8_g03", "cnds8_g03"))
 LOWER_LAYERS = ("conv1", "conv2", "conv3_1", "conv3_2")
@@ -323,7 +323,7 @@ def cnds_report(table: Table, runs: dict) -> tuple[str, dict]:
     rows = ["| net, init | " + " | ".join(f"top-1 % after epoch {e}" for e in epochs) + " | per seed (last) | "
             "main train CE, last epoch |", "|---" * (len(epochs) + 3) + "|"]
     window = 10  # step records (100 steps) at the start and at the end
-    grads = ["| net, init | layer | ‖∇W‖ first 100 steps (geo. mean) | ‖∇W‖ last 100 steps |", "|---|---|---|---|"]
+    grads = ["| net, init | layer | mean \\|∂L/∂W\\|, first 100 steps (geo. mean) | last 100 steps |", "|---|---|---|---|"]
     for key, arm in arms.items():
         per_epoch = [[r["records"][i].get("top1/main", math.nan) for r in runs[key].values()] for i in range(len(epochs))]
         ce = [r["last"]["ce/main"] for r in runs[key].values()]
@@ -371,11 +371,11 @@ def plot(table: Table, data: dict, folder: Path) -> list[Path]:
                     ax.plot(g["steps"], g["norm"], color=colour, label=data["arms"][key]["label"])
                 ax.set(yscale="log", title=layer)
                 ax.grid(alpha=0.3)
-            row[0].set_ylabel("‖∇W‖ (geo. mean over seeds)")
+            row[0].set_ylabel("mean |∂L/∂W| (geo. mean over seeds)")
             row[0].legend(fontsize=7)
         for ax in grid[-1]:
             ax.set_xlabel("step")
-        fig.suptitle("CNN-8 vs CNDS-8 from Gaussian init: gradient norms of the lower layers", fontsize=10)
+        fig.suptitle("CNN-8 vs CNDS-8 from Gaussian init: mean |gradient| of the lower layers (cf. CNDS Fig. 2)", fontsize=10)
     else:
         ax = fig.subplots()
         if table.name == "dks":

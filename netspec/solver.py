@@ -215,15 +215,16 @@ class TrainSpec(Strict):
                                                "(Caffe's snapshot:); a resume from it is exact")
     log_every_steps: int | None = Field(default=None, gt=0, description="log a step record (each term, raw CE per "
                                         "head, α_t, lr, examples/s) every N steps to steps.jsonl (and TensorBoard)")
-    log_grad_norms: bool = Field(default=False, description="with log_every_steps: each step record also holds "
-                                 "the L2 norm of every conv/fc weight's gradient (`grad/<node>`; CNDS Fig. 2)")
+    log_gradients: bool = Field(default=False, description="with log_every_steps: each step record also holds "
+                                "every conv/fc weight's mean |gradient| (`grad/<node>`, as CNDS Fig. 2 and `netspec "
+                                "probe` show it)")
     eval_every: int = Field(default=1, gt=0, description="epochs between test evaluations (Caffe's test_interval); "
                             "the last epoch is always evaluated, best.pt only among evaluated epochs")
 
     @model_validator(mode="after")
-    def _grad_norms_need_step_records(self):
-        if self.log_grad_norms and not self.log_every_steps:
-            raise ValueError("log_grad_norms needs step records: set train.log_every_steps too (e.g. 10)")
+    def _gradients_need_step_records(self):
+        if self.log_gradients and not self.log_every_steps:
+            raise ValueError("log_gradients needs step records: set train.log_every_steps too (e.g. 10)")
         return self
 
     @field_validator("device")

@@ -4,7 +4,7 @@ Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `exampl
 `loss/<term>` (weighted), `ce/<head>` (raw cross-entropy), `alpha/<term>` (schedule factor), `top1/<exit>`,
 `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory; with
 `train.log_every_steps`, one record every N steps (`step`, fractional `epoch`, the same loss keys, `lr`,
-`examples_per_second`; with `train.log_grad_norms`, `grad/<node>`) to `steps.jsonl`. Epochs skipped by
+`examples_per_second`; with `train.log_gradients`, `grad/<node>`) to `steps.jsonl`. Epochs skipped by
 `train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable, both also go to
 TensorBoard event files in `<run>/tensorboard/`.
 """

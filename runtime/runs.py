@@ -29,7 +29,7 @@ from netspec.project import atomic_write
 SPEC_FILE, CHANGES = "spec.yaml", "changes.jsonl"
 # train: keys that say where or how fast a run goes, or where it writes; the rest change what it computes
 FREE_TRAIN_KEYS = {"device", "amp", "compile", "sync_bn", "eval_batch_size", "checkpoint_every",
-                   "checkpoint_every_steps", "log_every_steps", "log_grad_norms", "eval_every", "out", "run_name"}
+                   "checkpoint_every_steps", "log_every_steps", "log_gradients", "eval_every", "out", "run_name"}
 SCHEDULE_SECTIONS = ("train", "data", "losses")
 
 

@@ -274,7 +274,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 log_step = cfg.log_every_steps and (step + 1) % cfg.log_every_steps == 0 and ctx.is_main
-                grads = grad_norms(raw) if log_step and cfg.log_grad_norms else {}
+                grads = grad_magnitudes(raw) if log_step and cfg.log_gradients else {}
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -448,14 +448,14 @@ def _check_finite(model: nn.Module, epoch: int, step: int, folder: Path) -> None
                         "`netspec train --resume`")
 
 
-def grad_norms(model: nn.Module) -> dict[str, float]:
-    """`grad/<node>`: the L2 norm of each conv/fc weight's gradient (tensors of 2+ dimensions named `weight`)."""
+def grad_magnitudes(model: nn.Module) -> dict[str, float]:
+    """`grad/<node>`: each conv/fc weight's mean |gradient| (tensors of 2+ dimensions named `weight`)."""
     named = [(name.removesuffix(".weight"), p.grad) for name, p in model.named_parameters()
              if name.endswith(".weight") and p.dim() > 1 and p.grad is not None]
     if not named:
         return {}
-    norms = torch.stack([g.detach().float().norm() for _, g in named]).tolist()
-    return {f"grad/{name}": value for (name, _), value in zip(named, norms)}
+    means = torch.stack([g.detach().float().abs().mean() for _, g in named]).tolist()
+    return {f"grad/{name}": value for (name, _), value in zip(named, means)}
 
 
 def _step_record(objective: Objective, heads: list[str], values: list[float], epoch: float, step: int, lr: float,

@@ -190,10 +190,10 @@ def test_eval_every_tests_only_every_nth_and_the_last_epoch(tmp_path, monkeypatc
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_log_grad_norms_records_every_weight_layers_gradient_norm(tmp_path, monkeypatch):
+def test_log_gradients_records_every_weight_layers_mean_gradient(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
-    assert cli.main(["train", str(spec), "train.epochs=1", "train.log_every_steps=2", "train.log_grad_norms=true"]) == 0
+    assert cli.main(["train", str(spec), "train.epochs=1", "train.log_every_steps=2", "train.log_gradients=true"]) == 0
     steps = [json.loads(line) for line in (tmp_path / "run" / "latest" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 4]  # 64 examples / batch 16
     weights = {"grad/conv1", "grad/conv2", "grad/fc", "grad/aux1.fc"}
@@ -201,16 +201,16 @@ def test_log_grad_norms_records_every_weight_layers_gradient_norm(tmp_path, monk
     assert all(s[k] > 0 and math.isfinite(s[k]) for s in steps for k in weights)
 
 
-def test_grad_norms_are_the_l2_norms_of_the_weight_gradients():
+def test_grad_magnitudes_are_the_mean_absolute_weight_gradients():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
                                 torch.nn.LazyLinear(3))
     model(torch.randn(4, 1, 5, 5)).square().sum().backward()
-    norms = train_mod.grad_norms(model)
-    assert set(norms) == {"grad/0", "grad/3"}  # batchnorm's 1-d weight is not a layer's weight matrix
-    assert norms["grad/0"] == pytest.approx(model[0].weight.grad.norm().item())
+    means = train_mod.grad_magnitudes(model)
+    assert set(means) == {"grad/0", "grad/3"}  # batchnorm's 1-d weight is not a layer's weight matrix
+    assert means["grad/0"] == pytest.approx(model[0].weight.grad.abs().mean().item())
 
 
-@pytest.mark.parametrize("words", [["train.log_grad_norms=true"], ["train.eval_every=0"], ["train.eval_every=x"]])
+@pytest.mark.parametrize("words", [["train.log_gradients=true"], ["train.eval_every=0"], ["train.eval_every=x"]])
 def test_bad_logging_and_evaluation_settings_are_one_line_errors(tmp_path, capsys, monkeypatch, words):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
