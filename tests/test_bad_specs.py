@@ -190,9 +190,9 @@ def test_the_suite_is_big_enough():
 def test_bad_spec(tmp_path, text, what, fix):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a bound on the work done, whatever else the machine runs
     err = failure(path)
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
     lines = marks(text, "<-")
     assert err.pos is not None and err.pos.file == str(path), str(err)
     assert err.pos.line in lines, f"{err} (expected line {lines})"

@@ -34,11 +34,11 @@ def _expr(kind: str, n: int) -> str:
 @pytest.mark.parametrize("factor", [10**3, 10**9, 10**18])
 def test_every_builder_is_bounded(kind, factor):
     n = N * factor // 1000 if factor != 10**3 else N + 1000
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a bound on the work, not on the machine's load
     context = {"w": "w" * 1000}
     err = error_of(evaluate, _expr(kind, n), context, None)
     assert "more than" in str(err) or "too large" in str(err), str(err)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 @pytest.mark.parametrize("kind", [k for k in BUILDERS if k != "format_width"])
@@ -51,33 +51,33 @@ def test_within_the_limit_values_are_built(kind):
                                   "'%*d' % (10 ** 9, 1)", "[" * 3000 + "]" * 3000, "(" * 3000 + "1" + ")" * 3000,
                                   "x" * (MAX_EXPR_TEXT + 1), "('1' * 5000) | int", "1e308 * 10", "(10 ** 300) / 1e-300"])
 def test_numbers_and_nesting_are_bounded(expr):
-    started = time.perf_counter()
+    started = time.process_time()
     try:
         value = evaluate("${" + expr + "}", {}, None)
     except SpecError as err:
         assert len(str(err)) < 500
     else:
         assert size(value) < 100
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_many_vars_are_refused_before_they_are_evaluated(tmp_path):
     lines = "".join(f"  v{i}: \"${{v{i - 1} + 1}}\"\n" for i in range(1, 3_000))
     path = write(tmp_path, MINI + "vars:  # <-\n  v0: 1\n" + lines)
-    started = time.perf_counter()
+    started = time.process_time()
     err = error_of(analyse, path)
     assert "the limit is 1,000" in err.what and err.pos.line == 8
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_vars_chain_cannot_grow_past_the_limit(tmp_path):
     """Each var may double the previous one: the chain stops at the limit, at the var's line."""
     lines = "".join(f"  v{i}: \"${{v{i - 1} ~ v{i - 1}}}\"\n" for i in range(1, 40))
     path = write(tmp_path, MINI + "vars:\n  v0: xxxxxxxxxx\n" + lines)
-    started = time.perf_counter()
+    started = time.process_time()
     err = error_of(analyse, path)
     assert "more than" in err.what and err.pos.line > 5
-    assert time.perf_counter() - started < 2
+    assert time.process_time() - started < 2
 
 
 BLOCK = """\
@@ -96,11 +96,11 @@ def test_repeats_are_bounded(tmp_path, outer, inner):
     text = MINI.replace("  - {name: fc, op: fc, out: 3}", f"  - {{name: o, block: outer, repeat: {outer}}}\n"
                         "  - {name: fc, op: fc, out: 3}") + BLOCK.format(inner=inner)
     path = write(tmp_path, text)
-    started = time.perf_counter()
+    started = time.process_time()
     err = error_of(analyse, path)
     assert ("at most 10000" in str(err) or "less than or equal to 10000" in str(err)
             or f"more than {MAX_NODES:,} nodes" in str(err)), str(err)
-    assert time.perf_counter() - started < 30
+    assert time.process_time() - started < 30
 
 
 def test_the_node_limit_can_be_raised(tmp_path, monkeypatch):
