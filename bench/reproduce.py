@@ -69,11 +69,11 @@ DKS_BUDGET = ("data.train_limit=1000", "train.epochs=60", "train.batch_size=32",
 # heads of the paper's relative capacity: DHM's ResNet-32 heads [[5, 3], [5]] (n = 5) scaled to n = 3 (OURS, see
 # specs/dks_resnet32.yaml); the official ε = 1e-8 smoothing of the synergy KL (dks_resnet20_fmnist keeps 0)
 DKS_HEADS = ("vars.shallow=[3, 2]", "vars.deep=[3]")
-# MW-BP's code recipe (specs/mwbp_resnet56.yaml: Nesterov 0.9, wd 1e-4, lr 0.1 x0.1 at 40 % and 60 % of the epochs)
-# at 4,000 images x 10 epochs (OURS)
-MWBP_BUDGET = ("data.train_limit=4000", "train.epochs=10", "train.batch_size=128", "train.eval_every=5",
-               "train.optimizer={type: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0001}",
-               "train.lr_schedule={type: multistep, milestones: [4, 6], gamma: 0.1}")
+# MW-BP's code recipe (specs/mwbp_resnet56.yaml: Nesterov 0.9, wd 1e-4, lr 0.1 at batch 128, x0.1 at 40 % and 60 %
+# of the epochs). OURS: 3,000 images x 20 epochs at batch 64 and lr 0.05 (its linear scaling): 940 steps
+MWBP_BUDGET = ("data.train_limit=3000", "train.epochs=20", "train.batch_size=64", "train.eval_every=10",
+               "train.optimizer={type: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.0001}",
+               "train.lr_schedule={type: multistep, milestones: [8, 12], gamma: 0.1}")
 # the specs' own CPU recipe (cnds8_fmnist.yaml) on 20,000 images x 3 epochs (OURS), from Gaussian weights: the
 # paper's N(0, 0.01²) (CNDS section 3.1, prototxt), and N(0, 0.03²) (OURS): at this net's 16-64 input channels
 # that gives a 3x3 conv about the per-layer gain 0.01·√(9·C_in/2) ≈ 0.3-0.4 the paper's std has at AlexNet widths
