@@ -1,7 +1,8 @@
 """Training and evaluation (`netspec train`, `netspec eval`). The training loop reads top to bottom:
 
 process group and device → model (init.from, torch.compile, DDP) → data → optimiser and per-step
-LR schedule → resume → epochs of [train on every loss term, evaluate every exit, log, checkpoint]
+LR schedule → resume → epochs of [train on every loss term, evaluate every exit (every train.eval_every epochs), log,
+checkpoint]
 → the per-exit table (exit, depth, params, FLOPs, top-1, top-5).
 """
 from __future__ import annotations
