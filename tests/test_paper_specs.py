@@ -186,7 +186,7 @@ def test_mwbp_exits_sit_after_blocks_8_13_18_23_with_the_reference_counts():
     assert net.depth["main"] == 56 and spec.classes == 10
 
 
-def test_mwbp_grad_scale_is_gamma_over_cumulative_gamma_and_losses_are_plain():
+def test_mwbp_gamma_and_cumulative_gamma_are_the_codes_values():
     gammas = mwbp_gammas((8, 13, 18, 23))
     assert [round(g, 4) for g, _ in gammas.values()] == [0.1308, 0.33, 0.6197, 1.0]
     assert [round(G, 4) for _, G in gammas.values()] == [2.0806, 1.9498, 1.6197, 1.0]
