@@ -9,7 +9,7 @@
         the best exit of a multi-exit pre-act ResNet-20 trained with MW-BP's rule vs a plain pre-act ResNet-56 (and a
         plain ResNet-20 as control), the same budget, 3 paired seeds.
 - cnds: CNDS (paper 000_*) claims the branch lets a deep plain net with Gaussian init train: CNN-8 vs CNDS-8 from
-        the paper's N(0, 0.01²) and from N(0, 0.03²) (its per-layer gain at this width), 3 paired seeds, with the
+        the paper's N(0, 0.01²), N(0, 0.03²) (its per-layer gain at this width) and N(0, 0.05²), 3 paired seeds, with the
         lower layers' mean |gradient| logged every 10 steps and plotted.
 
 Every run is `netspec train SPEC OVERRIDES train.seed=S train.out=OUT/<table>/<arm>_s<S>/runs` (its log and
