@@ -157,8 +157,10 @@ class Spec(Strict):
     losses: dict[Annotated[str, AfterValidator(check_name)], Loss] = Field(
         default_factory=lambda: {MAIN_HEAD: CrossEntropyLoss(type="cross_entropy", head=MAIN_HEAD)},
         description="loss nodes by name; default: cross-entropy on the main head")
-    data: DataSpec = Field(default_factory=DataSpec, description="the data set")
-    train: TrainSpec = Field(default_factory=TrainSpec, description="the solver")
+    data: DataSpec = Field(default_factory=DataSpec, description="the data set: source, path, limits, augmentation, "
+                           "streaming (every key in docs/spec.md, section data)")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="the solver and the run: epochs, batch, optimizer, "
+                             "lr_schedule, logging, evaluation (every key in docs/spec.md, section train)")
 
     @field_validator("losses", mode="before")
     @classmethod

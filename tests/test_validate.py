@@ -1,6 +1,8 @@
 """Pass 2, validate: the schema, and pydantic's errors turned into `file:line: what — fix`."""
 from __future__ import annotations
 
+import pytest
+
 from netspec.compiler.parse import load_yaml, parse
 from netspec.compiler.validate import spec_errors, validate, validate_node
 from netspec.errors import SpecErrors
@@ -47,6 +49,19 @@ def test_field_description_is_the_fix_when_there_is_no_better_one(tmp_path):
     assert err.fix == f"out: {Conv.model_fields['out'].description}"
     err = error_of(check, MINI + "train: {epochs: many}\n", tmp_path)
     assert err.fix == f"epochs: {TrainSpec.model_fields['epochs'].description}"
+
+
+@pytest.mark.parametrize("section, text", [
+    ("train", "train: {log_gradients: true}\n"),
+    ("data", "data: {source: npz, path: x.npz, crop: caffe}\n"),
+    ("data", "data: {source: npz, path: x.npz, download: true}\n"),
+    ("data", "data: {source: npz, path: x.npz, stream: true}\n"),
+])
+def test_a_sections_own_check_points_to_its_reference_not_its_description(tmp_path, section, text):
+    """A model-level check fails on the section as a whole: its description is the fix, so it must point on."""
+    err = error_of(check, MINI + text, tmp_path)
+    assert err.what.startswith(f"{section}: ") and err.fix == f"{section}: {Spec.model_fields[section].description}"
+    assert f"docs/spec.md, section {section}" in err.fix
 
 
 def test_missing_key_says_what_it_is(tmp_path):
