@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from netspec.compiler.summary import human
+
 ROOT = Path(__file__).resolve().parent.parent
 # two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (any statistics table)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
@@ -204,13 +206,6 @@ def verdict(p: dict | None, favourable: str, unfavourable: str) -> str:
     return favourable if lo > 0 else unfavourable if hi < 0 else "no difference resolved (the interval contains 0)"
 
 
-def fmt_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
 # --- the tables ----------------------------------------------------------------------------------------------
 
 def collect(table: Table, root: Path, seeds: list[int]) -> dict[str, dict[int, dict]]:
@@ -260,8 +255,8 @@ def dks_report(table: Table, runs: dict) -> tuple[str, dict]:
             continue
         first = next(iter(runs[key].values()))
         for e in first["exits"]:
-            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {fmt_count(e['params'])} | "
-                        f"{fmt_count(e['flops'])} | {mean_std(top1(runs[key], e['exit']))} |")
+            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {human(e['params'])} | "
+                        f"{human(e['flops'])} | {mean_std(top1(runs[key], e['exit']))} |")
     v = data["arms"]
     said = [f"DS vs baseline: {verdict(v['ds']['vs_baseline'], 'DS better (the paper: slightly better)', 'DS worse')}",
             f"DKS vs baseline: {verdict(v['dks']['vs_baseline'], 'DKS better (the paper direction)', 'DKS worse')}",
@@ -285,8 +280,8 @@ def mwbp_report(table: Table, runs: dict) -> tuple[str, dict]:
         for e in first["exits"]:
             acc = top1(runs[key], e["exit"])
             data["arms"][key]["exits"][e["exit"]] = {**{k: e[k] for k in ("depth", "params", "flops")}, "top1": acc}
-            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {fmt_count(e['params'])} | "
-                        f"{fmt_count(e['flops'])} | {mean_std(acc)} | {', '.join(f'{100 * x:.2f}' for x in acc)} |")
+            rows.append(f"| {arm.label} | {e['exit']} | {e['depth']} | {human(e['params'])} | "
+                        f"{human(e['flops'])} | {mean_std(acc)} | {', '.join(f'{100 * x:.2f}' for x in acc)} |")
     if not seeds:
         return "\n".join(rows), data
     mw = data["arms"]["mw20"]["exits"]

@@ -71,3 +71,14 @@ def _no_custom_ops():
     Custom.allowed = False
     yield
     Custom.allowed = False
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and steadiest on a busy machine) on one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,12 +21,7 @@ from netspec.compiler.draw import to_dot  # noqa: E402
 from netspec.runtime.checkpoint import load_checkpoint, load_weights  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def params(module: torch.nn.Module) -> int:

@@ -21,13 +21,7 @@ from netspec.runtime import train as train_mod
 from netspec.runtime.metrics import Progress
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = """\
 name: tiny
