@@ -14,7 +14,9 @@ from netspec.errors import UserError
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import objective
 from netspec.runtime.train import train
-from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
+from test_train import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def interrupt_after_first_checkpoint(monkeypatch):

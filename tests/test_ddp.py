@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from netspec.compiler import compile_spec
 from netspec.runtime.checkpoint import load_checkpoint
 from netspec.runtime.train import train
-from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
+from test_train import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # Every epoch is one full batch of the 32 examples kept, so the two ranks' halves make up exactly the batch a
 # single process sees (without augmentation or dropout, whose random draws differ per rank by design).

@@ -18,7 +18,9 @@ from netspec.compiler.summary import format_summary, summarise
 from netspec.ops import scale_grad
 from netspec.runtime.export import to_onnx
 from conftest import error_of
-from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
+from test_train import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SCALE = 0.0629
 SCALED = [f"branches.aux1.grad_scale={SCALE}"]

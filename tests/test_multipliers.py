@@ -14,7 +14,9 @@ from netspec.runtime import checkpoint as ckpt
 from netspec.runtime.train import train
 from conftest import error_of
 from test_checkpoint import interrupt_after_first_checkpoint
-from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
+from test_train import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SPEC = """\
 name: mults

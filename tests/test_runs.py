@@ -22,7 +22,9 @@ from netspec.errors import UserError
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import train as train_mod
 from netspec.runtime.train import train
-from test_train import one_thread, tiny_spec  # noqa: F401  (one_thread is an autouse fixture)
+from test_train import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SHORT = ["train.epochs=1", "train.steps_per_epoch=1"]
 
