@@ -32,6 +32,18 @@ def _write(path: Path, data: bytes | str) -> None:
     atomic_write(path, data)
 
 
+def write_run_file(path: Path, data: bytes | str) -> None:
+    """Write a run file (checkpoint, manifest, record) atomically. Disk full is one line; the file on disk is the
+    previous one."""
+    try:
+        _write(path, data)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"disk full while writing {path}; the files of the run are the previous ones, intact",
+                            "free some space, then `netspec train --resume`") from None
+        raise
+
+
 def save(folder: Path, state: dict, *, best: bool) -> None:
     """Write best.pt (when `best`) first, then last.pt, then the manifest naming what each holds.
 
@@ -45,18 +57,12 @@ def save(folder: Path, state: dict, *, best: bool) -> None:
     data = checkpoint_bytes(state)
     index = read_index(folder)
     index.update(spec_name=state["spec_name"], spec_hash=state["spec_hash"])
-    try:
-        if best:
-            _write(folder / BEST, data)
-            index["best"] = describe(state, BEST)
-        _write(folder / LAST, data)
-        index["last"] = describe(state, LAST)
-        _write(folder / INDEX, json.dumps(index, indent=1) + "\n")
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing a checkpoint in {folder}; the files there are the previous "
-                            "ones, intact", "free some space, then `netspec train --resume`") from None
-        raise
+    if best:
+        write_run_file(folder / BEST, data)
+        index["best"] = describe(state, BEST)
+    write_run_file(folder / LAST, data)
+    index["last"] = describe(state, LAST)
+    write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
 
 
 def describe(state: dict, name: str) -> dict:
@@ -97,7 +103,7 @@ def verify(folder: Path, *, rebuild: bool = False) -> list[str]:
                          + f"; it holds epoch {entry['epoch']} step {entry['step']}")
             index[key] = entry
     if fixed or rebuild:
-        _write(folder / INDEX, json.dumps(index, indent=1) + "\n")
+        write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
     return fixed
 
 
@@ -105,7 +111,7 @@ def set_index_entry(folder: Path, key: str, value) -> None:
     """Set one entry of the manifest (the run's `record` hashes), keeping the rest."""
     index = read_index(folder)
     index[key] = value
-    _write(folder / INDEX, json.dumps(index, indent=1) + "\n")
+    write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
 
 
 # --- a checkpoint knows its graph ------------------------------------------------------------
@@ -160,12 +166,16 @@ def _plain_state_dict(source: Path) -> dict[str, torch.Tensor] | None:
 
 
 def copy_matching(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str], dict[str, str]]:
-    """init.from: copy every tensor whose qualified name and shape match, as Caffe's CopyTrainedLayersFrom copies
-    layers by name. Returns (copied, new: names the weights lack, changed: layer → its shape then and now)."""
+    """init.from: copy every layer whose tensors are all in `weights` under the same qualified names and shapes, as
+    Caffe's CopyTrainedLayersFrom copies layers by name. Returns (copied tensors, new: tensors the weights lack,
+    changed: layer → the first tensor whose shape differs, then and now); a changed layer starts afresh whole."""
     own = model.state_dict()
-    copied = [n for n in own if n in weights and own[n].shape == weights[n].shape]
-    changed = {n.rsplit(".", 1)[0]: f"{n.rsplit('.', 1)[-1]} {tuple(weights[n].shape)} → {tuple(own[n].shape)}"
-               for n in own if n in weights and own[n].shape != weights[n].shape}
+    layer = lambda name: name.rsplit(".", 1)[0]  # noqa: E731
+    changed: dict[str, str] = {}
+    for name in own:
+        if name in weights and own[name].shape != weights[name].shape and layer(name) not in changed:
+            changed[layer(name)] = f"{name.rsplit('.', 1)[-1]} {tuple(weights[name].shape)} → {tuple(own[name].shape)}"
+    copied = [n for n in own if n in weights and layer(n) not in changed]
     model.load_state_dict({n: weights[n] for n in copied}, strict=False)
     return copied, [n for n in own if n not in weights], changed
 

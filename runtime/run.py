@@ -35,7 +35,7 @@ import yaml
 import netspec
 
 from netspec.errors import UserError
-from netspec.project import atomic_write, claim_dir, read_json, read_small_text
+from netspec.project import claim_dir, read_json, read_small_text
 from netspec.spec import Spec
 from netspec.runtime import checkpoint as ckpt
 
@@ -64,6 +64,18 @@ class Run:
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Run) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
 
     @property
     def checkpoints(self) -> Path:
@@ -247,8 +259,8 @@ class Run:
         return self._read_changes()
 
     def _write_record(self, record: dict, spec_yaml: str) -> None:
-        atomic_write(self.path / SPEC_FILE, spec_yaml)
-        atomic_write(self.path / RECORD, json.dumps(record, indent=1) + "\n")
+        ckpt.write_run_file(self.path / SPEC_FILE, spec_yaml)
+        ckpt.write_run_file(self.path / RECORD, json.dumps(record, indent=1) + "\n")
 
     def _vouch(self) -> None:
         """The manifest's `record`: the hashes of run.json and changes.jsonl as they are now (written last)."""
@@ -266,7 +278,7 @@ class Run:
         record = {**record, "spec_sha256": sha256(spec_yaml.encode())}
         line = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "command": command, "changes": changes,
                 "record": record, "spec_yaml": spec_yaml}
-        atomic_write(self.path / CHANGES, self._bytes(CHANGES) + (json.dumps(line) + "\n").encode())
+        ckpt.write_run_file(self.path / CHANGES, self._bytes(CHANGES) + (json.dumps(line) + "\n").encode())
         self._write_record(record, spec_yaml)
         self._vouch()
 
@@ -392,6 +404,19 @@ REFUSED = {
     "init": "initialisation only applies when a run starts",
     "losses": "it changes which loss terms are computed (only their weights and schedules may change)",
 }
+
+
+def resume_changes(run: Run, spec: Spec, allow_change: bool) -> list[str]:
+    """What a resume of `run` with `spec` changes; refused (one line) unless `--allow-change` accepts all of it."""
+    accepted, refused = spec_changes(run.spec(), resolved_spec(spec))
+    if refused:
+        raise UserError(f"--resume {run}: {refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
+                        "start a new run (without --resume); init.from copies the weights that still fit")
+    if accepted and not allow_change:
+        raise UserError(f"--resume {run}: the spec differs from the one the run was started with: {'; '.join(accepted)}",
+                        "add --allow-change to continue with these changes (applied from the step it resumes at, "
+                        f"recorded in changes.jsonl), or resume with the run's own spec: `netspec train --resume --run {run}`")
+    return accepted
 
 
 def spec_changes(recorded: dict, now: dict) -> tuple[list[str], list[str]]:

@@ -42,7 +42,7 @@ from netspec.runtime.data.stream import StreamData, load_data, stream_batches
 from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows, format_exit_table
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
-from netspec.runtime.run import Run, make_record, spec_yaml
+from netspec.runtime.run import Run, make_record, resume_changes, runs_root, spec_yaml
 
 
 @dataclass
@@ -63,15 +63,24 @@ class Interrupted(Exception):
                          f"step {batch} of {steps}; {step} steps so far)")
 
 
-def train(compiled: Compiled, *, run: Run | None = None, changes: list[str] = (), overrides: list[str] = (),
-          command: list[str] = (), say: Callable[[str], None] | None = None) -> Result:
+def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, allow_change: bool = False,
+          overrides: list[str] = (), command: list[str] = (), say: Callable[[str], None] | None = None) -> Result:
     """Train a compiled spec with all its losses, in this process or as one rank of a torchrun job.
 
-    `run` None starts a new run (`<train.out or runs/NAME>/<train.run_name or start time>/`); a `run` continues
-    from its last checkpoint, or starts afresh in it when nothing was saved; `changes` are the settings the
-    command accepted with `--allow-change` (they are recorded, and applied: the solver is set from the spec at
-    every resume). `overrides` and `command` go into the run's record. `say` prints progress (rank 0 only)."""
+    A new run gets a directory of its own (`<train.out or runs/NAME>/<train.run_name or start time>/`). `run`
+    (or `resume`: the latest run of the spec, or train.run_name) continues from its last checkpoint, or starts
+    afresh in it when nothing was saved; a spec that differs from the run's record is refused unless
+    `allow_change` accepts the change (recorded in the run, and applied: the solver is set from the spec at every
+    resume). `overrides` and `command` go into the run's record. `say` prints progress (rank 0 only)."""
     say = say or functools.partial(print, file=sys.stderr, flush=True)
+    if resume and run is None:
+        run = Run.latest(compiled.spec)
+        if run is None:
+            say(f"--resume: no run in {runs_root(compiled.spec)} yet: starting a new one")
+        else:
+            for line in run.check():
+                say(f"{run}: {line}")
+    changes = resume_changes(run, compiled.spec, allow_change) if run is not None and run.saved else []
     threads = distributed.set_threads(compiled.spec.train.threads)
     ctx = distributed.setup(compiled.spec.train.device)
     say = say if ctx.is_main else _silent

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from netspec.errors import UserError
-from netspec.project import resolve_spec, split_args
+from netspec.project import split_args
 from netspec.commands.common import (add_run_argument, add_spec_arguments, compile_recorded, find_run, load,
                                      load_for_weights)
 
@@ -62,11 +62,9 @@ def train(args: argparse.Namespace) -> int:
     if args.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc_per_node, ["train", *args.words] + _flags(args))
     main = distributed.is_main_process()
-    run, changes = (find_run(args) if args.resume else None), []
-    if args.resume and run is None:
-        print("--resume: no run of this spec yet: starting a new one", file=sys.stderr) if main else None
+    run = find_run(args) if args.resume else None
     if run is not None and run.saved:
-        compiled, overrides, changes = _resumed(args, run, main)
+        compiled, overrides = _resumed(args, run)
     else:
         compiled, overrides = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
             (run.path / "run.json").is_file() else load(args, announce=main)
@@ -74,7 +72,7 @@ def train(args: argparse.Namespace) -> int:
             print(f"--resume: nothing saved yet in {run}: starting afresh in it", file=sys.stderr)
     command = ["train", *args.words] + _flags(args)
     try:
-        train_run(compiled, run=run, changes=changes, overrides=overrides, command=command)
+        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, overrides=overrides, command=command)
     except Interrupted as stop:
         if main:
             world = f" --nproc-per-node {args.nproc_per_node}" if args.nproc_per_node > 1 else ""
@@ -93,11 +91,12 @@ def _flags(args: argparse.Namespace) -> list[str]:
             + ["--run", args.run] * bool(args.run))
 
 
-def _resumed(args: argparse.Namespace, run, main: bool):
-    """--resume of a run with a checkpoint: its spec as recorded, with the spec named now (or the recorded spec
-    file as it is now) and the overrides given now on top; what differs must be accepted by --allow-change."""
+def _resumed(args: argparse.Namespace, run):
+    """--resume of a run with a checkpoint: the spec named now, else the recorded spec file as it is now (else the
+    run's spec.yaml), with the recorded overrides and those given now on top; the runtime refuses what differs
+    from the record unless --allow-change accepts it."""
     from netspec.compiler import compile_spec
-    from netspec.runtime.run import SPEC_FILE, resolved_spec, spec_changes
+    from netspec.runtime.run import SPEC_FILE
 
     record = run.record()
     named, given = split_args(args.words)
@@ -105,14 +104,4 @@ def _resumed(args: argparse.Namespace, run, main: bool):
     overrides = [*record["overrides"], *given]
     if not path.is_file():
         path, overrides = run.path / SPEC_FILE, list(given)
-    compiled = compile_spec(path, overrides)
-    accepted, refused = spec_changes(run.spec(), resolved_spec(compiled.spec))
-    if refused:
-        raise UserError(f"--resume {run}: {refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
-                        "start a new run (without --resume); init.from copies the weights that still fit")
-    if accepted and not args.allow_change:
-        raise UserError(f"--resume {run}: the spec differs from the one the run was started with: {'; '.join(accepted)}",
-                        "add --allow-change to continue with these changes (applied from the step it resumes at, "
-                        "recorded in changes.jsonl), or resume with the run's own spec: "
-                        f"`netspec train --resume --run {run}`")
-    return compiled, overrides, accepted
+    return compile_spec(path, overrides), overrides
