@@ -64,15 +64,15 @@ def train(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
     run = find_run(args) if args.resume else None
     if run is not None and run.saved:
-        compiled, overrides = _resumed(args, run)
+        compiled = _resumed(args, run)
     else:
-        compiled, overrides = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
+        compiled, _ = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
             (run.path / "run.json").is_file() else load(args, announce=main)
         if run is not None and main:
             print(f"--resume: nothing saved yet in {run}: starting afresh in it", file=sys.stderr)
     command = ["train", *args.words] + _flags(args)
     try:
-        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, overrides=overrides, command=command)
+        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, command=command)
     except Interrupted as stop:
         if main:
             world = f" --nproc-per-node {args.nproc_per_node}" if args.nproc_per_node > 1 else ""
@@ -104,4 +104,4 @@ def _resumed(args: argparse.Namespace, run):
     overrides = [*record["overrides"], *given]
     if not path.is_file():
         path, overrides = run.path / SPEC_FILE, list(given)
-    return compile_spec(path, overrides), overrides
+    return compile_spec(path, overrides)
