@@ -60,7 +60,8 @@ def train(args: argparse.Namespace) -> int:
     if args.allow_change and not args.resume:
         raise UserError("--allow-change only goes with --resume", "add --resume, or leave out --allow-change")
     if args.nproc_per_node > 1 and not distributed.launched_by_torchrun():
-        return distributed.launch(args.nproc_per_node, ["train", *args.words] + _flags(args))
+        return distributed.launch(args.nproc_per_node, ["train", *args.words, "--nproc-per-node",
+                                                        str(args.nproc_per_node)] + _flags(args))
     main = distributed.is_main_process()
     run = find_run(args) if args.resume else None
     if run is not None and run.saved:
