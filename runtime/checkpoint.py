@@ -44,8 +44,9 @@ def write_run_file(path: Path, data: bytes | str) -> None:
         raise
 
 
-def save(folder: Path, state: dict, *, best: bool) -> None:
-    """Write best.pt (when `best`) first, then last.pt, then the manifest naming what each holds.
+def save(folder: Path, state: dict, *, best: bool, keep: int = 0) -> None:
+    """Write best.pt (when `best`) first, then last.pt (and, with `keep`, step-<step>.pt beside it), then the
+    manifest naming what each holds; snapshots beyond the newest `keep` are deleted after it.
 
     A kill between the writes leaves best.pt never older than what last.pt and the manifest claim; `verify`
     brings the manifest in line on resume. Non-finite parameters are refused (nothing is written). Disk full is
@@ -62,7 +63,16 @@ def save(folder: Path, state: dict, *, best: bool) -> None:
         index["best"] = describe(state, BEST)
     write_run_file(folder / LAST, data)
     index["last"] = describe(state, LAST)
+    kept = [s for s in index.get("snapshots", []) if s["step"] != state["step"]]
+    if keep:
+        name = f"step-{state['step']}.pt"
+        write_run_file(folder / name, data)
+        kept.append(describe(state, name))
+    gone, kept = kept[:max(len(kept) - keep, 0)], kept[max(len(kept) - keep, 0):]
+    index["snapshots"] = kept
     write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
+    for entry in gone:
+        (folder / entry["file"]).unlink(missing_ok=True)
 
 
 def describe(state: dict, name: str) -> dict:
@@ -102,6 +112,10 @@ def verify(folder: Path, *, rebuild: bool = False) -> list[str]:
                          + (f"epoch {was.get('epoch')} step {was.get('step')}" if was else "nothing")
                          + f"; it holds epoch {entry['epoch']} step {entry['step']}")
             index[key] = entry
+    present = [s for s in index.get("snapshots", []) if (folder / s["file"]).is_file()]
+    if present != index.get("snapshots", present):
+        fixed.append(f"{len(index['snapshots']) - len(present)} snapshot(s) it listed are gone")
+        index["snapshots"] = present
     if fixed or rebuild:
         write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
     return fixed
@@ -185,7 +199,8 @@ def read_index(folder: Path) -> dict:
     path = folder / INDEX
     if not path.exists():
         return {}
-    return read_json(path, {"spec_name?": str, "spec_hash?": str, "last?": dict, "best?": dict, "record?": dict},
+    return read_json(path, {"spec_name?": str, "spec_hash?": str, "last?": dict, "best?": dict, "record?": dict,
+                            "snapshots?": [dict]},
                      f"delete {path} (netspec rewrites it at the next checkpoint)")
 
 

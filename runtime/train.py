@@ -60,7 +60,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, run: Run, epoch: int, batch: int, steps: int, step: int):
         self.signum, self.run, self.epoch, self.batch, self.steps, self.step = signum, run, epoch, batch, steps, step
         super().__init__(f"{signal.Signals(signum).name}: saved {run.checkpoints / ckpt.LAST} (epoch {epoch + 1}, "
-                         f"step {batch} of {steps}; {step} steps so far)")
+                         f"step {batch} of {steps}; {_count(step, 'step')} so far)")
 
 
 def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, allow_change: bool = False,
@@ -188,7 +188,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
     board = TensorBoard(run.path, step) if ctx.is_main else None
     progress = Progress(cfg.epochs * steps, epoch * steps + done, sys.stderr if ctx.is_main else None)
     accuracy = val = None
-    say(f"training {spec.name} for {cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size} on "
+    say(f"training {spec.name} for {_count(cfg.epochs, 'epoch')} of {_count(steps, 'step')}, batch {cfg.batch_size} on "
         f"{ctx.world_size} × {ctx.device} ({threads} thread{'s' * (threads > 1)}); run directory {run}")
 
     def snapshot(epoch: int, batch: int, sums: np.ndarray, seconds: float) -> dict:
@@ -239,7 +239,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
                     _check_finite(raw, epoch, step, run.checkpoints)
                     state = snapshot(epoch, i + 1, sums, seconds + time.perf_counter() - started)
                     if ctx.is_main:
-                        ckpt.save(run.checkpoints, state, best=False)
+                        ckpt.save(run.checkpoints, state, best=False, keep=cfg.keep_snapshots)
                     if caught:
                         raise Interrupted(caught, run, epoch, i + 1, steps, step)
             seconds += time.perf_counter() - started
@@ -267,7 +267,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
                 plot_curves(log.records, run.path, term_heads={t.name: t.student for t in objective.terms},
                             heads=heads)
                 if due or improved:
-                    ckpt.save(run.checkpoints, state, best=improved)
+                    ckpt.save(run.checkpoints, state, best=improved, keep=cfg.keep_snapshots)
     if board is not None:
         board.close()
 
@@ -279,7 +279,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
     if ctx.is_main:
         atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": selection,
                                                           "exits": rows}, indent=1) + "\n")
-        print(f"\n{spec.name}: every exit after {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} (best {selection} "
+        print(f"\n{spec.name}: every exit after {_count(cfg.epochs, 'epoch')} (best {selection} "
               f"{100 * best:.2f}% → best.pt; run {run})")
         print(format_exit_table(rows))
     return Result(raw, rows, run)
@@ -352,7 +352,7 @@ def _resume(raw: nn.Module, run: Run, start: dict | None, ctx: distributed.Conte
         _seed(cfg.seed, ctx.rank, epoch)
         say(f"note: the checkpoint was written by {len(start['rng'])} process(es), this run has "
             f"{ctx.world_size}: random draws (dropout) differ from an uninterrupted run")
-    at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {cfg.epochs} epochs done"
+    at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {_count(cfg.epochs, 'epoch')} done"
     say(f"resuming {run.checkpoints / ckpt.LAST}: {at} (step {step})")
     return epoch, step, done, best, sums, seconds
 
@@ -574,6 +574,11 @@ def _epoch_line(record: dict, epochs: int, names: list[str], heads: list[str], e
         for p, label in splits) if evaluated else "(not evaluated: train.eval_every)")
     return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  {exits}  "
             f"lr {record['lr']:.3g}  {record['seconds']:.1f}s")
+
+
+def _count(n: int, thing: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {thing}{'s' * (n != 1)}"
 
 
 def _silent(*args, **kwargs) -> None:

@@ -24,8 +24,8 @@ def interrupt_after_first_checkpoint(monkeypatch):
     """Make `save` raise KeyboardInterrupt once it has written epoch 1, as a Ctrl-C would."""
     save = ckpt.save
 
-    def save_then_stop(folder, state, *, best):
-        save(folder, state, best=best)
+    def save_then_stop(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt, "save", save_then_stop)
@@ -103,8 +103,8 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path, monke
     poisoned = {"on": False}
     save, synergy = ckpt.save, objective.synergy
 
-    def save_then_poison(folder, state, *, best):
-        save(folder, state, best=best)
+    def save_then_poison(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         poisoned["on"] = True
 
     monkeypatch.setattr(ckpt, "save", save_then_poison)

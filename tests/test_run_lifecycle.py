@@ -275,3 +275,14 @@ def test_threads_are_set_recorded_and_printed(tmp_path, capsys):
     result = train(compile_spec(tiny_spec(tmp_path), [*SHORT, "train.threads=1"]))
     assert json.loads((result.run / RECORD).read_text())["threads"] == 1
     assert "(1 thread)" in capsys.readouterr().err and torch.get_num_threads() == 1
+
+
+def test_keep_snapshots_keeps_the_last_n_in_the_manifest_and_never_best(tmp_path):
+    result = train(compile_spec(tiny_spec(tmp_path), ["train.epochs=4", "train.keep_snapshots=2"]))
+    folder = result.run.checkpoints
+    index = json.loads((folder / ckpt.INDEX).read_text())
+    assert [s["file"] for s in index["snapshots"]] == ["step-12.pt", "step-16.pt"]
+    assert sorted(p.name for p in folder.glob("step-*.pt")) == ["step-12.pt", "step-16.pt"]
+    assert ckpt.load_checkpoint(folder / "step-12.pt", resume=True)["step"] == 12 and (folder / ckpt.BEST).is_file()
+    (folder / "step-12.pt").unlink()
+    assert "1 snapshot(s) it listed are gone" in ckpt.verify(folder)[0]

@@ -182,8 +182,8 @@ def test_mid_epoch_snapshot_resumes_exactly(tmp_path, monkeypatch):
     straight = train(compile_spec(spec, [*every, f"train.out={tmp_path / 'a'}"]))
     save = ckpt.save
 
-    def stop_after_snapshot_at_step_6(folder, state, *, best):
-        save(folder, state, best=best)
+    def stop_after_snapshot_at_step_6(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         if state["step"] == 6:
             raise KeyboardInterrupt
 
@@ -231,7 +231,7 @@ def test_resume_keeps_the_recorded_settings_unless_a_change_is_allowed(tmp_path,
     assert cli.main(["train", str(spec), *SHORT, "train.batch_size=8"]) == 0
     capsys.readouterr()
     assert cli.main(["train", str(spec), "--resume"]) == 0  # the recorded overrides come back by themselves
-    assert "1 of 1 epochs done" in capsys.readouterr().err
+    assert "1 of 1 epoch done" in capsys.readouterr().err
     assert cli.main(["train", str(spec), "--resume", "train.epochs=2", "train.optimizer.lr=0.01"]) == 2
     err = capsys.readouterr().err
     assert "differs from the one the run was started with: train.epochs: 1 → 2; train.optimizer.lr: 0.1 → 0.01" in err

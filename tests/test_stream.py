@@ -239,7 +239,7 @@ def test_sibling_trains_streaming_with_workers_paths_only(folder, tmp_path, caps
     assert not any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in vars(train_b.dataset).values())
     assert cli.main(["train", str(spec), "train.eval_batch_size=100", "data.test_limit=200"]) == 0
     out, err = capsys.readouterr()
-    assert "training cnds8_sibling for 1 epochs" in err and "main" in out
+    assert "training cnds8_sibling for 1 epoch of" in err and "main" in out
 
 
 def test_indexing_prints_progress_on_large_folders(folder, monkeypatch):

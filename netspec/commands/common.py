@@ -82,11 +82,9 @@ def load_for_weights(args: argparse.Namespace, checkpoint: str | None = None):
     """eval / export / calibrate: (compiled, the run or None, the checkpoint to read or None). With a run, its
     recorded spec and overrides (the command's overrides on top) and, unless `checkpoint`, its best.pt."""
     run = find_run(args, checkpoint)
-    named, given = split_args(args.words)
+    _, given = split_args(args.words)
     if run is None:
         compiled, _ = load(args)
         return compiled, None, Path(checkpoint) if checkpoint else None
-    if named is not None and not getattr(args, "run", None) and checkpoint is None:
-        print(f"using {run} (the latest run of {named}) with the spec it was trained with", file=sys.stderr)
     compiled, _ = compile_recorded(run, given)
     return compiled, run, Path(checkpoint) if checkpoint else run.best_checkpoint()

@@ -48,8 +48,7 @@ def _weights(args: argparse.Namespace):
     --random-init."""
     if args.random_init:
         if args.checkpoint or args.run:
-            raise UserError("--random-init exports untrained weights: it takes no --checkpoint or --run",
-                            "give one of them")
+            raise UserError("--random-init and --checkpoint / --run exclude each other", "give one of them")
         return load(args)[0], None
     compiled, _, path = load_for_weights(args, args.checkpoint)
     return compiled, str(path) if path else None
