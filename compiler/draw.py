@@ -24,6 +24,7 @@ from netspec.compiler.summary import human, schedule_text
 OP_COLOURS = {"conv": "#cfe2f3", "fc": "#d9ead3", "batchnorm": "#fff2cc", "maxpool": "#ead1dc", "avgpool": "#ead1dc",
               "gap": "#ead1dc", "add": "#fce5cd", "concat": "#fce5cd"}
 GROUP_COLOUR = "#d9d2e9"  # a fold of several nodes (a run of a repeated block)
+EDGE_PAD = "  "  # dot sets an edge's label against the line: keep its first letter off it
 
 
 def _q(text: str) -> str:
@@ -53,8 +54,9 @@ def to_dot(net: Network, rankdir: str = "TB", losses: bool = True) -> str:
     for branch, names in by_branch.items():
         indent = "  "
         if branch is not None:
-            out.append(f"  subgraph {_q('cluster_' + branch)} {{ label={_q('branch ' + branch)}; labeljust=l; "
-                       "style=dashed; color=red; fontcolor=red;")
+            # unlabelled, as in CNDS Fig. 1: a cluster's label is set where edges into the cluster cross it; the
+            # branch's name starts each of its nodes' and is on its head
+            out.append(f"  subgraph {_q('cluster_' + branch)} {{ style=dashed; color=red;")
             indent = "    "
         for name in names:
             if name in scaled:
@@ -75,7 +77,7 @@ def to_dot(net: Network, rankdir: str = "TB", losses: bool = True) -> str:
         for u in node.inputs:
             label = ""
             if u in scaled:
-                label = f", label={_q(f'∇×{scaled[u].op.scale:.2g}')}"
+                label = f", label={_q(f'{EDGE_PAD}∇×{scaled[u].op.scale:.2g}')}"
                 u = scaled[u].inputs[0]
             style = ", color=red" if node.branch and (u == inp or not net.nodes[u].branch) else ""
             attributes = (label + style).lstrip(", ")
@@ -84,7 +86,7 @@ def to_dot(net: Network, rankdir: str = "TB", losses: bool = True) -> str:
         node = loss_id(name)
         if isinstance(loss, CrossEntropyLoss):
             out.append(f"  {_q(node)} [label={_q(name + chr(10) + loss.type)}, shape=octagon, style=filled, fillcolor=\"#f4cccc\"];")
-            label = f"α={loss.weight} · {schedule_text(loss.schedule)}"
+            label = f"{EDGE_PAD}α={loss.weight} · {schedule_text(loss.schedule)}"
             out.append(f"  {_q(net.heads[loss.head])} -> {_q(node)} [label={_q(label)}, style=bold];")
         elif isinstance(loss, SynergyLoss):
             pairs = net.synergy_pairs(loss)

@@ -37,7 +37,7 @@ def block(dot: str, start: str) -> str:
 
 def test_branch_is_a_dashed_red_cluster_holding_only_its_nodes(dot):
     cluster = block(dot, 'subgraph "cluster_aux"')
-    assert "style=dashed" in cluster and "color=red" in cluster
+    assert "style=dashed" in cluster and "color=red" in cluster and "label=" not in cluster.splitlines()[0]
     assert '"aux.pool"' in cluster and '"aux.fc"' in cluster and '"conv1"' not in cluster
     assert dot.count("subgraph") == 1
 
@@ -45,8 +45,8 @@ def test_branch_is_a_dashed_red_cluster_holding_only_its_nodes(dot):
 def test_loss_nodes_are_octagons_with_weight_and_schedule_on_edges(dot):
     for loss in ("main", "aux", "syn"):
         assert re.search(rf'"loss:{loss}" \[label="{loss}\n\w+[^"]*", shape=octagon', dot)
-    assert '"aux.fc" -> "loss:aux" [label="α=0.3 · cnds"' in dot
-    assert '"fc" -> "loss:main" [label="α=1.0 · constant"' in dot
+    assert '"aux.fc" -> "loss:aux" [label="  α=0.3 · cnds"' in dot
+    assert '"fc" -> "loss:main" [label="  α=1.0 · constant"' in dot
 
 
 def test_synergy_pairs_are_one_arrow_each_with_beta_on_the_loss_node(dot):
@@ -201,7 +201,8 @@ def texts(graph: dict) -> list[tuple]:
 
 
 def overlaps(graph: dict, slack: float = 1.0) -> list[tuple[str, str]]:
-    """Texts of different owners whose boxes overlap, and texts over another node's box."""
+    """Texts of different owners whose boxes overlap, texts over another node's box, and texts an edge's line
+    runs through (its Bézier curves sampled)."""
     def cross(a, b):
         return a[0] + slack < b[2] and b[0] + slack < a[2] and a[1] + slack < b[3] and b[1] + slack < a[3]
     boxes = texts(graph)
@@ -212,7 +213,24 @@ def overlaps(graph: dict, slack: float = 1.0) -> list[tuple[str, str]]:
             w, h = float(o["width"]) * 36, float(o["height"]) * 36
             found += [(t[1], f"box of {o['name']}") for t in boxes
                       if t[0] != f"o{o['_gvid']}" and cross(t[3:], (x - w, y - h, x + w, y + h))]
+    name = {o["_gvid"]: o["name"] for o in graph.get("objects", [])}
+    for e in graph.get("edges", []):
+        line = [point for op in e.get("_draw_", []) if op["op"] == "b" for point in _bezier(op["points"])]
+        found += [(t[1], f"edge {name[e['tail']]}->{name[e['head']]}") for t in boxes if t[0] != f"e{e['_gvid']}" and
+                  any(cross(t[3:], (x - slack, y - slack, x + slack, y + slack)) for x, y in line)]
     return found
+
+
+def _bezier(points: list, steps: int = 12) -> list[tuple[float, float]]:
+    """Points along graphviz's piecewise cubic Bézier curve."""
+    out = []
+    for i in range(0, len(points) - 3, 3):
+        p0, p1, p2, p3 = points[i:i + 4]
+        for k in range(steps + 1):
+            t = k / steps
+            out.append(tuple((1 - t) ** 3 * a + 3 * (1 - t) ** 2 * t * b + 3 * (1 - t) * t ** 2 * c + t ** 3 * d
+                             for a, b, c, d in zip(p0, p1, p2, p3)))
+    return out
 
 
 @needs_dot
@@ -221,6 +239,8 @@ def test_the_overlap_check_finds_overlapping_labels():
     assert ("β=1.0", "β=1.0") in overlaps(layout(f"digraph {{ x -> a; x -> b; x -> c; {pairs} }}"))  # as drawn before
     assert overlaps(layout('digraph { a -> b [headlabel="a long head label", labeldistance=0.5]; }')) == \
         [("a long head label", "box of b")]
+    across = 'digraph { x -> b; subgraph cluster_a { label="branch aux"; labeljust=r; b -> c; } x -> d; }'
+    assert [o for o in overlaps(layout(across)) if o[1].startswith("edge")] == [("branch aux", "edge x->b")]
     assert overlaps(layout('digraph { a -> b [label="x"]; a -> c [label="y"]; }')) == []
 
 
