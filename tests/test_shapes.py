@@ -1,5 +1,8 @@
-"""Pass 6 (shapes, params, FLOPs on the meta device) checked against a real forward, and pass 8 (summary)."""
+"""Pass 6 (shapes, params, FLOPs: built on the meta device, run on an empty CPU batch) checked against a real forward, and pass 8 (summary)."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,3 +85,13 @@ def test_meta_inference_allocates_nothing():
     g = analyse(SPECS / "cnds8.yaml")[1]
     assert g.nodes["fc6"].params == 4096 * torch.Size(g.nodes["pool5"].shape).numel() + 4096
     assert not hasattr(g.nodes["fc6"], "module")  # real modules are built by lowering, not by shape inference
+
+
+def test_shape_inference_imports_neither_sympy_nor_dynamo():
+    """The meta device's Python kernels (conv, linear) import sympy and torch._dynamo, 1-2 s per process; shapes
+    come from the CPU kernels on an empty batch instead (every op and spec is checked by the tests above)."""
+    code = ("import sys; from netspec.compiler import compile_spec; from netspec.compiler.artifacts import model_source;"
+            f"model_source(compile_spec({str(SPECS / 'cnds8.yaml')!r})); model_source(compile_spec("
+            f"{str(SPECS / 'mwbp_fmnist.yaml')!r})); print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
