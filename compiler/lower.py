@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from netspec.errors import SpecError
-from netspec.ops import Call, NodeInit, OpNode, multipliers
+from netspec.ops import Call, Custom, NodeInit, OpNode, multipliers
 from netspec.compiler.ir import Network
 
 
@@ -54,7 +54,7 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
     """Build the GraphModule computing `heads` (default: all). `single` returns one tensor, not a dict."""
     heads = _check_heads(net, heads, single)
     built = build_modules(net, net.spec.train.seed)
-    graph = _graph(net, heads, single, built.__getitem__)
+    graph = _graph(net, heads, single, lambda name: built[name] if isinstance(built[name], Call) else None)
     modules = {n.target: built[n.target] for n in graph.nodes if n.op == "call_module"}  # in network order
     gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
     gm.meta["heads"] = heads
@@ -64,18 +64,21 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
 def lower_graph(net: Network, heads: list[str] | None = None, single: bool = False) -> fx.Graph:
     """The graph `lower` builds, without modules or weights (the global RNG is not touched): for its code
     (`model.py`) when no weights are needed. Each distinct op is built once on the meta device to tell a
-    module (`call_module`) from a function (`call_function`)."""
+    module (`call_module`) from a function (`call_function`); a custom op is a module, never built here."""
     heads = _check_heads(net, heads, single)
-    kinds: dict[tuple, nn.Module | Call] = {}
+    calls: dict[tuple, Call | None] = {}
 
-    def kind(name: str) -> nn.Module | Call:
+    def call_of(name: str) -> Call | None:
         node = net.nodes[name]
+        if isinstance(node.op, Custom):
+            return None
         key = (type(node.op), node.op.model_dump_json(exclude={"name", "from_", "init"}), node.in_shapes)
-        if key not in kinds:
+        if key not in calls:
             with torch.device("meta"):
-                kinds[key] = node.op.build(list(node.in_shapes))
-        return kinds[key]
-    return _graph(net, heads, single, kind)
+                built = node.op.build(list(node.in_shapes))
+            calls[key] = built if isinstance(built, Call) else None
+        return calls[key]
+    return _graph(net, heads, single, call_of)
 
 
 def _check_heads(net: Network, heads: list[str] | None, single: bool) -> list[str]:
@@ -88,9 +91,9 @@ def _check_heads(net: Network, heads: list[str] | None, single: bool) -> list[st
     return heads
 
 
-def _graph(net: Network, heads: list[str], single: bool, module_of) -> fx.Graph:
-    """The fx graph of `heads`: a `call_module` named after the node for each module, a `call_function` for each
-    `Call` (`module_of(name)` gives either)."""
+def _graph(net: Network, heads: list[str], single: bool, call_of) -> fx.Graph:
+    """The fx graph of `heads`: a `call_function` for each node whose op is a function (`call_of(name)` gives
+    its `Call`), a `call_module` named after the node for every other."""
     wanted = set().union(*(net.ancestry(head) for head in heads))
     graph, values = fx.Graph(), {}
     values[net.input.name] = graph.placeholder(net.input.name)
@@ -101,9 +104,9 @@ def _graph(net: Network, heads: list[str], single: bool, module_of) -> fx.Graph:
         if single and node.op.deploy_identity:
             values[node.name] = args[0]
             continue
-        module = module_of(node.name)
-        if isinstance(module, Call):
-            values[node.name] = graph.call_function(module.fn, args, dict(module.kwargs))
+        call = call_of(node.name)
+        if call is not None:
+            values[node.name] = graph.call_function(call.fn, args, dict(call.kwargs))
             values[node.name].name = _fx_name(node.name)
         else:
             values[node.name] = graph.call_module(node.name, args)

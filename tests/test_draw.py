@@ -145,7 +145,7 @@ def test_fold_by_any_name_prefix(write_spec):
     assert '"aux" [label="aux · branch\n3 · ' in to_dot(folded)
 
 
-def test_default_view_folds_deep_nets_only(write_spec):
+def test_default_view_folds_deep_nets_only():
     small, deep = network("cnds8_fmnist.yaml"), network("resnet20_fmnist.yaml")
     assert len(small.nodes) <= DEFAULT_NODES < len(deep.nodes)
     assert default_view(small) == (small, None)

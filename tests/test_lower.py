@@ -137,3 +137,13 @@ def test_graph_without_weights_is_the_modules_graph(spec):
         graph = lower_graph(net, heads, single)
         module = lower(net, heads, single)
         assert graph.python_code(root_module="self").src == module.code
+
+
+def test_graph_without_weights_leaves_custom_ops_unbuilt(write_spec, monkeypatch):
+    from netspec.ops import Custom
+
+    monkeypatch.setattr(Custom, "allowed", True)
+    text = MINI.replace("  - {name: relu1, op: relu}", "  - {name: relu1, op: custom, target: 'torch.nn:ReLU'}")
+    net = analyse(write_spec(text))[1]
+    monkeypatch.setattr(Custom, "build", lambda self, shapes: pytest.fail("a custom op was built"))
+    assert lower_graph(net).python_code(root_module="self").src.count("self.relu1(") == 1
