@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +40,71 @@ def check_value(value: Any) -> Any:
         for key, item in value.items():
             check_value(key)
             check_value(item)
+    return value
+
+
+def _kinds(annotation: Any) -> frozenset:
+    """What a field's type accepts, as far as booleans go: 'bool', 'number', 'str', quoted literals, 'any',
+    'other' (models, paths, ...), and ('items', type) / ('values', type) for the members of lists and mappings."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return frozenset({"any"})
+    if origin is typing.Annotated:
+        return _kinds(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return frozenset().union(*map(_kinds, args))
+    if origin is typing.Literal:
+        return frozenset("bool" if isinstance(a, bool) else "number" if isinstance(a, (int, float)) else repr(a)
+                         for a in args)
+    if origin in (list, tuple, set, frozenset):
+        members = [a for a in args if a is not Ellipsis] or [Any]
+        return frozenset(("items", member) for member in members)
+    if origin is dict:
+        return frozenset({("values", args[1] if len(args) == 2 else Any)})
+    if annotation is bool:
+        return frozenset({"bool"})
+    if isinstance(annotation, type) and issubclass(annotation, (int, float)):
+        return frozenset({"number"})
+    return frozenset({"str" if annotation is str else "other"})
+
+
+class Mistyped:
+    """A boolean given for a number (or a number or string for a boolean), put in the value's place so that the
+    field's own validation fails with the field's position; shown as the value and why it is not accepted."""
+
+    def __init__(self, value: Any, why: str):
+        self.value, self.why = value, why
+
+    def __str__(self) -> str:
+        shown = str(self.value).lower() if isinstance(self.value, bool) else repr(self.value)
+        return f"{shown} ({self.why})"
+
+    __repr__ = __str__
+
+
+def mark_mistyped(annotation: Any, value: Any) -> Any:
+    """`value` with every boolean where `annotation` wants a number (and every number or string where it wants a
+    boolean) replaced by a `Mistyped`: pydantic would turn `yes` (a YAML boolean) into 1, and 1 or 'on' into
+    true. Lists and mappings are checked item by item; anything else is left to the field's validation."""
+    kinds = _kinds(annotation)
+    if "any" in kinds:
+        return value
+    if isinstance(value, bool):
+        if "number" in kinds and "bool" not in kinds:
+            return Mistyped(value, "a YAML boolean: yes, no, on, off, true, false")
+    elif isinstance(value, (int, float, str)):
+        quoted = {k for k in kinds if isinstance(k, str) and k[:1] in "'\""}
+        if "bool" in kinds and "number" not in kinds and "str" not in kinds and repr(value) not in quoted:
+            return Mistyped(value, "a string, not a boolean" if isinstance(value, str) else "a number, not a boolean")
+    elif isinstance(value, (list, tuple, dict)):
+        members = [k[1] for k in kinds if isinstance(k, tuple) and k[0] == ("values" if isinstance(value, dict) else "items")]
+        if members:
+            item_type = typing.Union[tuple(members)] if len(members) > 1 else members[0]
+            if isinstance(value, dict):
+                marked = {key: mark_mistyped(item_type, item) for key, item in value.items()}
+                return marked if any(marked[k] is not value[k] for k in value) else value
+            marked = [mark_mistyped(item_type, item) for item in value]
+            return marked if any(m is not v for m, v in zip(marked, value)) else value
     return value
 
 
@@ -80,7 +147,11 @@ class Strict(BaseModel):
         pos = getattr(data, "pos", None)
         if pos is not None and "_at" not in data:
             data = {**data, "_at": pos, "_keys": {str(k): v for k, v in getattr(data, "key_pos", {}).items()}}
-        return data
+        fields = {key: field for name, field in cls.model_fields.items() if name not in ("at", "key_at")
+                  for key in (name, field.alias) if key}
+        marked = {key: mark_mistyped(fields[key].annotation, value) for key, value in data.items() if key in fields}
+        changed = {key: value for key, value in marked.items() if value is not data[key]}
+        return {**data, **changed} if changed else data
 
     @classmethod
     def section_name(cls) -> str:
