@@ -97,7 +97,7 @@ def rendered(value: Any, quoted: bool = False, float_digits: int = 25, cap: int 
             total += 2 + 4 * len(item)
             stack.extend((part, True) for pair in item.items() for part in pair)
         elif isinstance(item, (list, tuple, set, frozenset)):
-            total += 13 + 2 * len(item)
+            total += (3 if isinstance(item, (list, tuple)) else 13) + 2 * len(item)  # [], (x,), frozenset({}); ", "
             stack.extend((part, True) for part in item)
         else:  # a date from YAML, a jinja object: small, shown by its own repr
             total += 4 * size(item) + 100
