@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from netspec.data_spec import DataSpec
+from netspec.data_spec import SYNTHETIC_SIZES, DataSpec
 from netspec.errors import UserError
 from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
@@ -53,8 +53,8 @@ def cache_dir(source: str) -> Path:
 
 
 def data_root(spec: DataSpec) -> Path:
-    """The directory (or file) a spec's data is read from."""
-    if spec.path:
+    """The directory (or file) a spec's data is read from (synthetic data reads none: data.path is not used)."""
+    if spec.path and spec.source != "synthetic":
         return Path(spec.path).expanduser()
     if spec.source == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return DEBIAN_FASHION_MNIST
@@ -110,7 +110,13 @@ def _missing(spec: DataSpec, root: Path, what: str) -> UserError:
         fix = f"set data.download: true to fetch it into {root}, or {where}"
     else:
         fix = where
-    return UserError(f"no {spec.source} data at {root}: {what} not found", fix, spec.at)
+    return UserError(f"no {spec.source} data at {root}: {what} not found", f"{fix}; {without_data(spec)}", spec.at)
+
+
+def without_data(spec: DataSpec) -> str:
+    """The end of every missing-data error: how to run the spec anyway."""
+    fmnist = " or a specs/*_fmnist.yaml spec (Fashion-MNIST)" if spec.source != "fashion-mnist" else ""
+    return f"to try the spec without the data: data.source=synthetic (random images of its shape){fmnist}"
 
 
 
@@ -377,3 +383,25 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     classes = [str(c) for c in names] if names is not None else None
     return splits[0], splits[1], classes
 
+
+
+# ---------------------------------------------------------------- synthetic (no files)
+
+SYNTHETIC_SEED = 0  # ours: every run of a spec sees the same synthetic data
+
+
+@reader("synthetic")
+def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+    """Random uint8 images of the input's shape and uniform random labels over the spec's classes (Caffe's
+    DummyData, seeded): data.train_limit / data.test_limit of each, default SYNTHETIC_SIZES."""
+    count = spec._class_count or (len(spec.classes) if spec.classes else None)
+    if count is None:
+        raise UserError("data.source: synthetic needs the number of classes", "use it in a spec (its `classes:` "
+                        "sets it), or give data.classes", spec.at)
+    sizes = [limit or default for limit, default in zip((spec.train_limit, spec.test_limit), SYNTHETIC_SIZES)]
+    if sum(sizes) * math.prod(shape) > data_limit():
+        raise too_large("data.source: synthetic", f"{sizes[0]:,} + {sizes[1]:,} images of {_fmt(shape)} take",
+                        sum(sizes) * math.prod(shape))
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    splits = [(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, count, n, np.int64)) for n in sizes]
+    return splits[0], splits[1], [str(i) for i in range(count)]

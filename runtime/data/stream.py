@@ -23,7 +23,8 @@ import torch
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
-from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
+from netspec.runtime.data.sources import (IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root,
+                                          load_dataset, without_data)
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
 
@@ -49,7 +50,7 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     train_root = root / "train" if (root / "train").is_dir() else root
     if not train_root.is_dir():
         raise UserError(f"no imagefolder data at {root}: the directory is not there",
-                        f"set data.path to a directory laid out as {LAYOUTS}", spec.at)
+                        f"set data.path to a directory laid out as {LAYOUTS}; {without_data(spec)}", spec.at)
     classes = sorted(e.name for e in os.scandir(train_root) if e.is_dir())
     if not classes:
         raise UserError(f"no class directories in {train_root}",
