@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from netspec.data_spec import SYNTHETIC_SIZES, DataSpec
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
@@ -190,7 +190,8 @@ def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     for images, labels in IDX_FILES.values():
         x, y = read_idx(find(images), 3), read_idx(find(labels), 1)
         if len(x) != len(y):
-            raise UserError(f"{find(images)} has {len(x)} images but {find(labels)} has {len(y)} labels", CORRUPT)
+            raise UserError(f"{find(images)} has {plural(len(x), 'image')} but {find(labels)} has {plural(len(y), 'label')}",
+                            CORRUPT)
         splits.append((x[:, None], y))
     classes = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": [str(d) for d in range(10)]}.get(spec.source)
     return splits[0], splits[1], classes
@@ -257,7 +258,7 @@ def _cifar_batch(path: Path, labels_key: str) -> Split:
         raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", CORRUPT)
     y = _labels(y, path, labels_key)
     if y.shape != (len(x),):
-        raise UserError(f"{path} has {len(x)} images but {y.size} labels", CORRUPT)
+        raise UserError(f"{path} has {plural(len(x), 'image')} but {plural(y.size, 'label')}", CORRUPT)
     return x.reshape(-1, 3, 32, 32), y
 
 
@@ -320,7 +321,7 @@ def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Spl
     """Decode, convert to L or RGB and resize every image to `shape` (C, H, W)."""
     c, h, w = shape
     if len(files) * h * w * c > data_limit():
-        raise too_large(files[0][0].parent.parent, f"{len(files)} images of {_fmt(shape)} take", len(files) * h * w * c)
+        raise too_large(files[0][0].parent.parent, f"{plural(len(files), 'image')} of {_fmt(shape)} take", len(files) * h * w * c)
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, (f, _) in enumerate(files):
         x[i] = read_image(f, shape)
@@ -400,7 +401,7 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spli
                         "sets it), or give data.classes", spec.at)
     sizes = [limit or default for limit, default in zip((spec.train_limit, spec.test_limit), SYNTHETIC_SIZES)]
     if sum(sizes) * math.prod(shape) > data_limit():
-        raise too_large("data.source: synthetic", f"{sizes[0]:,} + {sizes[1]:,} images of {_fmt(shape)} take",
+        raise too_large("data.source: synthetic", f"{sizes[0]:,} + {plural(sizes[1], 'image')} of {_fmt(shape)} take",
                         sum(sizes) * math.prod(shape))
     rng = np.random.default_rng(SYNTHETIC_SEED)
     splits = [(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, count, n, np.int64)) for n in sizes]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
 from netspec.runtime.data.sources import (IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root,
                                           load_dataset, without_data)
@@ -85,12 +85,12 @@ class _Counter:
         self.n += k
         now = time.monotonic()
         if self.out is not None and now - self.last > PROGRESS_EVERY:
-            print(f"\rindexing {self.root}: {self.n} files", end="", file=self.out, flush=True)
+            print(f"\rindexing {self.root}: {plural(self.n, 'file')}", end="", file=self.out, flush=True)
             self.last, self.shown = now, True
 
     def done(self, n: int) -> None:
         if self.shown:
-            print(f"\rindexed {self.root}: {n} files", file=self.out, flush=True)
+            print(f"\rindexed {self.root}: {plural(n, 'file')}", file=self.out, flush=True)
 
 
 def _list(root: Path, classes: list[str], counter: _Counter, spec: DataSpec) -> list[tuple[str, int]]:
