@@ -4,6 +4,7 @@ Each model remembers where it was written (`at`), so later passes can point at t
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import types
@@ -43,6 +44,7 @@ def check_value(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def _kinds(annotation: Any) -> frozenset:
     """What a field's type accepts, as far as booleans go: 'bool', 'number', 'str', quoted literals, 'any',
     'other' (models, paths, ...), and ('items', type) / ('values', type) for the members of lists and mappings."""
@@ -86,26 +88,45 @@ def mark_mistyped(annotation: Any, value: Any) -> Any:
     """`value` with every boolean where `annotation` wants a number (and every number or string where it wants a
     boolean) replaced by a `Mistyped`: pydantic would turn `yes` (a YAML boolean) into 1, and 1 or 'on' into
     true. Lists and mappings are checked item by item; anything else is left to the field's validation."""
-    kinds = _kinds(annotation)
+    return _mark(_kinds(annotation), value)
+
+
+def _mark(kinds: frozenset, value: Any) -> Any:
     if "any" in kinds:
         return value
     if isinstance(value, bool):
         if "number" in kinds and "bool" not in kinds:
             return Mistyped(value, "a YAML boolean: yes, no, on, off, true, false")
     elif isinstance(value, (int, float, str)):
-        quoted = {k for k in kinds if isinstance(k, str) and k[:1] in "'\""}
-        if "bool" in kinds and "number" not in kinds and "str" not in kinds and repr(value) not in quoted:
+        if "bool" in kinds and "number" not in kinds and "str" not in kinds and repr(value) not in kinds:
             return Mistyped(value, "a string, not a boolean" if isinstance(value, str) else "a number, not a boolean")
     elif isinstance(value, (list, tuple, dict)):
         members = [k[1] for k in kinds if isinstance(k, tuple) and k[0] == ("values" if isinstance(value, dict) else "items")]
         if members:
-            item_type = typing.Union[tuple(members)] if len(members) > 1 else members[0]
+            item_kinds = frozenset().union(*map(_kinds, members))
             if isinstance(value, dict):
-                marked = {key: mark_mistyped(item_type, item) for key, item in value.items()}
+                marked = {key: _mark(item_kinds, item) for key, item in value.items()}
                 return marked if any(marked[k] is not value[k] for k in value) else value
-            marked = [mark_mistyped(item_type, item) for item in value]
+            marked = [_mark(item_kinds, item) for item in value]
             return marked if any(m is not v for m, v in zip(marked, value)) else value
     return value
+
+
+@functools.cache
+def _schema_of(cls: type) -> tuple[frozenset, list, dict]:
+    """A model's accepted keys, the keys a hint offers (`from`, not its python name `from_`), and the kinds of
+    each key whose values `_mark` may change (numbers, booleans, lists and mappings of them)."""
+    known, shown, kinds = set(), [], {}
+    for name, field in cls.model_fields.items():
+        keys = [k for k in (name, field.alias) if k]
+        known.update(keys)
+        if name in ("at", "key_at"):
+            continue
+        shown.append(field.alias or name)
+        field_kinds = _kinds(field.annotation)
+        if "any" not in field_kinds and field_kinds & {"number", "bool"} or any(isinstance(k, tuple) for k in field_kinds):
+            kinds.update((key, field_kinds) for key in keys)
+    return frozenset(known), sorted(shown), kinds
 
 
 class Strict(BaseModel):
@@ -130,27 +151,21 @@ class Strict(BaseModel):
     def _refuse_unknown_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        known, shown = set(), set()  # accepted keys; the keys a hint offers (`from`, not its python name `from_`)
-        for name, field in cls.model_fields.items():
-            known.add(name)
-            if field.alias:
-                known.add(field.alias)
-            if name not in ("at", "key_at"):
-                shown.add(field.alias or name)
+        known, shown, kinds = _schema_of(cls)
         for key in data:
             if key not in known and not (cls.model_config.get("extra") == "allow"):
                 raise PydanticCustomError(
                     "unknown_key",
                     "unknown key '{key}' in {section}: {hint}",
-                    {"key": key, "section": cls.section_name(), "hint": did_you_mean(key, sorted(shown))},
+                    {"key": key, "section": cls.section_name(), "hint": did_you_mean(key, shown)},
                 )
         pos = getattr(data, "pos", None)
         if pos is not None and "_at" not in data:
             data = {**data, "_at": pos, "_keys": {str(k): v for k, v in getattr(data, "key_pos", {}).items()}}
-        fields = {key: field for name, field in cls.model_fields.items() if name not in ("at", "key_at")
-                  for key in (name, field.alias) if key}
-        marked = {key: mark_mistyped(fields[key].annotation, value) for key, value in data.items() if key in fields}
-        changed = {key: value for key, value in marked.items() if value is not data[key]}
+        changed = {}
+        for key, value in data.items():
+            if key in kinds and (marked := _mark(kinds[key], value)) is not value:
+                changed[key] = marked
         return {**data, **changed} if changed else data
 
     @classmethod
