@@ -347,3 +347,29 @@ def test_a_dangling_from_is_reported_at_its_from(tmp_path):
     text = MINI.replace("  - {name: relu1, op: relu}\n", "  - name: relu1\n    op: relu\n    from: conv_1  # <-\n")
     err = error_of(analyse, write(tmp_path, text))
     assert "'conv_1', which does not exist" in err.what and err.pos.line == marked_line(text), str(err)
+
+
+def _random_expression(rng, depth: int) -> str:
+    """A random expression over every builder and leaf type, with counts from tiny to far past the bound."""
+    if depth == 0:
+        return rng.choice(["s", "b", "l", "t", "[d]", "u", "c", "w", "1", "2.5", "(2 ** 60)", "'%s%r'", "''"])
+    a, b = _random_expression(rng, depth - 1), _random_expression(rng, depth - 1)
+    n = rng.choice([0, 1, 3, 1000, MAX_EXPR_SIZE // 3, MAX_EXPR_SIZE, 10**9, 10**30])
+    return rng.choice([f"({a} * {n})", f"({n} * {a})", f"({a} + {b})", f"({a} ~ {b})", f"({a} % ({b},))",
+                       f"([{a}] * {n} | join({b}))", f"([{a}] * {n} | sum(start={a} * 0))", f"({a} | upper)",
+                       f"[{a}, {b}]", f"({a} - {b})", f"({a} ** {rng.choice([2, 64, 5000])})", f"({a} | int)"])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_expressions_stay_in_bounds(seed):
+    """Whatever an expression combines, it is a value within the bounds or an error, with no more memory than a
+    value within the bound takes and at once."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(60):
+        text = "${" + _random_expression(rng, rng.choice([1, 2, 3])) + "}"
+        result, seconds, peak = _measured(text)
+        if not isinstance(result, SpecError):
+            assert size(result) <= MAX_EXPR_SIZE and (not isinstance(result, int) or result.bit_length() <= 4096), text
+        assert peak < 64 * MAX_EXPR_SIZE and seconds < 1.0, (text, peak, seconds)
