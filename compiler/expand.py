@@ -90,6 +90,11 @@ class _Expander:
         self.all_names[spec.input.name] = spec.input.name
         main = self.chain(spec.nodes, root, spec.input.name, None, "", spec.input.at)
         if spec.output:
+            branch = spec.output.split(".", 1)[0]
+            if branch in spec.branches and spec.output not in self.all_names:
+                raise SpecError(f"`output:` names '{spec.output}', a node of branch '{branch}'", "the main head is a "
+                                "backbone node: name one (or leave `output:` out: the last backbone node)",
+                                spec.where("output"))
             main = self._resolve(spec.output, root, spec.where("output"), what="`output:` names")
             if main == spec.input.name:
                 raise SpecError(f"`output:` names the network input '{main}', not a node",

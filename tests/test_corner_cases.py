@@ -141,6 +141,15 @@ def test_output_naming_the_input(tmp_path, name, how):
         assert err.pos.line == marked_line(text)
 
 
+@pytest.mark.parametrize("output", ["aux", "aux.fc", "aux.pool"])
+def test_output_naming_a_branch(tmp_path, output):
+    from conftest import WITH_BRANCH
+
+    text = WITH_BRANCH + f"output: {output}  # <-\n"
+    err = error_of(analyse, write(tmp_path, text))
+    assert f"`output:` names '{output}', a node of branch 'aux'" in err.what and err.pos.line == marked_line(text)
+
+
 # --------------------------------------------------------------------------- extends: targets that are not specs
 
 BAD_TARGETS = {
