@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
+from pydantic import PrivateAttr
 
 from netspec.schema_base import Strict
 
@@ -76,6 +77,8 @@ class DataSpec(Strict):
     resize: int | list[int] | None = Field(None, description="Streaming: resize before cropping, to this shorter side (e.g. 256) or exactly [H, W]; default input size × 256/227 (crop: none: the input size)")
     crop: Literal[tuple(CROPS)] = Field("none", description="Streaming crops: " + "; ".join(f"{k}: {v}" for k, v in CROPS.items()) + ". Mean and std subtraction stay input.mean/input.std.")
 
+    _class_count: int | None = PrivateAttr(None)  # the spec's `classes:` (set by Spec): synthetic labels
+
     @model_validator(mode="after")
     def _stream_settings(self) -> DataSpec:
         sizes = [self.resize] if isinstance(self.resize, int) else self.resize or []
@@ -88,8 +91,6 @@ class DataSpec(Strict):
             raise ValueError("data.crop and data.resize need the streaming pipeline: source: imagefolder and "
                              "data.stream: true or auto")
         return self
-
-    _class_count: int | None = PrivateAttr(None)  # the spec's `classes:` (set by Spec): synthetic labels
 
     @model_validator(mode="after")
     def _download_needs_a_mirror(self) -> DataSpec:

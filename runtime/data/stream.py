@@ -23,8 +23,8 @@ import torch
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError, plural
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
-from netspec.runtime.data.sources import (IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root,
-                                          load_dataset, without_data)
+from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
+from netspec.runtime.data.sources import without_data
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
 
