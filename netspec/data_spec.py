@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic import PrivateAttr
 
 from netspec.schema_base import Strict
+from pydantic import PrivateAttr
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError, plural
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
 from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
-from netspec.runtime.data.sources import without_data
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
+from netspec.runtime.data.sources import without_data
 
 LAYOUTS = "root/train/<class>/* and root/test/<class>/*, or root/<class>/* (split 90/10)"
 PROGRESS_EVERY = 2.0  # seconds between progress lines while indexing
