@@ -394,12 +394,16 @@ SYNTHETIC_SEED = 0  # ours: every run of a spec sees the same synthetic data
 @reader("synthetic")
 def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
     """Random uint8 images of the input's shape and uniform random labels over the spec's classes (Caffe's
-    DummyData, seeded): data.train_limit / data.test_limit of each, default SYNTHETIC_SIZES."""
+    DummyData, seeded): data.train_limit / data.test_limit of each, default SYNTHETIC_SIZES (plus the validation
+    split's images, when the spec holds one out of the training set)."""
     count = spec._class_count or (len(spec.classes) if spec.classes else None)
     if count is None:
         raise UserError("data.source: synthetic needs the number of classes", "use it in a spec (its `classes:` "
                         "sets it), or give data.classes", spec.at)
     sizes = [limit or default for limit, default in zip((spec.train_limit, spec.test_limit), SYNTHETIC_SIZES)]
+    held = getattr(spec, "val_split", None)  # a validation split is drawn from the training images: make it on top
+    if held:
+        sizes[0] = sizes[0] + held if isinstance(held, int) else math.ceil(sizes[0] / (1 - held)) + 1
     if sum(sizes) * math.prod(shape) > data_limit():
         raise too_large("data.source: synthetic", f"{sizes[0]:,} + {plural(sizes[1], 'image')} of {_fmt(shape)} take",
                         sum(sizes) * math.prod(shape))
