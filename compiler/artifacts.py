@@ -1,9 +1,13 @@
 """The build directory `netspec compile` writes: `build/<name>/` with the resolved spec, the generated
 forward (`model.py`), the graph (`graph.json`, `graph.dot`), the summary (`summary.json`, `.txt`) and
-`build.json` (what later commands reuse: spec path, overrides, hash, heads)."""
+`build.json` (what later commands reuse: spec path, overrides, hash, heads).
+
+Other commands leave files there that describe the graph of the build they ran on (`draw`'s graph.svg,
+`export`'s model.onnx, `probe`'s probe/): when a compile changes the graph, they are removed (`stale_files`)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -15,17 +19,47 @@ from netspec.compiler.ir import Network
 from netspec.compiler.summary import format_summary
 
 
-def write_build(compiled: Compiled, overrides: list[str], summary: dict, out: Path) -> None:
-    """Write every file of the build directory `out` (each atomically)."""
+BUILD_FILES = ("spec.resolved.yaml", "model.py", "graph.json", "graph.dot", "summary.json", "summary.txt", "build.json")
+# what other commands write into a build directory, describing its graph: drawings, exported models (with
+# their external weights), the probe's directory (known by its probe.json)
+DERIVED_SUFFIXES = (".svg", ".png", ".pdf", ".dot", ".gv", ".onnx", ".onnx.data")
+DERIVED_DIRS = {"probe": "probe.json"}
+
+
+def write_build(compiled: Compiled, overrides: list[str], summary: dict, out: Path) -> list[str]:
+    """Write every file of the build directory `out` (each atomically). When the graph differs from the one
+    built there before, the files other commands derived from that one are removed first; returns their names
+    (a directory's with a trailing /)."""
+    graph = json.dumps(graph_json(compiled.network), indent=1)
+    removed = []
+    for path in stale_files(out, graph):
+        removed.append(path.name + ("/" if path.is_dir() else ""))
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     atomic_write(out / "spec.resolved.yaml", yaml.safe_dump(compiled.spec.model_dump(mode="json", by_alias=True),
                                                            sort_keys=False))
     atomic_write(out / "model.py", model_source(compiled))
-    atomic_write(out / "graph.json", json.dumps(graph_json(compiled.network), indent=1))
+    atomic_write(out / "graph.json", graph)
     atomic_write(out / "graph.dot", to_dot(compiled.network))
     atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write(out / "summary.txt", format_summary(summary) + "\n")
     atomic_write(out / "build.json", json.dumps({"spec": str(compiled.path), "overrides": overrides,
                                                  "spec_hash": compiled.spec_hash, "heads": list(compiled.heads)}, indent=1))
+    return removed
+
+
+def stale_files(out: Path, graph: str) -> list[Path]:
+    """The files (and probe directories) in the build directory `out` that other commands derived from its
+    previous graph, if `graph` (the new graph.json) differs from it; none when it is the same graph."""
+    try:
+        if (out / "graph.json").read_text() == graph:
+            return []
+    except FileNotFoundError:  # no build there yet: nothing tells which graph the files describe
+        return []
+    except (OSError, UnicodeDecodeError):  # a damaged graph.json: not this graph
+        pass
+    return [p for p in sorted(out.iterdir()) if p.name not in BUILD_FILES and (
+        (p.is_file() and p.name.endswith(DERIVED_SUFFIXES)) or
+        (p.is_dir() and p.name in DERIVED_DIRS and (p / DERIVED_DIRS[p.name]).is_file()))]
 
 
 def model_source(compiled: Compiled) -> str:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from netspec.schema_base import Strict
+from pydantic import PrivateAttr
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,12 @@ SOURCES = {
     "cifar100": SourceInfo("CIFAR-100 python-pickle batches", True),
     "imagefolder": SourceInfo("a tree of class directories of images (train/<class>/*, test/<class>/*)"),
     "npz": SourceInfo("arrays x_train, y_train, x_test, y_test (and optionally classes) in one .npz"),
+    "synthetic": SourceInfo("no files: random images of the input's shape and random labels of the spec's classes, "
+                            "the same every run (seed 0), like Caffe's DummyData; data.train_limit / data.test_limit "
+                            "images (default 256 / 64), for smoke runs without a data set (data.path, crop and resize "
+                            "are not used: `data.source=synthetic` on any spec's command line works)"),
 }
+SYNTHETIC_SIZES = (256, 64)  # training / test images of `source: synthetic` without limits (ours)
 DOWNLOADABLE = [name for name, info in SOURCES.items() if info.downloadable]
 
 
@@ -73,6 +79,8 @@ class DataSpec(Strict):
     resize: int | list[int] | None = Field(None, description="Streaming: resize before cropping, to this shorter side (e.g. 256) or exactly [H, W]; default input size × 256/227 (crop: none: the input size)")
     crop: Literal[tuple(CROPS)] = Field("none", description="Streaming crops: " + "; ".join(f"{k}: {v}" for k, v in CROPS.items()) + ". Mean and std subtraction stay input.mean/input.std.")
 
+    _class_count: int | None = PrivateAttr(None)  # the spec's `classes:` (set by Spec): synthetic labels
+
     @model_validator(mode="after")
     def _stream_settings(self) -> DataSpec:
         sizes = [self.resize] if isinstance(self.resize, int) else self.resize or []
@@ -80,7 +88,8 @@ class DataSpec(Strict):
             raise ValueError(f"data.resize is a shorter side or [H, W], each 1..8192, not {self.resize}")
         if self.stream is True and self.source != "imagefolder":
             raise ValueError(f"data.stream: true works for source imagefolder, not '{self.source}'")
-        if (self.crop != "none" or self.resize is not None) and (self.source != "imagefolder" or self.stream is False):
+        if (self.crop != "none" or self.resize is not None) and self.source != "synthetic" and \
+                (self.source != "imagefolder" or self.stream is False):
             raise ValueError("data.crop and data.resize need the streaming pipeline: source: imagefolder and "
                              "data.stream: true or auto")
         return self

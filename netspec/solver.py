@@ -211,6 +211,10 @@ class TrainSpec(Strict):
                                   "max_iter); `epochs` then becomes as many as that takes")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
+    tensorboard: bool | None = Field(default=None, description="write the logged scalars as TensorBoard event files "
+                                     "(<run>/tensorboard/; the extra `pip install netspec[tensorboard]`): true asks "
+                                     "for them (one line when the package is missing), false never; default: when "
+                                     "the package is installed")
     keep_snapshots: int = Field(default=0, ge=0, le=10_000, description="also keep the last N snapshots (every "
                                 "write of last.pt) as checkpoints/step-<step>.pt, listed in checkpoints.json, as "
                                 "Caffe's _iter_N files and mmengine's max_keep_ckpts; older ones are deleted, best.pt "

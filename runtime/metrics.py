@@ -5,8 +5,8 @@ Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `exampl
 `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory; with
 `train.log_every_steps`, one record every N steps (`step`, fractional `epoch`, the same loss keys, `lr`,
 `examples_per_second`; with `train.log_gradients`, `grad/<node>`) to `steps.jsonl`. Epochs skipped by
-`train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable, both also go to
-TensorBoard event files in `<run>/tensorboard/`.
+`train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable (`pip install
+'netspec[tensorboard]'`), both also go to TensorBoard event files in `<run>/tensorboard/`.
 """
 from __future__ import annotations
 
@@ -125,23 +125,33 @@ def _read_jsonl(path: Path, key: str, appended: bool = False) -> list[dict]:
 
 
 class TensorBoard:
-    """Scalars to TensorBoard event files (`<run>/tensorboard/`) when `torch.utils.tensorboard` can be imported
-    (it needs the `tensorboard` package, not a dependency of netspec); otherwise nothing."""
+    """Scalars to TensorBoard event files (`<run>/tensorboard/`) through `torch.utils.tensorboard`, which needs the
+    `tensorboard` package (the extra `pip install netspec[tensorboard]`). `wanted`: None writes them when the
+    package is there and is silent otherwise; True (asked for) says in one line on `stream` how to get it when it
+    is missing; False writes nothing."""
 
-    def __init__(self, run: Path, step: int = 0):
+    INSTALL = "pip install 'netspec[tensorboard]'"
+
+    def __init__(self, run: Path, step: int = 0, wanted: bool | None = None, stream: TextIO | None = sys.stderr):
+        self.writer = None
+        if wanted is False:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            self.writer = None
+            if wanted and stream is not None:
+                stream.write(f"TensorBoard event files are not written: the tensorboard package is missing "
+                             f"({self.INSTALL})\n")
         else:
             self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=step or None)
 
     def scalars(self, record: dict, step: int, group: str) -> None:
-        """`record`'s numbers under `group/` ("epoch" or "step")."""
+        """`record`'s numbers under `group/` ("epoch" or "step"), except the step and the group's own counter
+        (TensorBoard's x axis already is the step; an `epoch/epoch` curve would be a straight line)."""
         if self.writer is None:
             return
         for key, value in record.items():
-            if key not in ("step",) and isinstance(value, (int, float)):
+            if key not in ("step", group) and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:

@@ -394,7 +394,7 @@ def data_identity(spec: Spec, dataset) -> dict:
 # train: keys that say where or how fast a run goes, how often it logs, evaluates or saves: never a change
 FREE_TRAIN_KEYS = {"device", "amp", "compile", "sync_bn", "eval_batch_size", "checkpoint_every", "threads",
                    "checkpoint_every_steps", "log_every_steps", "log_gradients", "eval_every", "out", "run_name",
-                   "keep_snapshots"}
+                   "keep_snapshots", "tensorboard"}
 # what `--allow-change` accepts, applied at the resume (runtime/train.py): the solver, the lr schedule, the length
 # of training, loss weights and schedules
 CHANGEABLE = ("train.optimizer", "train.lr_schedule", "train.epochs", "train.max_steps")

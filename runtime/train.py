@@ -31,7 +31,7 @@ from netspec.compiler import Compiled
 from netspec.compiler.checkpoint_format import load_checkpoint
 from netspec.compiler.lower import param_groups
 from netspec.compiler.summary import summarise
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.project import atomic_write
 from netspec.solver import LRPolicy
 from netspec.spec import MAIN_HEAD, Spec
@@ -60,7 +60,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, run: Run, epoch: int, batch: int, steps: int, step: int):
         self.signum, self.run, self.epoch, self.batch, self.steps, self.step = signum, run, epoch, batch, steps, step
         super().__init__(f"{signal.Signals(signum).name}: saved {run.checkpoints / ckpt.LAST} (epoch {epoch + 1}, "
-                         f"step {batch} of {steps}; {_count(step, 'step')} so far)")
+                         f"step {batch} of {steps}; {plural(step, 'step')} so far)")
 
 
 def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, allow_change: bool = False,
@@ -185,10 +185,10 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
 
     # --- epochs
     log = MetricsLog(run.path, keep_until_epoch=epoch, keep_until_step=step)
-    board = TensorBoard(run.path, step) if ctx.is_main else None
+    board = TensorBoard(run.path, step, wanted=cfg.tensorboard) if ctx.is_main else None
     progress = Progress(cfg.epochs * steps, epoch * steps + done, sys.stderr if ctx.is_main else None)
     accuracy = val = None
-    say(f"training {spec.name} for {_count(cfg.epochs, 'epoch')} of {_count(steps, 'step')}, batch {cfg.batch_size} on "
+    say(f"training {spec.name} for {plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')}, batch {cfg.batch_size} on "
         f"{ctx.world_size} × {ctx.device} ({threads} thread{'s' * (threads > 1)}); run directory {run}")
 
     def snapshot(epoch: int, batch: int, sums: np.ndarray, seconds: float) -> dict:
@@ -279,7 +279,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
     if ctx.is_main:
         atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": selection,
                                                           "exits": rows}, indent=1) + "\n")
-        print(f"\n{spec.name}: every exit after {_count(cfg.epochs, 'epoch')} (best {selection} "
+        print(f"\n{spec.name}: every exit after {plural(cfg.epochs, 'epoch')} (best {selection} "
               f"{100 * best:.2f}% → best.pt; run {run})")
         print(format_exit_table(rows))
     return Result(raw, rows, run)
@@ -352,7 +352,7 @@ def _resume(raw: nn.Module, run: Run, start: dict | None, ctx: distributed.Conte
         _seed(cfg.seed, ctx.rank, epoch)
         say(f"note: the checkpoint was written by {len(start['rng'])} process(es), this run has "
             f"{ctx.world_size}: random draws (dropout) differ from an uninterrupted run")
-    at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {_count(cfg.epochs, 'epoch')} done"
+    at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {plural(cfg.epochs, 'epoch')} done"
     say(f"resuming {run.checkpoints / ckpt.LAST}: {at} (step {step})")
     return epoch, step, done, best, sums, seconds
 
@@ -574,11 +574,6 @@ def _epoch_line(record: dict, epochs: int, names: list[str], heads: list[str], e
         for p, label in splits) if evaluated else "(not evaluated: train.eval_every)")
     return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  {exits}  "
             f"lr {record['lr']:.3g}  {record['seconds']:.1f}s")
-
-
-def _count(n: int, thing: str) -> str:
-    """`1 epoch`, `2 epochs`."""
-    return f"{n} {thing}{'s' * (n != 1)}"
 
 
 def _silent(*args, **kwargs) -> None:

@@ -46,13 +46,16 @@ def run_compile(args: argparse.Namespace) -> int:
     summary = summarise(compiled.network)
     summary["compile_seconds"] = round(time.perf_counter() - started, 3)
     out = claim_dir(build_root() / compiled.spec.name, ("build.json",), "build directory")
-    write_build(compiled, overrides, summary, out)
+    stale = write_build(compiled, overrides, summary, out)
     atomic_write(build_root() / "CURRENT", compiled.spec.name + "\n")
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print(format_summary(summary))
         print(f"\nwrote {out}/ (current build) in {summary['compile_seconds']:.2f}s")
+    if stale:  # on stderr with --json: stdout stays one JSON document
+        print(f"removed {', '.join(stale)} from {out}/: made from the previous graph (draw, export or probe again)",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
 from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, hold_out, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
+from netspec.runtime.data.sources import without_data
 
 LAYOUTS = "root/train/<class>/* and root/test/<class>/*, or root/<class>/* (split 90/10)"
 PROGRESS_EVERY = 2.0  # seconds between progress lines while indexing
@@ -51,7 +52,7 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     train_root = root / "train" if (root / "train").is_dir() else root
     if not train_root.is_dir():
         raise UserError(f"no imagefolder data at {root}: the directory is not there",
-                        f"set data.path to a directory laid out as {LAYOUTS}", spec.at)
+                        f"set data.path to a directory laid out as {LAYOUTS}; {without_data(spec)}", spec.at)
     classes = sorted(e.name for e in os.scandir(train_root) if e.is_dir())
     if not classes:
         raise UserError(f"no class directories in {train_root}",
@@ -92,12 +93,12 @@ class _Counter:
         self.n += k
         now = time.monotonic()
         if self.out is not None and now - self.last > PROGRESS_EVERY:
-            print(f"\rindexing {self.root}: {self.n} files", end="", file=self.out, flush=True)
+            print(f"\rindexing {self.root}: {plural(self.n, 'file')}", end="", file=self.out, flush=True)
             self.last, self.shown = now, True
 
     def done(self, n: int) -> None:
         if self.shown:
-            print(f"\rindexed {self.root}: {n} files", file=self.out, flush=True)
+            print(f"\rindexed {self.root}: {plural(n, 'file')}", file=self.out, flush=True)
 
 
 def _list(root: Path, classes: list[str], counter: _Counter, spec: DataSpec) -> list[tuple[str, int]]:
