@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from netspec.errors import UserError
+from netspec.errors import Pos, UserError
 from netspec.ops import REGISTRY
 from netspec.spec import MAIN_HEAD
 from netspec.compiler.caffe.layers import Loss, Net, NetNode, most_common, spec_name
@@ -185,10 +185,23 @@ def node_line(node: NetNode, previous: str, classes: int, is_head: bool, d: Defa
     return f"- {flow(spec)}" + (f"  # {'; '.join(notes)}" if notes else "")
 
 
+BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")  # control characters and what YAML reads as line breaks
+
+
+def one_line(text: str) -> str:
+    """A generated line with any control character (a Caffe name may hold a newline) escaped, so that a comment
+    cannot spill onto a line of its own."""
+    return BREAKS.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[str, Any],
-            train_comments: list[str], extra_notes: list[str]) -> str:
+            train_comments: list[str], extra_notes: list[str], data: dict[str, Any] | None = None,
+            data_comments: list[str] = ()) -> tuple[str, dict[int, Pos]]:
+    """The spec's text, and where in the prototxt each generated line comes from (by line number, 1-based):
+    an error in the spec is reported at the prototxt's line."""
     d = defaults(s.backbone + [n for h in s.heads for n in h.nodes])
     info = net.input
+    origin: dict[int, Pos] = {}
     out = [f"# Imported from {' + '.join(sources)} by `netspec import-caffe`.",
            "# Caffe layer names are kept (characters a netspec name cannot have became '_'); every loss but the",
            "# deepest is a branch. Edit freely: this file is yours now."]
@@ -209,6 +222,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
     for comment in info.comments:
         out.append(f"# {comment}")
     out.append(f"input: {flow(inp)}")
+    origin[len(out)] = info.pos
     out.append(f"classes: {s.classes}")
     init = {}
     if d.weight is not None:
@@ -223,6 +237,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
     main = s.heads[0]
     for node in s.backbone:
         out.append("  " + node_line(node, previous, s.classes, node.name == main.loss.logits, d, []))
+        origin[len(out)] = node.pos
         previous = node.name
     if len(s.heads) > 1:
         out.append("")
@@ -235,20 +250,23 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
             previous = head.attach
             for node in head.nodes:
                 out.append("      " + node_line(node, previous, s.classes, node.name == head.loss.logits, d, []))
+                origin[len(out)] = node.pos
                 previous = node.name
     out.append("")
     out.append("losses:")
     for head in s.heads:
         where = f"  # {head.loss.type} '{head.loss.caffe}', line {head.loss.pos.line}" if head.loss.caffe else ""
         out.append(f"  {head.name}: {flow({'head': head.name, 'weight': head.loss.weight})}{where}")
-    data: dict[str, Any] = {}
-    if info.mirror:
-        data["augment"] = {"flip": True}
+        origin[len(out)] = head.loss.pos
+    if not data and info.mirror:
+        data = {"augment": {"flip": True}}
     if info.comments or data:
         out.append("")
-        if info.comments:
-            out.append("# data: the Caffe net's database is not readable by netspec: set data.source and data.path")
-        out.append(f"data: {flow(data)}")
+        out.extend(f"# {c}" for c in data_comments)
+        if info.comments and not (data or {}).get("source"):
+            out.append("# data: the Caffe net's database is not here: set data.source and data.path")
+        out.append(f"data: {flow(data or {})}")
+        origin[len(out)] = info.pos
     if HAS_MULTIPLIERS:
         if d.lr_mult != 1.0:
             train = {**train, "lr_mult": d.lr_mult}
@@ -264,4 +282,4 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
         out.append("train:")
         for key, value in train.items():
             out.append(f"  {key}: {flow(value)}")
-    return "\n".join(out) + "\n"
+    return "\n".join(one_line(line) for line in out) + "\n", origin

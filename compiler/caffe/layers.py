@@ -495,10 +495,10 @@ DROPPED = {"Accuracy": "the per-exit accuracy table replaces it", "Silence": "it
 
 # --- the net ---------------------------------------------------------------------------------
 
-def _included(msg: Message) -> bool:
-    """Caffe's NetStateRule for the TRAIN net (phase TRAIN, level 0, no stages)."""
+def _included(msg: Message, phase: str) -> bool:
+    """Caffe's NetStateRule for the net of `phase` (TRAIN or TEST; level 0, no stages)."""
     def meets(rule: Message) -> bool:
-        if rule.get("phase", "TRAIN") != "TRAIN":
+        if rule.has("phase") and rule.get("phase") != phase:
             return False
         if rule.get("min_level", 0) > 0 or rule.get("max_level", 0) < 0:
             return False
@@ -509,15 +509,15 @@ def _included(msg: Message) -> bool:
     return not any(meets(r) for r in exclude)
 
 
-def layers_of(net: Message) -> list[Layer]:
-    """The net's layers (V2 `layer` or V1 `layers`), TRAIN phase only, normalised."""
+def layers_of(net: Message, phase: str = "TRAIN") -> list[Layer]:
+    """The net's layers (V2 `layer` or V1 `layers`) of one phase, normalised."""
     v2, v1 = net.all("layer"), net.all("layers")
     if v2 and v1:
         raise CaffeError("the net mixes `layer` (V2) and `layers` (V1)", "upgrade it with Caffe's "
                          "upgrade_net_proto_text, or use one kind", v1[0].pos())
     out = []
     for msg in v2 or v1:
-        if not _included(msg):
+        if not _included(msg, phase):
             continue
         name = msg.get("name", "")
         if v1:
@@ -568,38 +568,71 @@ def blob_values(layers: list[Layer], inputs: list[str]) -> tuple[list[list[Value
     return reads, readers
 
 
+@dataclass
+class DataParams:
+    """What a data layer says of its data: data_param / image_data_param and transform_param (Caffe's old
+    data_param copies of scale, crop_size, mirror and mean_file count when transform_param lacks them)."""
+
+    layer: Layer
+    source: str | None
+    backend: str | None  # as written: LMDB, LEVELDB, or None (Caffe's default, LEVELDB)
+    batch_size: int | None
+    crop: int
+    mean: list[float]
+    mean_file: str | None
+    scale: float
+    mirror: bool
+    param: str | None  # the layer's parameter message
+
+    def pos(self, key: str) -> Pos:
+        for param in ("transform_param", self.param):
+            if param and self.layer.msg.get(param) is not None and self.layer.msg.get(param).has(key):
+                return self.layer.at(param, key)
+        return self.layer.pos
+
+
+def data_params(layer: Layer) -> DataParams:
+    t = layer.param("transform_param")
+    param = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param"}.get(layer.type)
+    p = layer.param(param) if param else Message("*", layer.pos.file, layer.pos.line)
+    out = DataParams(layer, p.get("source"), p.get("backend"), p.get("batch_size"),
+                     t.get("crop_size", 0) or p.get("crop_size", 0), t.all("mean_value"),
+                     t.get("mean_file", p.get("mean_file")), t.get("scale", p.get("scale", 1.0)),
+                     t.get("mirror", False) or p.get("mirror", False), param)
+    if out.mean_file and out.mean:  # Caffe's DataTransformer constructor
+        raise CaffeError(f"data layer '{layer.name}' gives both mean_file and mean_value, which Caffe refuses "
+                         "(\"cannot specify mean_file and mean_value at the same time\")", "keep one of them",
+                         out.pos("mean_value"))
+    return out
+
+
+def data_layer(net: Message, phase: str) -> Layer | None:
+    """The first data layer of the net of `phase`."""
+    return next((layer for layer in layers_of(net, phase) if layer.type in DATA_TYPES), None)
+
+
 def _data_input(layer: Layer, info: InputInfo) -> None:
     """A data layer's shape (crop_size, mean_value → channels) and the training settings it carries."""
-    t = layer.param("transform_param")
-    params = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param"}.get(layer.type)
-    p = layer.param(params) if params else Message("*", layer.pos.file, layer.pos.line)
-    crop = t.get("crop_size", 0) or p.get("crop_size", 0)
-    mean = t.all("mean_value")
-    info.mean, info.scale = mean, t.get("scale", p.get("scale", 1.0))
-    info.mirror = t.get("mirror", False) or p.get("mirror", False)
-    info.crop_size = crop
-    info.batch_size = p.get("batch_size")
-    channels = len(mean) if len(mean) > 1 else (1 if layer.type == "ImageData" and not p.get("is_color", True)
-                                                else None)
-    size = (crop, crop) if crop else (p.get("new_height"), p.get("new_width")) if p.get("new_height") else None
+    d = data_params(layer)
+    p = layer.param(d.param) if d.param else Message("*", layer.pos.file, layer.pos.line)
+    info.mean, info.scale, info.mirror, info.crop_size, info.batch_size = d.mean, d.scale, d.mirror, d.crop, d.batch_size
+    channels = len(d.mean) if len(d.mean) > 1 else (1 if layer.type == "ImageData" and not p.get("is_color", True)
+                                                    else None)
+    size = (d.crop, d.crop) if d.crop else (p.get("new_height"), p.get("new_width")) if p.get("new_height") else None
     if channels and size:
         info.shape = (channels, *size)
-    if len(mean) == 3:
-        info.comments.append("Caffe reads images as BGR: input.mean and conv weights keep Caffe's channel order; "
-                             "netspec's readers give RGB")
-    where = f"{layer.pos}"
-    source = p.get("source")
-    if source:
-        backend = f" ({p.get('backend', 'LEVELDB')})" if layer.type == "Data" else ""
-        info.comments.append(f"Caffe's {layer.type} layer '{layer.name}' ({where}) reads {source}{backend}")
-    mean_file = t.get("mean_file", p.get("mean_file"))
-    if mean_file:
-        info.comments.append(f"it subtracts the mean image {mean_file}: netspec subtracts a per-channel mean "
-                             "(set input.mean)")
-    if crop:
-        info.comments.append(f"it crops {crop}x{crop} windows at random and "
+    if len(d.mean) == 3:
+        info.comments.append("Caffe reads images as BGR: input.mean and conv weights keep Caffe's channel order "
+                             "(source lmdb keeps it; netspec's image-file readers give RGB)")
+    if d.source:
+        backend = f" ({d.backend or 'LEVELDB'})" if layer.type == "Data" else ""
+        info.comments.append(f"Caffe's {layer.type} layer '{layer.name}' ({layer.pos}) reads {d.source}{backend}")
+    if d.mean_file:
+        info.comments.append(f"it subtracts the mean image {d.mean_file} (data.mean_file, for source lmdb)")
+    if d.crop:
+        info.comments.append(f"it crops {d.crop}x{d.crop} windows at random and "
                              f"{'mirrors them' if info.mirror else 'does not mirror'}: netspec's input is the "
-                             "crop's size (data.augment: crop_pad pads and crops instead)")
+                             "crop's size (data.crop: caffe, for source lmdb)")
 
 
 def _network_input(net: Message, info: InputInfo) -> str | None:
