@@ -211,7 +211,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
         out.append(f"# dropped (they feed no loss): {', '.join(s.dropped)}")
     out.append(f"name: {flow(name)}")
     if net.name:
-        out.append(f"description: {flow('Caffe net ' + net.name)}")
+        out.append(f"description: {flow('Caffe net ' + one_line(net.name))}")
     inp: dict[str, Any] = {"shape": list(info.shape)}
     if info.pos and (info.mean or info.scale != 1.0 or info.crop_size or info.batch_size):
         # Caffe feeds (pixel - mean_value) * scale on 0..255 pixels; netspec (pixel/255 - mean) / std
