@@ -253,3 +253,18 @@ def test_two_gloo_ranks_read_disjoint_shards_of_the_one_process_batches(caffe_di
                 assert row == by_index[i]  # the same crop and mirror on whichever rank reads the record
                 seen[r].add(i)
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 32
+
+
+def test_commands_that_read_the_set_whole_get_the_centre_crops(caffe_dir):
+    from netspec.errors import UserError
+    from netspec.runtime.data import load_dataset
+
+    root, xs, ys, vx, vy, _ = caffe_dir
+    spec = compile_spec(imported(caffe_dir), ["data.mean_file=null"]).spec
+    data = load_dataset(spec.data, spec.input.shape)
+    c = (SIZE - CROP) // 2
+    assert data.train_x.shape == (32, 3, CROP, CROP) and data.test_y.tolist() == vy
+    assert np.array_equal(data.train_x.numpy(), np.stack(xs)[:, :, c:c + CROP, c:c + CROP])
+    assert np.array_equal(data.test_x.numpy(), np.stack(vx)[:, :, c:c + CROP, c:c + CROP])  # PNG records too
+    with pytest.raises(UserError, match="mean_file"):
+        load_dataset(compile_spec(root / "lenet.yaml").spec.data, (3, CROP, CROP))

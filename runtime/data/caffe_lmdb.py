@@ -27,8 +27,9 @@ import torch
 
 from netspec.data_spec import Augment
 from netspec.errors import UserError
-from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, first_datum, open_lmdb, parse_datum,
-                                             read_mean)
+from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, entries, first_datum, open_lmdb,
+                                             parse_datum, read_mean)
+from netspec.runtime.arrays import data_limit, too_large
 from netspec.runtime.data.sources import data_root
 from netspec.runtime.data.stream import StreamBatches, StreamData, _Counter
 from netspec.runtime.data.transforms import caffe_window, rng
@@ -186,6 +187,43 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
         return torch.full((n,), UNREAD, dtype=torch.int64)
 
     return LmdbData(tk, unread(len(tk)), vk, unread(len(vk)), classes, root, test_root, tl, vl, record, mean)
+
+
+def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Both databases decoded into memory as uint8 (N, C, H, W) test-phase windows (the centre crop) and labels,
+    for the commands that read a data set whole (calibrate, probe, export's calibration): `netspec train`
+    streams instead. `d` is the spec's data section."""
+    if not d.test_path:
+        raise UserError("source lmdb needs data.test_path (the test database)", "set it to the source of Caffe's "
+                        "TEST Data layer", d.at)
+    if d.mean_file:
+        raise UserError("data.mean_file is subtracted by the streaming reader of `netspec train` only; this "
+                        "command reads the databases whole, as uint8 pixels", "run it with data.mean_file=null and "
+                        "an input.mean that approximates the mean image", d.at)
+    transform = DatumTransform(tuple(shape), False, d.crop == "caffe", False)
+    out = []
+    for path, limit in ((root, d.train_limit), (Path(d.test_path).expanduser(), d.test_limit)):
+        env = open_lmdb(path, d.at)
+        try:
+            count = min(entries(env), limit or entries(env))
+            if count * int(np.prod(shape)) > data_limit():
+                raise too_large(path, f"{count} records of {'×'.join(map(str, shape))} take", count * int(np.prod(shape)))
+            x, y = np.empty((count, *shape), np.uint8), np.empty(count, np.int64)
+            with env.begin(buffers=False) as txn:
+                for i, (key, value) in enumerate(txn.cursor()):
+                    if i == count:
+                        break
+                    where = f"record {key.decode('utf-8', 'backslashreplace')!r} of {path}"
+                    datum = parse_datum(value, where)
+                    try:
+                        x[i] = transform(datum_pixels(datum, shape[0] if datum.encoded else None), None).numpy()
+                    except (ValueError, OSError) as err:
+                        raise UserError(f"{where}: {str(err)[:200]}", DatumBatches.BAD_ITEM, d.at) from None
+                    y[i] = datum.label
+        finally:
+            env.close()
+        out.append((x, y))
+    return out[0], out[1], None
 
 
 def lmdb_batches(spec, data: LmdbData, device, rank: int = 0, world_size: int = 1) -> tuple[DatumBatches, DatumBatches]:

@@ -377,3 +377,11 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     classes = [str(c) for c in names] if names is not None else None
     return splits[0], splits[1], classes
 
+
+
+# ---------------------------------------------------------------- Caffe LMDB, whole (calibrate, probe, export)
+
+@reader("lmdb")
+def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+    from netspec.runtime.data.caffe_lmdb import read_whole  # the streaming reader's module builds on this one
+    return read_whole(spec, root, shape)
