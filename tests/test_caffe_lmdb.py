@@ -268,3 +268,46 @@ def test_commands_that_read_the_set_whole_get_the_centre_crops(caffe_dir):
     assert np.array_equal(data.test_x.numpy(), np.stack(vx)[:, :, c:c + CROP, c:c + CROP])  # PNG records too
     with pytest.raises(UserError, match="mean_file"):
         load_dataset(compile_spec(root / "lenet.yaml").spec.data, (3, CROP, CROP))
+
+
+def test_the_command_says_where_the_data_came_from(caffe_dir, capsys):
+    imported(caffe_dir)
+    assert "data: source lmdb, train_lmdb (32 records) and test_lmdb; input 3x8x8 from its first record" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["", "backend: LEVELDB "])
+def test_a_leveldb_database_is_one_line_naming_the_backend(caffe_dir, capsys, backend):
+    root = caffe_dir[0]
+    (root / "train_leveldb").mkdir()
+    (root / "train_leveldb" / "CURRENT").write_text("MANIFEST-000001\n")
+    (root / "train_leveldb" / "LOCK").write_text("")
+    text = TRAIN_VAL.format(train="train_leveldb", test="test_lmdb").replace("batch_size: 8 backend: LMDB",
+                                                                              f"batch_size: 8 {backend}")
+    (root / "train_val.prototxt").write_text(text)
+    assert cli.main(["import-caffe", "train_val.prototxt", "-o", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_val.prototxt:6: train_leveldb is a LevelDB database") and "LMDB" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def new_test_set(root: Path, values: list[bytes]) -> None:
+    import shutil
+    shutil.rmtree(root / "test_lmdb")
+    write_lmdb(root / "test_lmdb", values)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "mean.binaryproto").write_bytes(b"\x08\x01"), "not a 1×C×H×W mean image"),
+    (lambda root: new_test_set(root, [b"\xff\xff"]), "is not a Caffe Datum record"),
+    (lambda root: new_test_set(root, [datum(np.zeros((3, 6, 6), np.uint8))]), "are 3×6×6"),
+    (lambda root: new_test_set(root, [datum(np.zeros((1, SIZE, SIZE), np.uint8))]), "are 1×12×12"),
+    (lambda root: new_test_set(root, [datum(np.zeros((3, SIZE, SIZE), np.uint8), label=7)]), "label 7"),
+], ids=["mean file", "not a Datum", "smaller", "channels", "label"])
+def test_bad_databases_are_one_line_errors_at_train(caffe_dir, capsys, damage, message):
+    spec = imported(caffe_dir)
+    damage(caffe_dir[0])
+    capsys.readouterr()
+    assert cli.main(["train", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err, err  # (a run that started says so)

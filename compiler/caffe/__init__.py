@@ -15,7 +15,7 @@ from pathlib import Path
 from netspec.errors import Pos, SpecErrors, UserError
 from netspec.project import atomic_write
 from netspec.compiler import Compiled, compile_spec
-from netspec.compiler.caffe.data import plan_data
+from netspec.compiler.caffe.data import DataPlan, plan_data
 from netspec.compiler.caffe.emit import Structure, structure, to_yaml
 from netspec.compiler.caffe.layers import CaffeError, Net, read_net
 from netspec.compiler.caffe.solver import read_solver
@@ -31,6 +31,7 @@ class Imported:
     structure: Structure
     checkpoint: Path | None
     unused_blobs: list[str]
+    data: DataPlan
 
 
 def import_caffe(net_path: str | Path, out: str | Path, solver: str | Path | None = None,
@@ -68,7 +69,7 @@ def import_caffe(net_path: str | Path, out: str | Path, solver: str | Path | Non
         model, unused = state_dict(compiled.module, layers, read_caffemodel(weights), Path(weights))
         ckpt = Path(checkpoint) if checkpoint else out.with_suffix(".pt")
         write_checkpoint(ckpt, model, compiled.spec.name, compiled.spec_hash, f"caffe:{Path(weights).name}")
-    return Imported(out, compiled, net, shape, ckpt, unused)
+    return Imported(out, compiled, net, shape, ckpt, unused, plan)
 
 
 def _compile(text: str, out: Path, origin: dict[int, Pos], head: Pos, tail: Pos) -> Compiled:
