@@ -311,3 +311,22 @@ def test_bad_databases_are_one_line_errors_at_train(caffe_dir, capsys, damage, m
     assert cli.main(["train", str(spec)]) == 2
     err = capsys.readouterr().err
     assert message in err.strip().splitlines()[-1] and "Traceback" not in err, err  # (a run that started says so)
+
+
+def test_float_records_and_v1_data_layers(caffe_dir):
+    root = caffe_dir[0]
+    values = np.arange(3 * SIZE * SIZE, dtype=np.float32).reshape(3, SIZE, SIZE) / 7
+    d = message_class("Datum")(channels=3, height=SIZE, width=SIZE, label=2)
+    d.float_data.extend(values.ravel().tolist())
+    assert np.array_equal(datum_pixels(message_class("Datum").FromString(d.SerializeToString())), values)
+    v1 = TRAIN_VAL.format(train="train_lmdb", test="test_lmdb")
+    v1 = v1.replace('layer {\n  name: "mnist" type: "Data"', 'layers {\n  name: "mnist" type: DATA')
+    v1 = v1.split('layer { name: "conv1"')[0]
+    v1 += ('layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" convolution_param { num_output: 4 '
+           'kernel_size: 3 } }\nlayers { name: "ip1" type: INNER_PRODUCT bottom: "conv1" top: "ip1" '
+           'inner_product_param { num_output: 3 } }\nlayers { name: "loss" type: SOFTMAX_LOSS bottom: "ip1" '
+           'bottom: "label" top: "loss" }\n')
+    (root / "v1.prototxt").write_text(v1)
+    assert cli.main(["import-caffe", "v1.prototxt", "-o", "v1.yaml"]) == 0
+    spec = yaml.safe_load((root / "v1.yaml").read_text())
+    assert spec["input"]["shape"] == [3, CROP, CROP] and spec["data"]["test_path"] == "test_lmdb"
