@@ -82,7 +82,8 @@ class DatumTransform:
             out = out.astype(np.float32) - self.mean[:, top:top + out_h, left:left + out_w]
         if mirror:
             out = out[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(out, np.float32 if self.floats else np.uint8))
+        dtype = np.float32 if self.floats else np.uint8
+        return torch.from_numpy(np.array(out, dtype, order="C"))  # a writable copy (a record's buffer is read-only)
 
 
 class DatumRecords(torch.utils.data.Dataset):
