@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from caffe_fixtures import caffemodel  # noqa: E402
 
 from netspec.cli import main  # noqa: E402
-from netspec.compiler.caffe.emit import one_line  # noqa: E402
+from netspec.compiler.caffe.textformat import one_line  # noqa: E402
 
 HEAD = ['name: "t"', 'input: "data"', "input_shape { dim: 1 dim: 3 dim: 16 dim: 16 }"]
 
@@ -301,3 +301,44 @@ GENERATED_SPEC_ERRORS = [  # values the prototxt accepts but the spec would refu
 @pytest.mark.parametrize("case, lines, marker", GENERATED_SPEC_ERRORS, ids=[c[0] for c in GENERATED_SPEC_ERRORS])
 def test_errors_of_the_generated_spec_point_at_the_prototxt(tmp_path, case, lines, marker):
     refused(tmp_path, lines, marker, "")
+
+
+# --- any edit of a valid prototxt: imported, or one line at the prototxt, never a traceback -----------------
+
+VALID = HEAD + [conv("conv1", "data"), layer("bn1", "BatchNorm", "conv1", "conv1"),
+                layer("scale1", "Scale", "conv1", "conv1", "scale_param { bias_term: true }"),
+                layer("relu1", "ReLU", "conv1", "conv1"),
+                layer("pool1", "Pooling", "conv1", "pool1", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }"),
+                layer("norm1", "LRN", "pool1", "norm1", "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }"),
+                layer("split", "Split", "norm1", ["a", "b"]), conv("conv2", "a", body="num_output: 4 kernel_size: 1"),
+                layer("sum", "Eltwise", ["conv2", "b"], "sum"), fc("fc", "sum")]
+TOKENS = ["0", "-1", "1", "3", "0x7fffffff", "4294967295", "1e30", "nan", "-inf", '"x"', "MAX", "true", "{", "}",
+          '"\\n"', "#", ":", "[]"]
+
+
+def mutations(count: int, seed: int = 0):
+    gen = np.random.default_rng(seed)
+    for _ in range(count):
+        lines = [list(text.split(" ")) for text in VALID]
+        for _ in range(int(gen.integers(1, 4))):
+            row = lines[int(gen.integers(len(lines)))]
+            at = int(gen.integers(len(row)))
+            action = gen.integers(3)
+            if action == 0:
+                row[at] = TOKENS[int(gen.integers(len(TOKENS)))]
+            elif action == 1:
+                del row[at]
+            else:
+                row.insert(at, row[int(gen.integers(len(row)))])
+        yield [" ".join(row) for row in lines]
+
+
+@pytest.mark.parametrize("lines", list(mutations(80)), ids=range(80))
+def test_any_edit_imports_or_is_one_line_at_the_prototxt(tmp_path, lines):
+    code, err, out = run(tmp_path, lines)
+    assert code in (0, 2) and "Traceback" not in err, err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith(str(tmp_path / "net.prototxt")), err
+        assert not out.exists()
+    else:
+        assert yaml.safe_load(out.read_text())["nodes"]

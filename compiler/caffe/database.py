@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from netspec.errors import Pos, UserError
+from netspec.errors import Pos
+from netspec.compiler.caffe.textformat import CaffeError
 from netspec.compiler.caffe.weights import blob_array, message_class
 
 LMDB_FILE = "data.mdb"
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes OpenCV's IMREAD_ANYCOLOR reads as one channel
 
 
-class DatabaseError(UserError):
+class DatabaseError(CaffeError):
     """A Caffe database netspec cannot read."""
 
 

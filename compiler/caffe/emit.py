@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from netspec.errors import Pos, UserError
+from netspec.errors import Pos
 from netspec.ops import REGISTRY
 from netspec.spec import MAIN_HEAD
 from netspec.compiler.caffe.layers import Loss, Net, NetNode, most_common, spec_name
+from netspec.compiler.caffe.textformat import CaffeError, one_line
 
 HAS_MULTIPLIERS = "lr_mult" in REGISTRY["conv"].model_fields  # the schema's per-parameter multipliers
 
@@ -60,7 +61,7 @@ def structure(net: Net) -> Structure:
     losses = list(net.losses)
     if not losses:  # a deploy net: the last layer is the output (without its softmax: netspec's heads are logits)
         if not net.nodes:
-            raise UserError(f"{net.file}: the net has no layers after its input", "give it some layers")
+            raise CaffeError(f"{net.file}: the net has no layers after its input", "give it some layers")
         last = net.nodes[-1]
         while last.spec["op"] == "softmax" and last.inputs[0] in by_name:
             last = by_name[last.inputs[0]]
@@ -80,7 +81,7 @@ def structure(net: Net) -> Structure:
         own = _ancestry(loss.logits, by_name) - trunk
         for node in own:
             if node in owner:
-                raise UserError(f"layer '{by_name[node].caffe}' feeds two auxiliary losses ('{owner[node]}' and "
+                raise CaffeError(f"layer '{by_name[node].caffe}' feeds two auxiliary losses ('{owner[node]}' and "
                                 f"'{loss.caffe}')", "netspec branches do not share layers: give each loss its own "
                                 "layers", by_name[node].pos)
             owner[node] = loss.caffe
@@ -96,7 +97,7 @@ def structure(net: Net) -> Structure:
     dropped = [f"'{n.caffe}' ({n.type}, line {n.pos.line})" for n in net.nodes if n.name not in used]
     last = by_name.get(main.logits)
     if last is None or len(last.shape) != 1:
-        raise UserError(f"the net's output '{main.logits}' is not a vector of class scores",
+        raise CaffeError(f"the net's output '{main.logits}' is not a vector of class scores",
                         "end the main path in an InnerProduct (fc) layer", main.pos)
     return Structure(backbone, heads, last.shape[0], dropped)
 
@@ -183,15 +184,6 @@ def node_line(node: NetNode, previous: str, classes: int, is_head: bool, d: Defa
     if node.caffe and node.caffe != node.name:
         notes.insert(0, f"Caffe '{node.caffe}'")
     return f"- {flow(spec)}" + (f"  # {'; '.join(notes)}" if notes else "")
-
-
-BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")  # control characters and what YAML reads as line breaks
-
-
-def one_line(text: str) -> str:
-    """A generated line with any control character (a Caffe name may hold a newline) escaped, so that a comment
-    cannot spill onto a line of its own."""
-    return BREAKS.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
 def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[str, Any],

@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from netspec.errors import Pos, UserError, did_you_mean
+from netspec.errors import Pos, did_you_mean
 from netspec.ops import MAX_NAME, RESERVED_NAMES
-from netspec.compiler.caffe.textformat import Message
+from netspec.compiler.caffe.textformat import CaffeError, Message
 
 Shape = tuple[int, ...]
 LABEL = object()  # the label blob of a data layer: read by loss and accuracy layers only
@@ -117,10 +117,6 @@ class Net:
     nodes: list[NetNode]
     losses: list[Loss]
     notes: list[str]
-
-
-class CaffeError(UserError):
-    """A prototxt netspec cannot import."""
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -748,6 +744,9 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
             notes.append(f"dropped {layer.type} layer '{layer.name}' ({layer.pos}): {DROPPED[layer.type]}")
             continue
         if layer.type == "Split":
+            if len(sources) != 1:
+                raise CaffeError(f"split '{layer.name}' has {len(sources)} bottoms", "a Split copies one bottom",
+                                 layer.pos)
             for top in layer.tops:
                 blobs[top] = sources[0]
             continue

@@ -6,6 +6,7 @@ unknown field or a value of the wrong kind is a `file:line: what — fix` error,
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,22 @@ class Message:
         return value
 
 
-class TextFormatError(UserError):
+BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")  # control characters and what YAML reads as line breaks
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (a Caffe name may hold a newline): it stays one line."""
+    return BREAKS.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
+class CaffeError(UserError):
+    """A Caffe file netspec cannot import: one line, whatever names it quotes."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+class TextFormatError(CaffeError):
     """A syntax or schema error in a .prototxt."""
 
 
@@ -307,7 +323,7 @@ def check_value(name: str, value: Any, kind: str, pos: Pos) -> Any:
                 raise TextFormatError(f"'{name}' takes a whole number, not {value}", f"write {name}: N", pos)
             if re.fullmatch(r"-?0\d+", value):
                 raise TextFormatError(f"'{name}': {value} starts with 0, which makes an octal number, but has a digit "
-                                      "8 or 9", f"drop the leading 0", pos)
+                                      "8 or 9", "drop the leading 0", pos)
             raise TextFormatError(f"'{name}' takes a number, not {value}", f"write {name}: NUMBER", pos)
         if not low <= number <= high:
             raise TextFormatError(f"'{name}' is {value} = {number}, outside the {proto} range {low}..{high} of "
