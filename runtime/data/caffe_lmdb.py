@@ -45,6 +45,7 @@ class LmdbData(StreamData):
     train_lengths: np.ndarray
     test_lengths: np.ndarray
     record_shape: tuple[int, int, int]
+    floats: bool  # the records hold float_data
     mean: np.ndarray | None  # the mean image (C, H, W) of data.mean_file
 
 
@@ -160,10 +161,10 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
                         "set them to the sources of Caffe's TRAIN and TEST Data layers", d.at)
     root, test_root = data_root(d), Path(d.test_path).expanduser()
     shape = tuple(int(v) for v in spec.input.shape)
-    record = None
+    record, floats = None, False
     for path in (root, test_root):
-        found, _, _ = first_datum(path, d.at)
-        record = record or found
+        found, _, float_data = first_datum(path, d.at)
+        record, floats = record or found, floats or float_data
         c, h, w = found
         if c != shape[0] or (h, w) != shape[1:] and not (d.crop == "caffe" and h >= shape[1] and w >= shape[2]):
             fix = (f"set input.shape: [{c}, {h}, {w}]" if c != shape[0] or d.crop == "caffe" or h < shape[1]
@@ -187,7 +188,7 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
     def unread(n: int) -> torch.Tensor:
         return torch.full((n,), UNREAD, dtype=torch.int64)
 
-    return LmdbData(tk, unread(len(tk)), vk, unread(len(vk)), classes, root, test_root, tl, vl, record, mean)
+    return LmdbData(tk, unread(len(tk)), vk, unread(len(vk)), classes, root, test_root, tl, vl, record, floats, mean)
 
 
 def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -231,14 +232,13 @@ def lmdb_batches(spec, data: LmdbData, device, rank: int = 0, world_size: int = 
     """This rank's streamed training and test batches of Caffe databases."""
     d = spec.data
     shape = tuple(int(v) for v in spec.input.shape)
-    _, _, floats = first_datum(data.root, d.at)
     common = dict(mean=spec.input.mean, std=spec.input.std, device=device, seed=spec.train.seed, rank=rank,
                   world_size=world_size, workers=d.workers)
     out = []
     for train, path, keys, lengths, y in ((True, data.root, data.train_files, data.train_lengths, data.train_y),
                                           (False, data.test_root, data.test_files, data.test_lengths, data.test_y)):
         transform = DatumTransform(shape, train, d.crop == "caffe", d.augment.flip, data.mean,
-                                   floats or data.mean is not None)
+                                   data.floats or data.mean is not None)
         records = DatumRecords(path, keys, lengths, transform, spec.train.seed, len(data.classes))
         batch = spec.train.batch_size // world_size if train else spec.train.eval_batch_size
         out.append(DatumBatches(keys, y, batch, train=train, transform=transform, dataset=records,
