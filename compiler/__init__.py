@@ -51,6 +51,12 @@ class Compiled:
         return prune(self.module, head)
 
 
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Parse and validate only: the spec's settings (its name, train:, data:) without building the network."""
+    raw, _ = parse(path, overrides)
+    return validate(raw)
+
+
 def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]:
     """All passes up to shape inference: the checked network with shapes, params and FLOPs."""
     raw, context = parse(path, overrides)

@@ -69,6 +69,8 @@ class DataSpec(Strict):
     augment: Augment = Field(default_factory=Augment, description="Random augmentation of training batches.")
     train_limit: int | None = Field(None, ge=1, description="Use only the first N training examples (for smoke runs).")
     test_limit: int | None = Field(None, ge=1, description="Use only the first N test examples (for smoke runs).")
+    val_split: int | float | None = Field(None, description="Hold this many examples of the whole training set out of training as the validation split: an integer count, or a fraction 0 < f < 1. They are drawn by a seeded permutation (data.val_seed), before data.train_limit limits the remaining training examples, the same on every process and at every resume. With a validation split, best.pt is the epoch with the best validation top-1 of the main exit and `netspec calibrate` chooses thresholds on it; without one, best.pt is selected on the test split (the run says so).")
+    val_seed: int = Field(0, ge=0, lt=2**32, description="Seed of the permutation that draws the validation split (data.val_split); independent of train.seed, so runs with different seeds share one split.")
     classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
     stream: bool | Literal["auto"] = Field("auto", description=f"Decode image files on the fly in DataLoader worker processes instead of holding the decoded set in memory (imagefolder only). auto: stream when data.crop or data.resize is set, or when the decoded images would exceed {STREAM_AUTO_BYTES >> 30} GiB.")
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images when streaming (0: decode in the training process).")
@@ -92,6 +94,15 @@ class DataSpec(Strict):
                              "data.crop: random_resized do not apply (data.crop: caffe crops as Caffe's crop_size)")
         if (self.test_path is not None or self.mean_file is not None) and self.source != "lmdb":
             raise ValueError("data.test_path and data.mean_file are for source lmdb")
+        return self
+
+    @model_validator(mode="after")
+    def _val_split_size(self) -> DataSpec:
+        value = self.val_split
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1) or (
+                isinstance(value, float) and not 0 < value < 1):
+            raise ValueError(f"data.val_split is a count of examples (1 or more) or a fraction between 0 and 1, "
+                             f"not {value!r}")
         return self
 
     @model_validator(mode="after")

@@ -146,7 +146,7 @@ def test_pixels_equal_caffes_data_transformer(caffe_dir):
     spec = compiled.spec
     data = load_data(spec, progress=None)
     assert np.array_equal(read_mean(root / "mean.binaryproto"), mean)
-    train, test = stream_batches(spec, data, "cpu")
+    train, _, test = stream_batches(spec, data, "cpu")
     flips = 0
     for split, batches, pixels, labels in (("train", train, xs, ys), ("test", test, vx, vy)):
         batches.set_epoch(3)
@@ -187,10 +187,10 @@ def test_the_imported_train_val_trains_with_no_edits(caffe_dir, capsys):
 def test_resume_mid_epoch_gives_the_same_batches_bitwise(caffe_dir):
     spec = compile_spec(imported(caffe_dir), ["data.workers=2"]).spec
     data = load_data(spec, progress=None)
-    full, _ = stream_batches(spec, data, "cpu")
+    full, _, _ = stream_batches(spec, data, "cpu")
     full.set_epoch(1)
     everything = list(full)
-    resumed, _ = stream_batches(spec, data, "cpu")
+    resumed, _, _ = stream_batches(spec, data, "cpu")
     resumed.set_epoch(1, skip=2)
     rest = list(resumed)
     assert len(everything) == 4 and len(rest) == 2
@@ -204,8 +204,8 @@ def test_the_reader_holds_keys_not_records(caffe_dir):
     spec = compile_spec(imported(caffe_dir)).spec
     data = index_lmdb(spec, progress=None)
     assert len(data.train_files) == 32 and len(data.test_files) == 20 and data.record_shape == (3, SIZE, SIZE)
-    train, _ = lmdb_batches(spec, data, "cpu")
-    assert isinstance(train.dataset, DatumRecords) and train.workers == 2
+    train, val, _ = lmdb_batches(spec, data, "cpu")
+    assert isinstance(train.dataset, DatumRecords) and train.workers == 2 and val is None
     import pickle
     assert len(pickle.dumps(train.dataset)) < 4096 + 60 * 32  # keys, the transform and the mean image only
 
@@ -219,7 +219,7 @@ from netspec.runtime.data.stream import load_data, stream_batches
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 spec = compile_spec(sys.argv[1], ["data.workers=1"]).spec
-train, _ = stream_batches(spec, load_data(spec, progress=None), "cpu", rank, world)
+train, _, _ = stream_batches(spec, load_data(spec, progress=None), "cpu", rank, world)
 train.set_epoch(1)
 got = [{"indices": i, "x": x.flatten(1).tolist()} for i, (x, _) in zip(train.indices(), train)]
 gathered = [None] * world
@@ -240,7 +240,7 @@ def test_two_gloo_ranks_read_disjoint_shards_of_the_one_process_batches(caffe_di
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = json.loads((root / "ranks.json").read_text())
     spec = compile_spec(spec_path, ["data.workers=0"]).spec
-    one, _ = stream_batches(spec, load_data(spec, progress=None), "cpu")
+    one, _, _ = stream_batches(spec, load_data(spec, progress=None), "cpu")
     one.set_epoch(1)
     by_index = {}
     for indices, (x, _) in zip(one.indices(), one):
@@ -330,3 +330,20 @@ def test_float_records_and_v1_data_layers(caffe_dir):
     assert cli.main(["import-caffe", "v1.prototxt", "-o", "v1.yaml"]) == 0
     spec = yaml.safe_load((root / "v1.yaml").read_text())
     assert spec["input"]["shape"] == [3, CROP, CROP] and spec["data"]["test_path"] == "test_lmdb"
+
+
+def test_a_validation_split_is_held_out_of_the_training_database(caffe_dir):
+    root, xs, ys, *_ = caffe_dir
+    spec = compile_spec(imported(caffe_dir), ["data.val_split=8", "data.workers=0"]).spec
+    data = load_data(spec, progress=None)
+    assert len(data.val_files) == 8 and len(data.train_files) == 24
+    assert not set(data.val_files.tolist()) & set(data.train_files.tolist())
+    train, val, test = stream_batches(spec, data, "cpu")
+    keys = [f"{i:08d}_img{i}.png".encode() for i in range(32)]
+    c = (SIZE - CROP) // 2
+    for indices, (x, y) in zip(val.indices(), val):  # centre crops of the held-out training records
+        for row, i in enumerate(indices):
+            k = keys.index(data.val_files[i])
+            assert y[row] == ys[k]
+            want = caffe_transform(xs[k], data.mean, CROP, c, c, False, SCALE)
+            np.testing.assert_allclose(x[row].numpy(), want, rtol=1e-6, atol=1e-7)

@@ -30,20 +30,22 @@ from netspec.errors import UserError
 from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, entries, first_datum, open_lmdb,
                                              parse_datum, read_mean)
 from netspec.runtime.arrays import data_limit, too_large
-from netspec.runtime.data.sources import data_root
+from netspec.runtime.data.sources import data_root, hold_out
 from netspec.runtime.data.stream import StreamBatches, StreamData, _Counter
 from netspec.runtime.data.transforms import caffe_window, rng
 
 UNREAD = -1  # the label of a record not read yet (labels are read with the pixels)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LmdbData(StreamData):
-    """Two databases as key lists (numpy bytes arrays; `*_lengths` restore keys that end in NUL bytes)."""
+    """Two databases as key lists (numpy bytes arrays; `*_lengths` restore keys that end in NUL bytes); the
+    validation split (data.val_split) is keys of the training database."""
 
     test_root: Path
     train_lengths: np.ndarray
     test_lengths: np.ndarray
+    val_lengths: np.ndarray | None = None
     record_shape: tuple[int, int, int]
     floats: bool  # the records hold float_data
     mean: np.ndarray | None  # the mean image (C, H, W) of data.mean_file
@@ -180,7 +182,7 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
                             f"{'×'.join(map(str, record))}", "give the mean of this database (compute_image_mean)",
                             d.at)
     counter = _Counter(progress, root)
-    tk, tl = _keys(root, counter, d.train_limit, spec)
+    tk, tl = _keys(root, counter, d.train_limit if d.val_split is None else None, spec)
     vk, vl = _keys(test_root, counter, d.test_limit, spec)
     counter.done(len(tk) + len(vk))
     classes = list(d.classes or [str(i) for i in range(spec.classes)])
@@ -188,7 +190,14 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
     def unread(n: int) -> torch.Tensor:
         return torch.full((n,), UNREAD, dtype=torch.int64)
 
-    return LmdbData(tk, unread(len(tk)), vk, unread(len(vk)), classes, root, test_root, tl, vl, record, floats, mean)
+    val = {}
+    held = hold_out(len(tk), d)
+    if held is not None:  # the validation split: keys of the training database, drawn as for every source
+        (hk, hl), (tk, tl) = ((tk[i], tl[i]) for i in held)
+        val = dict(val_files=hk, val_y=unread(len(hk)), val_lengths=hl)
+    return LmdbData(train_files=tk, train_y=unread(len(tk)), test_files=vk, test_y=unread(len(vk)), classes=classes,
+                    root=root, test_root=test_root, train_lengths=tl, test_lengths=vl, record_shape=record,
+                    floats=floats, mean=mean, **val)
 
 
 def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -204,7 +213,8 @@ def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray,
                         "an input.mean that approximates the mean image", d.at)
     transform = DatumTransform(tuple(shape), False, d.crop == "caffe", False)
     out = []
-    for path, limit in ((root, d.train_limit), (Path(d.test_path).expanduser(), d.test_limit)):
+    train_limit = d.train_limit if d.val_split is None else None  # (load_dataset holds out, then limits)
+    for path, limit in ((root, train_limit), (Path(d.test_path).expanduser(), d.test_limit)):
         env = open_lmdb(path, d.at)
         try:
             count = min(entries(env), limit or entries(env))
@@ -228,19 +238,25 @@ def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray,
     return out[0], out[1], None
 
 
-def lmdb_batches(spec, data: LmdbData, device, rank: int = 0, world_size: int = 1) -> tuple[DatumBatches, DatumBatches]:
-    """This rank's streamed training and test batches of Caffe databases."""
+def lmdb_batches(spec, data: LmdbData, device, rank: int = 0, world_size: int = 1
+                 ) -> tuple[DatumBatches, DatumBatches | None, DatumBatches]:
+    """This rank's streamed training, validation (None without data.val_split) and test batches of Caffe
+    databases."""
     d = spec.data
     shape = tuple(int(v) for v in spec.input.shape)
     common = dict(mean=spec.input.mean, std=spec.input.std, device=device, seed=spec.train.seed, rank=rank,
                   world_size=world_size, workers=d.workers)
     out = []
     for train, path, keys, lengths, y in ((True, data.root, data.train_files, data.train_lengths, data.train_y),
+                                          (False, data.root, data.val_files, data.val_lengths, data.val_y),
                                           (False, data.test_root, data.test_files, data.test_lengths, data.test_y)):
+        if keys is None:
+            out.append(None)
+            continue
         transform = DatumTransform(shape, train, d.crop == "caffe", d.augment.flip, data.mean,
                                    data.floats or data.mean is not None)
         records = DatumRecords(path, keys, lengths, transform, spec.train.seed, len(data.classes))
         batch = spec.train.batch_size // world_size if train else spec.train.eval_batch_size
         out.append(DatumBatches(keys, y, batch, train=train, transform=transform, dataset=records,
                                 augment=Augment(crop_pad=d.augment.crop_pad) if train else None, **common))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
