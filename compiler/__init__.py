@@ -34,6 +34,7 @@ class Compiled:
     spec: Spec
     network: Network
     module: fx.GraphModule
+    overrides: tuple[str, ...] = ()  # the `key=value` overrides it was compiled with
 
     @property
     def heads(self) -> dict[str, str]:
@@ -68,4 +69,4 @@ def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]
 def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:
     """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule."""
     spec, network = analyse(path, overrides)
-    return Compiled(Path(path), spec, network, lower(network))
+    return Compiled(Path(path), spec, network, lower(network), tuple(overrides))

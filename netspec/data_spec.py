@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from netspec.schema_base import Strict
 
@@ -96,14 +96,14 @@ class DataSpec(Strict):
             raise ValueError("data.test_path and data.mean_file are for source lmdb")
         return self
 
-    @model_validator(mode="after")
-    def _val_split_size(self) -> DataSpec:
-        value = self.val_split
+    @field_validator("val_split", mode="before")
+    @classmethod
+    def _val_split_size(cls, value):
         if isinstance(value, bool) or (isinstance(value, int) and value < 1) or (
                 isinstance(value, float) and not 0 < value < 1):
             raise ValueError(f"data.val_split is a count of examples (1 or more) or a fraction between 0 and 1, "
                              f"not {value!r}")
-        return self
+        return value
 
     @model_validator(mode="after")
     def _download_needs_a_mirror(self) -> DataSpec:

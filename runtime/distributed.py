@@ -7,6 +7,7 @@ come from the environment; gloo is used on CPU, nccl on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -168,6 +169,17 @@ def wrap(model: nn.Module, ctx: Context, sync_bn: bool) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
+@contextlib.contextmanager
+def _handlers(handler):
+    """SIGINT/SIGTERM go to `handler` while the block runs (torchrun installs its own only if none is set)."""
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
 def is_main_process() -> bool:
     """Rank 0 (or no torchrun): the process that prints."""
     return os.environ.get("RANK", "0") == "0"
@@ -185,21 +197,33 @@ def launch(nproc: int, netspec_args: list[str], threads: int | None = None) -> i
     torchrun from warning about it. SIGTERM/SIGINT to this process reach every rank (torchrun forwards them):
     each rank stops at the same step, rank 0 saves and says so; this process then exits 128 + the first signal's
     number, a second signal keeping the first one's status."""
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # torchrun's own warnings: the ranks say what happened
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads or max(1, idle_cores() // nproc))
     argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "netspec.cli", *netspec_args]
     print(f"launching: torchrun {' '.join(argv)} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)",
           file=sys.stderr, flush=True)
-    first: list[int] = []
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGHUP,SIGQUIT")  # SIGTERM/SIGINT: `stop` below
+    first = []
+
+    def stop(signum, frame):
+        """As torchrun's handler (its agent then sends the signal to every rank and waits for them), once: a second
+        signal while the ranks save is ignored, so the status stays the first one's."""
+        if not first:
+            first.append(signum)
+            raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+
     try:
-        run(parse_args(argv))
+        parser = get_args_parser()
+        parser.allow_abbrev = False  # netspec's own options (--run) are no abbreviations of torchrun's (--run-path)
+        with _handlers(stop):
+            run(parser.parse_args(argv))
     except SignalException as e:
-        first.append(e.sigval)
-        return 128 + first[0]
+        return 128 + (first[0] if first else int(e.sigval))
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
         return code if code > 0 else 128 - code if code < 0 else 1

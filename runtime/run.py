@@ -128,6 +128,7 @@ class Run:
             try:
                 path.mkdir()
             except FileExistsError:
+                RunLock(path).release()  # in use: names the process that trains it
                 raise UserError(f"run {path} exists already (train.run_name={spec.train.run_name})",
                                 "continue it with --resume, or give another train.run_name") from None
         else:
@@ -334,12 +335,12 @@ def spec_yaml(spec: Spec) -> str:
     return yaml.safe_dump(resolved_spec(spec), sort_keys=False)
 
 
-def make_record(compiled, overrides: list[str], command: list[str], dataset, world_size: int, threads: int) -> dict:
+def make_record(compiled, command: list[str], dataset, world_size: int, threads: int) -> dict:
     """run.json of a run starting now (its `spec_sha256` is added when it is written)."""
     spec = compiled.spec
     return {
         "run": "", "spec_name": spec.name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": list(command), "cwd": os.getcwd(), "spec": str(compiled.path), "overrides": list(overrides),
+        "command": list(command), "cwd": os.getcwd(), "spec": str(compiled.path), "overrides": list(compiled.overrides),
         "seed": spec.train.seed, "spec_hash": compiled.spec_hash, "world_size": world_size, "threads": threads,
         "versions": {"netspec": netspec.__version__, "torch": torch.__version__,
                      "python": platform.python_version(), "platform": platform.platform()},

@@ -64,14 +64,14 @@ class Interrupted(Exception):
 
 
 def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, allow_change: bool = False,
-          overrides: list[str] = (), command: list[str] = (), say: Callable[[str], None] | None = None) -> Result:
+          command: list[str] = (), say: Callable[[str], None] | None = None) -> Result:
     """Train a compiled spec with all its losses, in this process or as one rank of a torchrun job.
 
     A new run gets a directory of its own (`<train.out or runs/NAME>/<train.run_name or start time>/`). `run`
     (or `resume`: the latest run of the spec, or train.run_name) continues from its last checkpoint, or starts
     afresh in it when nothing was saved; a spec that differs from the run's record is refused unless
     `allow_change` accepts the change (recorded in the run, and applied: the solver is set from the spec at every
-    resume). `overrides` and `command` go into the run's record. `say` prints progress (rank 0 only)."""
+    resume). The spec file, its overrides and `command` go into the run's record. `say` prints progress (rank 0 only)."""
     say = say or functools.partial(print, file=sys.stderr, flush=True)
     if resume and run is None:
         run = Run.latest(compiled.spec)
@@ -87,7 +87,7 @@ def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, a
     opened = None
     try:
         opened = _open(compiled, ctx, run, say)
-        return _train(compiled, ctx, opened, list(changes), list(overrides), list(command), threads, say)
+        return _train(compiled, ctx, opened, list(changes), list(command), threads, say)
     except BaseException:
         if opened is not None and opened.fresh and ctx.is_main and not opened.run.saved:
             opened.run.remove_unused()  # a start that failed before its first checkpoint leaves no empty run
@@ -143,8 +143,8 @@ def _open(compiled: Compiled, ctx: distributed.Context, run: Run | None, say) ->
     return Opened(run, lock, start, start is None)
 
 
-def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes: list[str], overrides: list[str],
-           command: list[str], threads: int, say) -> Result:
+def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes: list[str], command: list[str],
+           threads: int, say) -> Result:
     spec, cfg = compiled.spec, compiled.spec.train
     run, start, heads = opened.run, opened.start, list(compiled.heads)
 
@@ -159,11 +159,12 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
 
     # --- the record: written when a run starts; a resume with --allow-change records what it changed
     if ctx.is_main:
-        record = make_record(compiled, overrides, command, data, ctx.world_size, threads)
+        record = make_record(compiled, command, data, ctx.world_size, threads)
         if opened.fresh:
             run.start({**record, "run": run.path.name}, spec_yaml(spec))
         elif changes:
-            run.change(start["step"], changes, command, {**run.record(), "overrides": overrides,
+            run.change(start["step"], changes, command, {**run.record(), "spec": record["spec"],
+                                                         "overrides": record["overrides"],
                                                          "spec_hash": compiled.spec_hash}, spec_yaml(spec))
             say(f"--allow-change: from step {start['step']} on, {'; '.join(changes)} (recorded in {run.path})")
         if val_batches is None:

@@ -208,7 +208,7 @@ def test_mid_epoch_snapshot_resumes_exactly(tmp_path, monkeypatch):
 def test_each_run_is_a_record_and_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
-    first = train(compile_spec(spec, SHORT), overrides=SHORT, command=["train", str(spec), *SHORT])
+    first = train(compile_spec(spec, SHORT), command=["train", str(spec), *SHORT])
     second = train(compile_spec(spec, SHORT))
     first, second = first.run.path, second.run.path
     assert first != second and first.parent == second.parent == tmp_path / "run"

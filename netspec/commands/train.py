@@ -60,19 +60,20 @@ def train(args: argparse.Namespace) -> int:
     if args.allow_change and not args.resume:
         raise UserError("--allow-change only goes with --resume", "add --resume, or leave out --allow-change")
     if args.nproc_per_node > 1 and not distributed.launched_by_torchrun():
-        return distributed.launch(args.nproc_per_node, ["train", *args.words] + _flags(args))
+        return distributed.launch(args.nproc_per_node, ["train", *args.words, "--nproc-per-node",
+                                                        str(args.nproc_per_node)] + _flags(args))
     main = distributed.is_main_process()
     run = find_run(args) if args.resume else None
     if run is not None and run.saved:
-        compiled, overrides = _resumed(args, run)
+        compiled = _resumed(args, run)
     else:
-        compiled, overrides = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
+        compiled, _ = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
             (run.path / "run.json").is_file() else load(args, announce=main)
         if run is not None and main:
             print(f"--resume: nothing saved yet in {run}: starting afresh in it", file=sys.stderr)
     command = ["train", *args.words] + _flags(args)
     try:
-        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, overrides=overrides, command=command)
+        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, command=command)
     except Interrupted as stop:
         if main:
             world = f" --nproc-per-node {args.nproc_per_node}" if args.nproc_per_node > 1 else ""
@@ -104,4 +105,4 @@ def _resumed(args: argparse.Namespace, run):
     overrides = [*record["overrides"], *given]
     if not path.is_file():
         path, overrides = run.path / SPEC_FILE, list(given)
-    return compile_spec(path, overrides), overrides
+    return compile_spec(path, overrides)
