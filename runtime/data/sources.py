@@ -425,7 +425,7 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spli
         raise UserError("data.source: synthetic needs the number of classes", "use it in a spec (its `classes:` "
                         "sets it), or give data.classes", spec.at)
     sizes = [limit or default for limit, default in zip((spec.train_limit, spec.test_limit), SYNTHETIC_SIZES)]
-    held = getattr(spec, "val_split", None)  # a validation split is drawn from the training images: make it on top
+    held = spec.val_split  # a validation split is drawn from the training images: make it on top
     if held:
         sizes[0] = sizes[0] + held if isinstance(held, int) else math.ceil(sizes[0] / (1 - held)) + 1
     if sum(sizes) * math.prod(shape) > data_limit():
@@ -434,3 +434,11 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spli
     rng = np.random.default_rng(SYNTHETIC_SEED)
     splits = [(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, count, n, np.int64)) for n in sizes]
     return splits[0], splits[1], [str(i) for i in range(count)]
+
+
+# ---------------------------------------------------------------- Caffe LMDB, whole (calibrate, probe, export)
+
+@reader("lmdb")
+def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+    from netspec.runtime.data.caffe_lmdb import read_whole  # the streaming reader's module builds on this one
+    return read_whole(spec, root, shape)

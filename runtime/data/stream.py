@@ -138,6 +138,9 @@ def streams(spec) -> bool | None:
 
 def load_data(spec, progress=sys.stderr) -> Dataset | StreamData:
     """The spec's data: file lists for streaming (data.stream), else the whole set decoded in memory."""
+    if spec.data.source == "lmdb":  # Caffe's databases: always streamed
+        from netspec.runtime.data.caffe_lmdb import index_lmdb
+        return index_lmdb(spec, progress)
     choice = streams(spec)
     if choice is not False:
         data = index_imagefolder(spec.data, data_root(spec.data), progress)
@@ -191,17 +194,21 @@ class StreamBatches:
     """One epoch of a split of image files as (float32 normalised images, int64 labels) batches on `device`.
 
     The order, the sharding, `drop_last`, `set_epoch(epoch, skip)` and the device-side augmentation are those of
-    `Batches`; the images come decoded and cropped from `workers` DataLoader processes."""
+    `Batches`; the images come decoded and cropped from `workers` DataLoader processes (from `dataset`, items
+    (index, epoch) → (image, label, error), when given: ImageFiles of `files` otherwise)."""
+
+    BAD_ITEM = "replace or delete the file (PNG, JPG, ... expected), or re-index the folder"
 
     def __init__(self, files: np.ndarray, y: torch.Tensor, batch_size: int, *, train: bool, transform: Transform,
                  mean: list[float], std: list[float], augment: Augment | None = None,
                  device: torch.device | str = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4, root: str | Path = ""):
+                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4, root: str | Path = "",
+                 dataset: torch.utils.data.Dataset | None = None):
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
         channels = transform.shape[0]
         self.y = y.to(torch.int64)
-        self.dataset = ImageFiles(files, self.y, transform, seed, root)
+        self.dataset = dataset if dataset is not None else ImageFiles(files, self.y, transform, seed, root)
         self.batch_size, self.train = batch_size, train
         self.augment = augment if train and augment and (augment.crop_pad or augment.flip) else None
         self.device = torch.device(device)
@@ -240,7 +247,7 @@ class StreamBatches:
         start = self.skip if self.train else 0
         for b, batch in enumerate(self.loader(), start=start):
             if isinstance(batch, str):
-                raise UserError(batch, "replace or delete the file (PNG, JPG, ... expected), or re-index the folder")
+                raise UserError(batch, self.BAD_ITEM)
             x, y = (t.to(self.device, non_blocking=True) for t in batch)
             if self.augment:
                 x = augment_batch(x, self.augment, _generator(self.seed, self.epoch, self.rank, b))
@@ -250,6 +257,9 @@ class StreamBatches:
 def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: int = 1
                    ) -> tuple[StreamBatches, StreamBatches | None, StreamBatches]:
     """This rank's streamed training, validation (None without data.val_split) and test batches for a spec (what `train.make_batches` gives when streaming)."""
+    if spec.data.source == "lmdb":
+        from netspec.runtime.data.caffe_lmdb import lmdb_batches
+        return lmdb_batches(spec, data, device, rank, world_size)
     shape = tuple(int(d) for d in spec.input.shape)
     d = spec.data
     if d.crop == "none" and d.resize is not None and resize_hw(d.resize, shape) != shape[1:]:
