@@ -201,7 +201,7 @@ class _Expander:
         if len(self.nodes) >= self.max_nodes:
             raise SpecError(f"the network unrolls to more than {self.max_nodes:,} nodes at node '{node.name}'{where}",
                             "lower `repeat:` (repeats inside repeated blocks multiply), or raise the limit with "
-                            f"NETSPEC_MAX_NODES", node.at)
+                            "NETSPEC_MAX_NODES", node.at)
         if time.monotonic() > self.deadline:
             raise SpecError(f"unrolling blocks took longer than {_limit('NETSPEC_MAX_EXPAND_SECONDS', MAX_EXPAND_SECONDS):g}"
                             f" s (at node '{node.name}'{where})", "make the network smaller, or raise the limit with "

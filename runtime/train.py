@@ -34,7 +34,7 @@ from netspec.compiler.summary import summarise
 from netspec.errors import UserError, plural
 from netspec.project import atomic_write
 from netspec.solver import LRPolicy
-from netspec.spec import MAIN_HEAD, Spec
+from netspec.spec import Spec
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import distributed
 from netspec.runtime.data import Batches, Dataset

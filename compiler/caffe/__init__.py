@@ -20,7 +20,8 @@ from netspec.compiler.caffe.emit import Structure, structure, to_yaml
 from netspec.compiler.caffe.layers import CaffeError, Net, read_net
 from netspec.compiler.caffe.solver import read_solver
 from netspec.compiler.caffe.textformat import parse_file
-from netspec.compiler.caffe.weights import read_caffemodel, state_dict, write_checkpoint
+from netspec.compiler.caffe.weights import read_caffemodel, state_dict
+from netspec.compiler.checkpoint_format import weights_checkpoint, write_checkpoint
 
 
 @dataclass
@@ -68,7 +69,8 @@ def import_caffe(net_path: str | Path, out: str | Path, solver: str | Path | Non
                     layers.append((prefix + node.name, node.spec["op"], node.caffe, extra))
         model, unused = state_dict(compiled.module, layers, read_caffemodel(weights), Path(weights))
         ckpt = Path(checkpoint) if checkpoint else out.with_suffix(".pt")
-        write_checkpoint(ckpt, model, compiled.spec.name, compiled.spec_hash, f"caffe:{Path(weights).name}")
+        write_checkpoint(ckpt, weights_checkpoint(model, compiled.spec.name, compiled.spec_hash,
+                                                  f"caffe:{Path(weights).name}"))
     return Imported(out, compiled, net, shape, ckpt, unused, plan)
 
 

@@ -184,7 +184,7 @@ class _Parser:
             token = self.token
             if token.kind == "end":
                 if close:
-                    raise TextFormatError(f"this message is not closed: the file ends first", f"add its '{close}'",
+                    raise TextFormatError("this message is not closed: the file ends first", f"add its '{close}'",
                                           Pos(self.file, line))
                 return message
             if token.kind == "punct" and token.text in "}>":

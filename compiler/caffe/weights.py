@@ -8,7 +8,6 @@ Every other field of the file is skipped by the protobuf parser.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from netspec.errors import UserError
-from netspec.project import atomic_write
 
 F = descriptor_pb2.FieldDescriptorProto
 
@@ -159,13 +157,3 @@ def state_dict(module: torch.nn.Module, layers: list[tuple[str, str, str, dict]]
                         "use the .caffemodel trained with this prototxt")
     return state, sorted(set(blobs) - used)
 
-
-def write_checkpoint(path: str | Path, model: dict[str, torch.Tensor], spec_name: str, spec_hash: str,
-                     source: str) -> None:
-    """A checkpoint as `netspec train` writes one (model, epoch, step, best, spec_name, spec_hash), epoch 0;
-    `netspec eval`/`export --checkpoint` and `init.from` read it."""
-    state = {"model": model, "epoch": 0, "step": 0, "best": -1.0, "spec_name": spec_name, "spec_hash": spec_hash,
-             "source": source}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(Path(path), buffer.getvalue())

@@ -267,7 +267,7 @@ def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: in
                         "set data.crop: caffe or random_resized, or drop data.resize", d.at)
     if isinstance(d.resize, list) and (d.resize[0] < shape[1] or d.resize[1] < shape[2]):
         raise UserError(f"data.resize {d.resize} is smaller than the {shape[1]}×{shape[2]} input",
-                        f"set data.resize to at least the input size (Caffe: 256 for 227)", d.at)
+                        "set data.resize to at least the input size (Caffe: 256 for 227)", d.at)
     if isinstance(d.resize, int) and d.resize < max(shape[1:]):
         raise UserError(f"data.resize {d.resize} is smaller than the {shape[1]}×{shape[2]} input",
                         f"set data.resize to at least {max(shape[1:])} (Caffe: 256 for 227)", d.at)
