@@ -18,10 +18,10 @@ import torch
 
 import netspec
 from netspec.compiler import Compiled
-from netspec.compiler.cascade import Segment, split
+from netspec.compiler.cascade import CONFIDENCE, Segment, split
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
-from netspec.runtime.cascade import CRITERION, FULL, MANIFEST, Cascade, write_manifest
+from netspec.runtime.cascade import FORMAT, FULL, MANIFEST, Cascade, write_manifest
 from netspec.runtime.export import (BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, checked_bytes,
                                     class_names, spec_names)
 from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
@@ -53,12 +53,13 @@ def torch_values(segments: list[Segment], input_name: str, x: torch.Tensor) -> d
 
 
 def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
-                   thresholds: list[float] | None = None) -> dict:
-    """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest."""
+                   thresholds: list[float] | None = None, criterion: str = "max") -> dict:
+    """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest. Every
+    segment but the last computes its exit's confidence by `criterion` (a `compiler.cascade.CONFIDENCE` name)."""
     spec, net = compiled.spec, compiled.network
     model = compiled.module.eval()
     weights = apply_checkpoint(compiled, model, checkpoint, random_init)
-    segments = split(model, net)
+    segments = split(model, net, criterion=criterion)
     for seg in segments:
         seg.module.eval()
     dataset = _test_data(spec)
@@ -75,8 +76,9 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
                         "cumulative_flops": total,
                         "threshold": 1.0 if thresholds is None else float(thresholds[k])})
     manifest = {"netspec_version": netspec.__version__, "spec_name": spec.name, "spec_hash": compiled.spec_hash,
-                "weights": weights, "criterion": CRITERION,
-                "criterion_text": "leave at exit k when max softmax(logits_k) > threshold_k; the last exit takes the rest",
+                "weights": weights, "format": FORMAT, "criterion": criterion,
+                "criterion_text": f"leave at exit k when its confidence '{criterion}' > threshold_k "
+                                  f"({CONFIDENCE[criterion].__doc__}); the last exit takes the rest",
                 "input": {"name": spec.input.name, "shape": list(spec.input.shape), "mean": spec.input.mean,
                           "std": spec.input.std},
                 "classes": class_names(spec, dataset), "full_flops": sum(net.nodes[n].flops for n in net.ancestry(MAIN_HEAD)),
@@ -115,13 +117,12 @@ def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: 
 
     for description, x, _ in batches:
         expected = torch_values(segments, input_name, x)
-        got = {input_name: x.numpy()}
-        for k in range(len(segments)):
-            cascade.step(k, got)
-        worst = max(compare(name, got[name], expected[name].numpy(), description) for name in expected if name != input_name)
+        got = cascade.values(x.numpy())
+        worst = max(compare(name, got[name], expected[name].numpy(), description)
+                    for name in expected if name != input_name)
         with torch.no_grad():
             main = model(x)[MAIN_HEAD].numpy()
-        logits, where = cascade.run(x.numpy(), [1.0] * len(segments))
+        logits, where, _ = cascade.run(x.numpy(), [1.0] * len(segments))
         main_diff = compare("cascade at thresholds 1.0 vs main", logits, main, description)
         if not (where == len(segments) - 1).all():
             failures.append(f"an input left early at thresholds 1.0 on the {description}")
@@ -129,3 +130,4 @@ def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: 
     if failures:
         raise ExportMismatch("the cascade differs from torch beyond the tolerance: " + "; ".join(failures),
                              "no files written; report this with the spec — an op may export wrongly")
+
