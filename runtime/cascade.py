@@ -173,23 +173,22 @@ def as_input(x, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Bound:
-    """A session called through one IOBinding: its outputs bound once to CPU memory that onnxruntime allocates,
-    its inputs bound to OrtValues at each call. This is the cheapest call the Python API offers (measured,
-    docs/cascade.md: ~7 µs against ~6 µs for `run` with numpy and ~40 µs for `run_with_ort_values`, whose
-    wrapper checks every input), and no tensor goes through numpy."""
+    """A session called the cheapest way the Python API allows: OrtValues in, OrtValues out, through the session's
+    C++ binding (`InferenceSession._sess.run_with_ort_values`). Measured at batch 1 (docs/cascade.md): ~4 µs a call
+    against ~6 µs for `run` with numpy, ~7 µs for an IOBinding whose outputs stay bound (which then reuses the output
+    buffers, so a second call overwrites the first call's results) and 30–40 µs for IOBinding with outputs bound
+    again at each call or for the public `run_with_ort_values` (its wrapper checks every input). No tensor goes
+    through numpy; the outputs are new tensors at each call."""
 
     def __init__(self, session, inputs: list[str], outputs: list[str]):
         self.session, self.inputs, self.outputs = session, list(inputs), list(outputs)
-        self.binding = session.io_binding()
-        for name in self.outputs:
-            self.binding.bind_output(name, "cpu")
+        self._run = session._sess.run_with_ort_values
 
     def __call__(self, values: dict) -> list:
-        """Run on `values` (OrtValues by name, a superset of the inputs); return the outputs as OrtValues."""
-        for name in self.inputs:
-            self.binding.bind_ortvalue_input(name, values[name])
-        self.session.run_with_iobinding(self.binding)
-        return self.binding.get_outputs()
+        """Run on `values` (OrtValues by name, a superset of the inputs); return the outputs (OrtValues, with
+        `.numpy()` and `.shape()`)."""
+        return self._run({name: getattr(values[name], "_ortvalue", values[name]) for name in self.inputs},
+                         self.outputs, None)
 
 
 def bind_full(sess) -> Bound:
@@ -349,3 +348,35 @@ def simulate(confidences: list[np.ndarray], thresholds: list[float], n: int) -> 
 def pick(logits: list[np.ndarray], where: np.ndarray) -> np.ndarray:
     """The predicted class of each row at the exit it left at."""
     return np.stack([v.argmax(1) for v in logits])[where, np.arange(len(where))]
+
+
+ANYTIME = "anytime.onnx"  # the cascade as one model with `If` nodes, beside the segments
+
+
+def anytime_model(cascade: Cascade, thresholds=None, every_exit: bool = False):
+    """The cascade as one ONNX model with `If` nodes (`cascade_graph.compose_anytime`) for `thresholds` (default:
+    the manifest's): the exits that decide for them (`every_exit`: all of them, so any thresholds can be fed),
+    the thresholds as the default of its `thresholds` input, and the metadata `predict` reads."""
+    import onnx
+
+    from netspec.runtime.cascade_graph import compose_anytime, plan
+
+    t = cascade.thresholds if thresholds is None else check_thresholds(thresholds, cascade.exits)
+    groups = plan(cascade.protos, cascade.segments, [0.0] * len(t) if every_exit else t)
+    model = compose_anytime(groups, t, len(cascade.manifest["classes"]))
+    manifest = cascade.manifest
+    meta = {"spec_name": manifest.get("spec_name"), "weights": manifest.get("weights"),
+            "input_shape": json.dumps(manifest["input"]["shape"]), "mean": json.dumps(manifest["input"].get("mean")),
+            "std": json.dumps(manifest["input"].get("std")), "classes": json.dumps(manifest["classes"]),
+            "criterion": manifest["criterion"], "exits": json.dumps(cascade.exits),
+            "deciding_exits": json.dumps([cascade.exits[g.exit_index] for g in groups]),
+            "cumulative_flops": json.dumps(cascade.cumulative.tolist())}
+    onnx.helper.set_model_props(model, {f"netspec.{k}": str(v) for k, v in meta.items()})
+    return model
+
+
+def write_anytime(cascade: Cascade, path: Path, thresholds=None, every_exit: bool = False) -> None:
+    from netspec.project import atomic_file
+
+    with atomic_file(Path(path), binary=True) as f:
+        f.write(anytime_model(cascade, thresholds, every_exit).SerializeToString())

@@ -1,11 +1,11 @@
-"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-cost curve on the test split, and its thresholds."""
+"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-cost curve, its thresholds, its measured latency."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from netspec.errors import UserError
-from netspec.runtime.calibrate import calibrate, format_report
+from netspec.runtime.calibrate import Split, calibrate, format_report
 from netspec.runtime.cascade import read_manifest
 from netspec.runtime.data import Batches, load_dataset
 from netspec.commands.common import add_spec_arguments, load
@@ -21,10 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="choose the thresholds on the first N test examples, report them on the others "
                              "(default: choose and report on the same examples)")
     parser.add_argument("--no-latency", action="store_true", help="do not measure latency (FLOPs only)")
-    parser.add_argument("--latency-inputs", type=int, default=200, metavar="N",
-                        help="time batch-1 latency on the first N test examples (default 200)")
+    parser.add_argument("--latency-inputs", type=int, default=500, metavar="N",
+                        help="time the runner on the first N examples of the report split (default 500)")
     parser.add_argument("--latency-repeats", type=int, default=3, metavar="N",
-                        help="rounds of timing after one warm-up round; the median is kept (default 3)")
+                        help="interleaved timing rounds after one warm-up round; the median is kept (default 3)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
 
 
@@ -52,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
                         f"e.g. --holdout {n // 2}")
     x, y = next(iter(Batches(data.test_x[:n], data.test_y[:n], n, train=False, mean=manifest["input"]["mean"],
                              std=manifest["input"]["std"])))
-    report = calibrate(folder, x.numpy(), y.numpy(), args.target_drop, args.holdout,
-                       0 if args.no_latency else args.latency_inputs, args.latency_repeats, args.threads)
+    x, y = x.numpy(), y.numpy()
+    cut = args.holdout or n
+    choose = Split("test", 0, x[:cut], y[:cut])
+    held = Split("test", cut, x[cut:], y[cut:]) if args.holdout else None
+    report = calibrate(folder, choose, held, args.target_drop, 0 if args.no_latency else args.latency_inputs,
+                       args.latency_repeats, args.threads)
     print(format_report(report))
-    print(f"\nwrote the thresholds into {folder / 'manifest.json'}; {folder / 'calibration.json'}, "
-          f"{folder / 'calibration.png'}")
+    print(f"\nwrote the thresholds into {folder / 'manifest.json'} and {folder / 'anytime.onnx'}; "
+          f"{folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return 0
