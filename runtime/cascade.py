@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from netspec.errors import UserError
+from netspec.runtime.cascade_graph import deciding, plan
 
 MANIFEST = "manifest.json"
 FULL = "full.onnx"  # the pruned main exit alone, beside the segments
@@ -233,7 +234,8 @@ class Cascade:
             if not path.is_file():
                 raise UserError(f"{path} is missing", "export the cascade again")
             self.protos.append(onnx.load(str(path)))
-        self.plans: dict[tuple[int, ...], list[Stage]] = {}
+        self.plans: dict[tuple[int, ...], list[Stage]] = {}  # by deciding exits
+        self.resolved: dict[tuple | None, tuple[list[float], list[Stage]]] = {}  # by thresholds as given
 
     @classmethod
     def load(cls, folder: Path, threads: int | None = 1) -> "Cascade":
@@ -252,27 +254,37 @@ class Cascade:
     def thresholds(self) -> list[float]:
         return [float(s["threshold"]) for s in self.segments]
 
-    def prepare(self, thresholds=None) -> list[Stage]:
-        """The loaded stages of the plan of `thresholds` (default: the manifest's), made once per set of deciding
-        exits."""
+    def prepare(self, thresholds=None) -> tuple[list[float], list[Stage]]:
+        """(the thresholds checked, the loaded stages of their plan). Sessions are made once per set of deciding
+        exits; a threshold setting seen before costs one dictionary look-up."""
+        key = None if thresholds is None else tuple(thresholds) if isinstance(thresholds, (list, tuple)) else False
+        try:
+            hash(key)
+        except TypeError:
+            key = False
+        if key is not False and key in self.resolved:
+            return self.resolved[key]
+        t = self.thresholds if thresholds is None else check_thresholds(thresholds, self.exits)
+        exits = tuple(deciding(t))
+        if exits not in self.plans:
+            self.plans[exits] = self._load_plan(t)
+        if key is not False and len(self.resolved) < 4096:
+            self.resolved[key] = (t, self.plans[exits])
+        return t, self.plans[exits]
+
+    def _load_plan(self, t: list[float]) -> list[Stage]:
         import onnxruntime as ort
 
-        from netspec.runtime.cascade_graph import deciding, plan
-
-        t = self.thresholds if thresholds is None else check_thresholds(thresholds, self.exits)
-        key = tuple(deciding(t))
-        if key not in self.plans:
-            groups = plan(self.protos, self.segments, t)
-            stages = []
-            for j, group in enumerate(groups):
-                later = {name for g in groups[j + 1:] for name in g.inputs}
-                known = [self.input_name] + [name for g in groups[:j + 1] for name in g.outputs]
-                sess = ort.InferenceSession(group.model.SerializeToString(), session_options(self.threads),
-                                            providers=["CPUExecutionProvider"])
-                stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
-                                    [n for n in known if n in later], int(self.cumulative[group.exit_index])))
-            self.plans[key] = stages
-        return self.plans[key]
+        groups = plan(self.protos, self.segments, t)
+        stages = []
+        for j, group in enumerate(groups):
+            later = {name for g in groups[j + 1:] for name in g.inputs}
+            known = [self.input_name] + [name for g in groups[:j + 1] for name in g.outputs]
+            sess = ort.InferenceSession(group.model.SerializeToString(), session_options(self.threads),
+                                        providers=["CPUExecutionProvider"])
+            stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
+                                [n for n in known if n in later], int(self.cumulative[group.exit_index])))
+        return stages
 
     def feed(self, x: np.ndarray) -> dict:
         """The values the stages start from: the input batch (checked) as an OrtValue, by name."""
@@ -285,7 +297,7 @@ class Cascade:
         batch): what calibration needs."""
         values = self.feed(x)
         outs = []
-        for stage in self.prepare([0.0] * len(self.exits)):
+        for stage in self.prepare([0.0] * len(self.exits))[1]:
             outs.append(stage.call(values))
             values.update(zip(stage.outputs, outs[-1]))
         return [o[0].numpy() for o in outs], [o[1].numpy() for o in outs[:-1]]
@@ -293,7 +305,7 @@ class Cascade:
     def values(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every segment's every output for the batch `x`, by name (each segment run on the whole batch)."""
         values = self.feed(x)
-        for stage in self.prepare([0.0] * len(self.exits)):
+        for stage in self.prepare([0.0] * len(self.exits))[1]:
             values.update(zip(stage.outputs, stage.call(values)))
         return {name: value.numpy() for name, value in values.items() if name != self.input_name}
 
@@ -302,8 +314,7 @@ class Cascade:
         its confidence > thresholds[k]. Results in input order (`CascadeResult`)."""
         from onnxruntime import OrtValue
 
-        t = self.thresholds if thresholds is None else check_thresholds(thresholds, self.exits)
-        stages = self.prepare(t)
+        t, stages = self.prepare(thresholds)
         values = self.feed(x)
         n, last = values[self.input_name].shape()[0], len(stages) - 1
         rows = None  # the input rows still in the cascade (None: all of them, in order)
@@ -359,7 +370,7 @@ def anytime_model(cascade: Cascade, thresholds=None, every_exit: bool = False):
     the thresholds as the default of its `thresholds` input, and the metadata `predict` reads."""
     import onnx
 
-    from netspec.runtime.cascade_graph import compose_anytime, plan
+    from netspec.runtime.cascade_graph import compose_anytime
 
     t = cascade.thresholds if thresholds is None else check_thresholds(thresholds, cascade.exits)
     groups = plan(cascade.protos, cascade.segments, [0.0] * len(t) if every_exit else t)

@@ -100,7 +100,7 @@ def latency_follows_flops(cascade: Cascade, x: np.ndarray, rounds: int, clock: s
 def stage_costs(cascade: Cascade, x: np.ndarray, repeats: int = 200) -> dict:
     """`netspec time --cascade`: at batch 1, the mean µs of each segment's model alone (every exit deciding, as
     exported) and of one exit decision (reading the confidence and comparing it), and of the full model."""
-    stages = cascade.prepare([0.0] * len(cascade.exits))
+    _, stages = cascade.prepare([0.0] * len(cascade.exits))
     now = time.perf_counter
     values = cascade.feed(x[:1])
     outs = []

@@ -427,7 +427,7 @@ def test_a_plan_runs_only_the_deciding_exits(cascade_dir):
     assert [g.exit_index for g in second] == [1, 2] and second[0].outputs[:2] == ["aux2", "aux2:confidence"]
     assert not any(n.name.split("/", 1)[1].startswith("aux1") for n in second[0].model.graph.node)
     x = np.random.default_rng(5).standard_normal((4, 1, 8, 8)).astype(np.float32)
-    assert len(cascade.prepare([1.0, 0.5, 1.0])) == 2 and len(cascade.plans) >= 1
+    assert len(cascade.prepare([1.0, 0.5, 1.0])[1]) == 2 and len(cascade.plans) >= 1
     assert (cascade.run(x, [1.0, 0.0, 1.0]).exit == 1).all()
 
 
@@ -439,6 +439,7 @@ def test_a_plan_runs_only_the_deciding_exits(cascade_dir):
     ([float("nan"), 0.5], "the threshold of exit aux1 is nan"),
     (["0.5", 0.5], "the threshold of exit aux1 is '0.5'"),
     ([True, 0.5], "the threshold of exit aux1 is True"),
+    ([[0.5], 0.5], "the threshold of exit aux1 is [0.5]"),
     ("0.5", "thresholds must be a list of numbers"),
     (0.5, "thresholds must be a list of numbers"),
 ])
