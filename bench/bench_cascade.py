@@ -24,22 +24,33 @@ import os
 from pathlib import Path
 
 import numpy as np
-from onnxruntime import OrtValue
-
-from netspec.runtime.cascade import ANYTIME, Bound, Cascade, session
+from netspec.runtime.cascade import ANYTIME, Cascade, session
 from netspec.runtime.cascade_bench import Timer, forced, interleaved
 
 
 def anytime_case(cascade: Cascade, timer: Timer, thresholds: list[float]):
-    """The If-model (DIR/anytime.onnx) at batch 1 on the timer's inputs, fed `thresholds`."""
+    """The If-model (DIR/anytime.onnx) at batch 1 on the timer's inputs, fed `thresholds`, run the standard way
+    (one `session.run` per input, like the full model)."""
     model = session(cascade.folder / ANYTIME, cascade.threads)
-    call = Bound(model, [cascade.input_name, "thresholds"], ["logits", "exit"])
-    feed = OrtValue.ortvalue_from_numpy(np.asarray(thresholds[:-1], np.float32))
+    feed = np.asarray(thresholds[:-1], np.float32)
+    names = ["logits", "exit"]
 
     def run():
-        for values in timer.ones:
-            out = call({cascade.input_name: values[cascade.input_name], "thresholds": feed})
-            out[0].numpy()
+        for one in timer.ones:
+            model.run(names, {cascade.input_name: one, "thresholds": feed})
+    return run
+
+
+def alone_case(cascade: Cascade, timer: Timer, k: int):
+    """Exit k's model alone (the backbone up to exit k and its head: the first model of the plan forcing exit k),
+    run the standard way: what the layers up to exit k cost without any runner."""
+    _, stages = cascade.prepare(forced(len(cascade.exits), k))
+    model = stages[0].call.session
+    outputs = [stages[0].outputs[0]]
+
+    def run():
+        for one in timer.ones:
+            model.run(outputs, {cascade.input_name: one})
     return run
 
 
@@ -56,11 +67,13 @@ def bench_forced(cascade: Cascade, n: int, rounds: int, clock: str) -> dict:
     for k, e in enumerate(cascade.exits):
         cases[f"runner {e}"] = timer.cascade_batch1(forced(k_max, k))
         cases[f"if {e}"] = anytime_case(cascade, timer, forced(k_max, k))
+        cases[f"alone {e}"] = alone_case(cascade, timer, k)
     cases["full (A/A)"] = timer.full_batch1
     seconds = interleaved(cases, rounds, clock)
     full = seconds["full"]
     rows = [{"exit": e, "flops_share": float(cascade.cumulative[k] / cascade.manifest["full_flops"]),
-             "runner": seconds[f"runner {e}"] / full, "if_model": seconds[f"if {e}"] / full}
+             "runner": seconds[f"runner {e}"] / full, "if_model": seconds[f"if {e}"] / full,
+             "alone": seconds[f"alone {e}"] / full}
             for k, e in enumerate(cascade.exits)]
     return load_figures(cascade, n) | {"rounds": rounds, "clock": clock, "full_ms": full / n * 1e3,
                                        "aa": seconds["full (A/A)"] / full, "exits": rows}
@@ -70,11 +83,11 @@ def print_forced(f: dict) -> None:
     print(f"{f['spec']}: every input forced out at one exit, batch 1, {f['threads']} thread(s), {f['inputs']} random "
           f"inputs, median of {f['rounds']} interleaved rounds, {f['clock']} clock; full.onnx {f['full_ms']:.3f} ms; "
           f"A/A {f['aa']:.3f}; load average {', '.join(f'{v:.2f}' for v in f['load_average'])}")
-    print("| exit | FLOPs share | runner latency share | excess | If-model latency share | excess |")
-    print("|---|---|---|---|---|---|")
+    print("| exit | FLOPs share | exit model alone | runner latency share | excess | If-model latency share | excess |")
+    print("|---|---|---|---|---|---|---|")
     for r in f["exits"]:
-        print(f"| {r['exit']} | {r['flops_share']:.3f} | {r['runner']:.3f} | {r['runner'] - r['flops_share']:+.3f} | "
-              f"{r['if_model']:.3f} | {r['if_model'] - r['flops_share']:+.3f} |")
+        print(f"| {r['exit']} | {r['flops_share']:.3f} | {r['alone']:.3f} | {r['runner']:.3f} | "
+              f"{r['runner'] - r['flops_share']:+.3f} | {r['if_model']:.3f} | {r['if_model'] - r['flops_share']:+.3f} |")
     print("(the last row is 'never exit early': thresholds 1 everywhere)")
 
 
@@ -94,8 +107,8 @@ def bench_trained(cascade: Cascade, words: list[str], start: int, n: int, rounds
              "if-model": anytime_case(cascade, timer, thresholds), "full (A/A)": timer.full_batch1}
     seconds = interleaved(cases, rounds, clock)
     result = cascade.run(x)
-    full_logits = np.concatenate([timer.full({timer.full.inputs[0]: v[cascade.input_name]})[0].numpy()
-                                  for v in timer.ones])
+    outputs, name = timer.full_names
+    full_logits = np.concatenate([timer.full_session.run(outputs, {name: one})[0] for one in timer.ones])
     per_second = timer.throughput(thresholds, 64, rounds, clock)
     return load_figures(cascade, len(x)) | {
         "examples": [start, stop], "rounds": rounds, "clock": clock,

@@ -2,8 +2,10 @@
 time --cascade` prints and what bench/bench_cascade.py measures.
 
 Every figure comes from interleaved rounds: in each round every case runs over the same inputs one after the
-other (full model first, an A/A copy of it last), after one untimed warm-up round; a case's figure is the median
-over the rounds of its mean time per input (batch 1) or of its inputs per second (batch 64). Load drift on a
+other, in an order shuffled per round (seeded) so that no case always follows the same one (a session run right
+after itself finds its weights in cache), after one untimed warm-up round; the full model has an A/A copy among
+the cases. A case's figure is the median over the rounds of its mean time per input (batch 1) or of its inputs
+per second (batch 64). Load drift on a
 shared machine then hits every case alike; the A/A case shows how much the rest can be trusted. `clock`:
 "wall" (time.perf_counter, what a user waits) or "cpu" (time.thread_time, the CPU time of the calling thread:
 with one onnxruntime thread the work runs in it, and time taken by other processes is left out).
@@ -25,27 +27,34 @@ def interleaved(cases: dict[str, Callable[[], None]], rounds: int, clock: str = 
     """Seconds per call of each case: the median over `rounds` interleaved rounds, after one warm-up round."""
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases)
+    shuffle = np.random.default_rng(0).shuffle
     for r in range(rounds + 1):
-        for name, fn in cases.items():
+        for name in order:
             start = now()
-            fn()
+            cases[name]()
             if r:
                 times[name].append(now() - start)
+        shuffle(order)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
 class Timer:
-    """The cascade and its full model (`full.onnx`, same session options, called the same way), timed on the
-    inputs `x` (normalised, N×C×H×W)."""
+    """The cascade and its full model timed on the inputs `x` (normalised, N×C×H×W). The full model
+    (`full.onnx`, same session options) is run the standard way, `session.run` on each numpy input, which is also
+    the cheapest way to feed a new array to a one-model session (measured, docs/cascade.md); the cascade by
+    `Cascade.run` on each input (batch 1) or chunk."""
 
     def __init__(self, cascade: Cascade, x: np.ndarray):
         self.cascade, self.x = cascade, x
-        self.full = bind_full(cascade.full_session())
-        self.ones = [cascade.feed(x[i:i + 1]) for i in range(len(x))]
+        self.full_session = cascade.full_session()
+        self.full_names = ([self.full_session.get_outputs()[0].name], self.full_session.get_inputs()[0].name)
+        self.ones = [np.ascontiguousarray(x[i:i + 1]) for i in range(len(x))]
 
     def full_batch1(self) -> None:
-        for values in self.ones:
-            self.full({self.full.inputs[0]: values[self.cascade.input_name]})[0].numpy()
+        outputs, name = self.full_names
+        for one in self.ones:
+            self.full_session.run(outputs, {name: one})
 
     def cascade_batch1(self, thresholds) -> Callable[[], None]:
         self.cascade.prepare(thresholds)  # sessions made before timing
@@ -64,13 +73,13 @@ class Timer:
 
     def throughput(self, thresholds: list[float], batch: int, rounds: int, clock: str = "wall") -> dict[str, float]:
         """Inputs per second at batch `batch`: `full`, `cascade` (at `thresholds`) and `full (A/A)`."""
-        chunks = [self.x[i:i + batch] for i in range(0, len(self.x), batch)]
-        full_name = self.full.inputs[0]
+        chunks = [np.ascontiguousarray(self.x[i:i + batch]) for i in range(0, len(self.x), batch)]
+        outputs, name = self.full_names
         self.cascade.prepare(thresholds)
 
         def full():
             for chunk in chunks:
-                self.full({full_name: self.cascade.feed(chunk)[self.cascade.input_name]})[0].numpy()
+                self.full_session.run(outputs, {name: chunk})
 
         def cascade():
             for chunk in chunks:
