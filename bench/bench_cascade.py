@@ -1,6 +1,7 @@
 """Benchmark of an early-exit cascade (not a test): onnxruntime, the runner and the If-model vs the full model.
 
     python bench/bench_cascade.py --cascade DIR --forced [--n 20] [--rounds 7] [--clock cpu] [--json OUT]
+    python bench/bench_cascade.py --cascade DIR --batched [--n 256] [--rounds 5] [--json OUT]
     python bench/bench_cascade.py --cascade DIR SPEC [key=value ...] [--start 0] [--n 500] [--rounds 5] [--json OUT]
 
 `--forced` ("latency follows FLOPs", no data or training needed): on N random normal images at batch 1, every
@@ -8,6 +9,11 @@ input forced out at each exit in turn (thresholds 1 before it, 0 at it; the last
 thresholds 1 everywhere), by the runner (`Cascade.run`) and by the If-model (DIR/anytime.onnx fed those
 thresholds), against the pruned full model (DIR/full.onnx) and an A/A copy of it, all in the same interleaved
 rounds (`runtime/cascade_bench.py`). Prints per exit: FLOPs share, latency share, the excess of one over the other.
+
+`--batched`: the batched early exit at batch 64 (`Cascade.run` gathers the rows that go on): for each early exit,
+about half of N random inputs leave there (its threshold at a confidence half of them exceed; untrained exits
+can give many inputs the same confidence), the rest at main; throughput
+÷ the full model's beside the bound the mean FLOPs set.
 
 With a SPEC (trained cascades): on N test examples from `--start` (e.g. calibrate's report split) at the
 manifest's thresholds, top-1 and mean FLOPs of the cascade and of the full model, batch-1 latency of the runner,
@@ -79,6 +85,36 @@ def bench_forced(cascade: Cascade, n: int, rounds: int, clock: str) -> dict:
                                        "aa": seconds["full (A/A)"] / full, "exits": rows}
 
 
+def bench_batched(cascade: Cascade, n: int, rounds: int, clock: str, batch: int = 64) -> dict:
+    """Batched early exit: for each early exit k, its threshold at the confidence about half of N random inputs
+    exceed (they leave there, the rest go on to the main exit; the other exits never), the throughput at batch `batch`
+    against the full model's, beside the bound the FLOPs set (full FLOPs ÷ mean FLOPs)."""
+    x = np.random.default_rng(0).standard_normal((n, *cascade.input_shape)).astype(np.float32)
+    _, confidences = cascade.all_exits(x)
+    timer, rows = Timer(cascade, x), []
+    for k, e in enumerate(cascade.exits[:-1]):
+        thresholds = [1.0] * len(cascade.exits)
+        values = np.unique(confidences[k])  # the value whose strictly-above share is nearest one half
+        thresholds[k] = float(values[np.argmin([abs((confidences[k] > v).mean() - 0.5) for v in values])])
+        result = cascade.run(x, thresholds)
+        per_second = timer.throughput(thresholds, batch, rounds, clock)
+        rows.append({"exit": e, "threshold": thresholds[k], "left_there": float((result.exit == k).mean()),
+                     "flops_bound": float(cascade.manifest["full_flops"] / result.flops.mean()),
+                     "throughput_ratio": per_second["cascade"] / per_second["full"],
+                     "aa": per_second["full (A/A)"] / per_second["full"], "full_per_second": per_second["full"]})
+    return load_figures(cascade, n) | {"rounds": rounds, "clock": clock, "batch": batch, "exits": rows}
+
+
+def print_batched(f: dict) -> None:
+    print(f"{f['spec']}: batch {f['batch']}, about half of {f['inputs']} random inputs leave at one exit, the rest at main; "
+          f"{f['threads']} thread(s), median of {f['rounds']} interleaved rounds, {f['clock']} clock; load average "
+          + ", ".join(f"{v:.2f}" for v in f["load_average"]))
+    print("| exit | left there | throughput ÷ full (A/A) | FLOPs bound (full ÷ mean FLOPs) |")
+    print("|---|---|---|---|")
+    for r in f["exits"]:
+        print(f"| {r['exit']} | {r['left_there']:.0%} | {r['throughput_ratio']:.3f} ({r['aa']:.3f}) | {r['flops_bound']:.3f} |")
+
+
 def print_forced(f: dict) -> None:
     print(f"{f['spec']}: every input forced out at one exit, batch 1, {f['threads']} thread(s), {f['inputs']} random "
           f"inputs, median of {f['rounds']} interleaved rounds, {f['clock']} clock; full.onnx {f['full_ms']:.3f} ms; "
@@ -142,6 +178,8 @@ def main() -> None:
     parser.add_argument("words", nargs="*", help="SPEC [key=value ...] (not with --forced)")
     parser.add_argument("--cascade", required=True)
     parser.add_argument("--forced", action="store_true", help="latency follows FLOPs: forced exits, random inputs")
+    parser.add_argument("--batched", action="store_true", help="batch-64 throughput, half the inputs leaving at each "
+                        "early exit in turn, random inputs")
     parser.add_argument("--start", type=int, default=0, help="the first test example used")
     parser.add_argument("--n", type=int, default=None, help="inputs (default 20 with --forced, else 500)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -153,6 +191,9 @@ def main() -> None:
     if args.forced:
         figures = bench_forced(cascade, args.n or 20, args.rounds, args.clock)
         print_forced(figures)
+    elif args.batched:
+        figures = bench_batched(cascade, args.n or 256, args.rounds, args.clock)
+        print_batched(figures)
     else:
         if not args.words:
             parser.error("give the SPEC (or --forced)")
