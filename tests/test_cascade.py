@@ -190,6 +190,11 @@ def test_calibrate_picks_and_stores_thresholds(project, cascade_dir, tmp_path):
     chosen = report["choose"]["chosen"]
     assert [s["threshold"] for s in manifest["segments"]][:-1] == chosen["thresholds"][:-1]
     assert chosen["share"][0] == 1.0 and chosen["mean_flops"] == manifest["segments"][0]["cumulative_flops"]
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(folder / "anytime.onnx")).metadata_props}  # rewritten for them
+    deciding = [s["exit"] for s in manifest["segments"][:-1] if s["threshold"] < 1] + ["main"]
+    assert json.loads(meta["netspec.deciding_exits"]) == deciding
     assert (folder / "calibration.png").stat().st_size > 1000
     assert "chosen:" in printed.getvalue() and "on the same test examples 0–59 (60)" in printed.getvalue()
     assert report["same_examples"] and report["report"] == report["choose"]
