@@ -385,9 +385,7 @@ def test_torch_cascade_equals_the_onnx_runner(project, criterion_dir):
     from netspec.runtime.cascade_torch import TorchCascade
 
     criterion, folder = criterion_dir
-    compiled, x = batch_of(project)
-    torch.manual_seed(0)  # --random-init exported the weights `compile_spec` initialises: same seed, same weights
-    compiled = compile_spec(project[1])
+    compiled, x = batch_of(project)  # --random-init exported the weights `compile_spec` initialises (seeded by the spec)
     torch_cascade = TorchCascade.from_compiled(compiled, criterion)
     cascade = Cascade.load(folder)
     logits, confidences = cascade.all_exits(x.numpy())
