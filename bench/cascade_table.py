@@ -17,16 +17,15 @@ def row(seed: str, calibration: dict, bench: dict | None) -> tuple[str, float, f
     exits, held = calibration["exits"], calibration["report"]
     c = held["chosen"]
     delta, flops = c["top1"] - held["full_top1"], c["mean_flops"] / calibration["full_flops"]
-    latency = calibration["latency_ms"]
-    estimated = f"{c['mean_latency_ms'] / latency['full']:.3f}" if latency else "-"
+    measured_by_calibrate = f"{c['latency_ratio']:.3f}" if "latency_ratio" in c else "-"
     measured = ratio = "-"
     if bench:
         ms = bench["latency_ms"]
-        measured = f"{ms['full']:.3g} → {ms['cascade']:.3g}"
+        measured = f"{ms['full']:.3g} → {ms['runner']:.3g}"
         ratio = f"{bench['latency_ratio']:.2f} ({bench['aa_ratio']:.2f})"
     cells = [seed, f"{held['full_top1']:.2f}", ", ".join(f"{e} {held['exit_top1'][e]:.1f}" for e in exits[:-1]),
              ", ".join(f"{t:g}" for t in c["thresholds"][:-1]), f"{c['top1']:.2f} ({delta:+.2f})", f"{flops:.3f}",
-             " / ".join(f"{s:.0%}" for s in c["share"]), estimated, measured, ratio]
+             " / ".join(f"{s:.0%}" for s in c["share"]), measured_by_calibrate, measured, ratio]
     return "| " + " | ".join(cells) + " |", 1 - flops, delta
 
 
@@ -56,7 +55,7 @@ def main() -> None:
              f", thresholds chosen on {calibration['choose']['examples'][0]}–{calibration['choose']['examples'][1] - 1}")
           + "\n")
     print(f"| seed | main top-1 | exits alone (top-1) | chosen thresholds | cascade top-1 (Δ) | mean FLOPs / full | "
-          f"share {exits} | est. mean latency / full | measured latency full → cascade (ms, batch 1) | ratio (A/A) |")
+          f"share {exits} | calibrate's measured latency / full | bench latency full → cascade (ms, batch 1) | ratio (A/A) |")
     print("|" + "---|" * 10)
     print("\n".join(rows))
     spread = (lambda v: f"{statistics.mean(v):.3g} ± {statistics.stdev(v):.2g}" if len(v) > 1 else f"{v[0]:.3g}")

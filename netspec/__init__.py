@@ -24,3 +24,15 @@ def load(spec: "str | Path", overrides: Iterable[str] = ()) -> "Compiled":
     from netspec.compiler import compile_spec
 
     return compile_spec(spec, list(overrides))
+
+
+def load_cascade(folder: "str | Path", threads: int | None = 1):
+    """Load an early-exit cascade directory (`netspec export --cascade DIR`, thresholds from `netspec calibrate`)
+    for serving; onnxruntime and numpy only (no torch). `cascade.run(x, thresholds=None)` takes a normalised
+    N×C×H×W float32 array (mean/std in `cascade.manifest["input"]`) and returns `(logits, exit, flops)`, one row
+    per input in input order: the logits of the exit the row left at, that exit's index in `cascade.exits`, and
+    the row's cost (the cumulative FLOPs of its exit). `threads`: onnxruntime intra-op threads (None: one per
+    core). See docs/cascade.md."""
+    from netspec.runtime.cascade import Cascade
+
+    return Cascade.load(folder, threads)

@@ -1,44 +1,83 @@
-"""`netspec calibrate`: choose a cascade's thresholds on test examples for a target loss of top-1, and report them.
+"""`netspec calibrate`: choose a cascade's thresholds for a target loss of top-1, and report them with measured latency.
 
-Every exit's logits are computed once for the examples (`Cascade.all_exits`); every candidate thresholds are then
-simulated in numpy (`cascade.simulate`). Two sweeps: one threshold shared by every early exit (a grid of
-max-softmax values), and per exit (greedy: from all at 1.0, repeatedly lower the one exit's threshold that saves
-the most mean FLOPs while top-1 stays within the target). The operating point is the point of either sweep with
-the fewest mean FLOPs whose top-1 is at least the full net's (the main exit's) minus `target_drop` points; its
-thresholds are stored in the manifest. The cost of an input is the cumulative FLOPs of the exit it leaves at.
+Every exit's logits and confidence are computed once for the examples (`Cascade.all_exits`); every candidate
+thresholds are then simulated in numpy (`cascade.simulate`). Two sweeps: one threshold shared by every early exit
+(a grid of confidences 0..1), and per exit (greedy: from all at 1.0, repeatedly lower the one exit's threshold that
+saves the most mean FLOPs while top-1 stays within the target). The operating point is the point of either sweep
+with the fewest mean FLOPs whose top-1 is at least the full net's (the main exit's) minus `target_drop` points;
+its thresholds are stored in the manifest. The cost of an input is the cumulative FLOPs of the exit it leaves at.
 
-With a holdout of N, the thresholds are chosen on the first N examples (the choose split) and reported on the rest
-(the report split); without, both are the same examples (optimistic). With measured latencies per exit
-(`Cascade.latency`), a point's mean latency is Σ_k share_k × latency_k.
+The thresholds are chosen on one split of examples and reported on another (`Split`: which examples, from which
+data split); the command decides which (today: the test split cut in two by `--holdout`). Without a report split
+the figures are those of the choose split (optimistic).
+
+Latency is measured, not estimated: for the chosen point and every fifth point of the shared-threshold curve, the
+real runner (`Cascade.run`, batch 1) on a fixed subset of the report split, in interleaved rounds with the full
+model (`full.onnx`) and an A/A copy of it (`runtime/cascade_bench.py`); and the throughput at batch 64 of the
+chosen point and of the full model.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from netspec.project import atomic_file, atomic_write
-from netspec.runtime.cascade import Cascade, simulate, write_manifest
+from netspec.runtime.cascade import Cascade, pick, simulate, write_anytime, write_manifest
+from netspec.runtime.cascade_bench import Timer
 
 GRID = [0.0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
         0.9999, 1.0]
 PER_EXIT_GRID = GRID
+TIMED_EVERY = 5  # every fifth point of the shared curve is timed, besides the chosen point
 
 
-def point(logits: list[np.ndarray], labels: np.ndarray, thresholds: list[float], cumulative: np.ndarray) -> dict:
-    predicted, where = simulate(logits, thresholds)
-    share = np.bincount(where, minlength=len(logits)) / len(labels)
-    return {"thresholds": [float(t) for t in thresholds], "top1": float((predicted == labels).mean() * 100),
+@dataclass
+class Split:
+    """Labelled examples to choose thresholds on or to report them on: `examples` [first, stop) of data split
+    `split` (e.g. "test"), already normalised."""
+
+    split: str
+    first: int
+    x: np.ndarray
+    labels: np.ndarray
+
+    def describe(self) -> str:
+        stop = self.first + len(self.labels)
+        return f"{self.split} examples {self.first}–{stop - 1} ({len(self.labels)})"
+
+
+@dataclass
+class Outputs:
+    """Every exit's logits and every early exit's confidence on a `Split`."""
+
+    split: Split
+    logits: list[np.ndarray]
+    confidences: list[np.ndarray]
+
+    @classmethod
+    def of(cls, cascade: Cascade, split: Split, batch: int = 256) -> "Outputs":
+        parts = [cascade.all_exits(split.x[i:i + batch]) for i in range(0, len(split.x), batch)]
+        logits = [np.concatenate([p[0][k] for p in parts]) for k in range(len(cascade.exits))]
+        confidences = [np.concatenate([p[1][k] for p in parts]) for k in range(len(cascade.exits) - 1)]
+        return cls(split, logits, confidences)
+
+
+def point(out: Outputs, thresholds: list[float], cumulative: np.ndarray) -> dict:
+    labels = out.split.labels
+    where = simulate(out.confidences, thresholds, len(labels))
+    share = np.bincount(where, minlength=len(out.logits)) / len(labels)
+    return {"thresholds": [float(t) for t in thresholds], "top1": float((pick(out.logits, where) == labels).mean() * 100),
             "mean_flops": float(cumulative[where].mean()), "share": [float(s) for s in share]}
 
 
-def sweep(logits: list[np.ndarray], labels: np.ndarray, cumulative: np.ndarray, full_top1: float,
-          target_drop: float) -> tuple[list[dict], list[dict]]:
+def sweep(out: Outputs, cumulative: np.ndarray, full_top1: float, target_drop: float) -> tuple[list[dict], list[dict]]:
     """(the shared-threshold curve, the greedy per-exit path)."""
-    k = len(logits)
-    shared = [point(logits, labels, [t] * (k - 1) + [1.0], cumulative) for t in GRID]
-    current = point(logits, labels, [1.0] * k, cumulative)
+    k = len(out.logits)
+    shared = [point(out, [t] * (k - 1) + [1.0], cumulative) for t in GRID]
+    current = point(out, [1.0] * k, cumulative)
     path = [current]
     while True:
         best = None
@@ -48,7 +87,7 @@ def sweep(logits: list[np.ndarray], labels: np.ndarray, cumulative: np.ndarray, 
                     continue
                 trial = list(current["thresholds"])
                 trial[e] = t
-                p = point(logits, labels, trial, cumulative)
+                p = point(out, trial, cumulative)
                 if p["top1"] >= full_top1 - target_drop and p["mean_flops"] < (best or current)["mean_flops"]:
                     best = p
         if best is None:
@@ -57,102 +96,111 @@ def sweep(logits: list[np.ndarray], labels: np.ndarray, cumulative: np.ndarray, 
         path.append(current)
 
 
-def split_figures(logits: list[np.ndarray], labels: np.ndarray, exits: list[str], first: int) -> dict:
-    """Which test examples (`examples`: [first, stop)) and every exit's top-1 alone on them."""
-    exit_top1 = {e: float((v.argmax(1) == labels).mean() * 100) for e, v in zip(exits, logits)}
-    return {"examples": [first, first + len(labels)], "exit_top1": exit_top1, "full_top1": exit_top1[exits[-1]]}
+def split_figures(out: Outputs, exits: list[str]) -> dict:
+    """Which examples and every exit's top-1 alone on them."""
+    labels = out.split.labels
+    exit_top1 = {e: float((v.argmax(1) == labels).mean() * 100) for e, v in zip(exits, out.logits)}
+    return {"split": out.split.split, "examples": [out.split.first, out.split.first + len(labels)],
+            "description": out.split.describe(), "exit_top1": exit_top1, "full_top1": exit_top1[exits[-1]]}
 
 
-def choose_and_report(logits: list[np.ndarray], labels: np.ndarray, exits: list[str], cumulative: np.ndarray,
-                      target_drop: float, holdout: int | None = None) -> dict:
-    """Sweep and choose on the first `holdout` examples, report the chosen thresholds on the others; without a
-    holdout, choose and report on all of them."""
-    cut = holdout or len(labels)
-    choose = split_figures([v[:cut] for v in logits], labels[:cut], exits, 0)
-    choose["shared"], choose["per_exit"] = sweep([v[:cut] for v in logits], labels[:cut], cumulative,
-                                                 choose["full_top1"], target_drop)
-    ok = [p for p in choose["shared"] + choose["per_exit"] if p["top1"] >= choose["full_top1"] - target_drop]
-    choose["chosen"] = min(ok, key=lambda p: (p["mean_flops"], -p["top1"]))  # thresholds all 1.0 is always ok
-    if holdout is None:
-        report = choose
+def choose_and_report(choose: Outputs, report: Outputs | None, exits: list[str], cumulative: np.ndarray,
+                      target_drop: float) -> dict:
+    """Sweep and choose on `choose`, report the chosen thresholds on `report` (without one: on `choose`)."""
+    chosen = split_figures(choose, exits)
+    chosen["shared"], chosen["per_exit"] = sweep(choose, cumulative, chosen["full_top1"], target_drop)
+    ok = [p for p in chosen["shared"] + chosen["per_exit"] if p["top1"] >= chosen["full_top1"] - target_drop]
+    chosen["chosen"] = min(ok, key=lambda p: (p["mean_flops"], -p["top1"]))  # thresholds all 1.0 is always ok
+    if report is None:
+        held = chosen
     else:
-        rest = [v[cut:] for v in logits]
-        report = split_figures(rest, labels[cut:], exits, cut)
-        report["chosen"] = point(rest, labels[cut:], choose["chosen"]["thresholds"], cumulative)
+        held = split_figures(report, exits)
+        held["chosen"] = point(report, chosen["chosen"]["thresholds"], cumulative)
     return {"exits": exits, "cumulative_flops": cumulative.tolist(), "target_drop": target_drop,
-            "same_examples": holdout is None, "choose": choose, "report": report}
+            "same_examples": report is None, "choose": chosen, "report": held}
 
 
-def add_latency(points: list[dict], latency: dict) -> None:
-    """Give each point `mean_latency_ms` = Σ_k share_k × the measured latency of leaving at exit k."""
+def timed_points(report: dict) -> list[dict]:
+    """The points whose latency is measured: the chosen one, then every fifth point of the shared curve."""
+    shared = report["choose"]["shared"]
+    return [report["choose"]["chosen"]] + shared[::TIMED_EVERY]
+
+
+def measure(cascade: Cascade, x: np.ndarray, report: dict, rounds: int, batch: int = 64) -> dict:
+    """Batch-1 latency of the runner at every `timed_points` setting and of the full model, interleaved, on `x`;
+    the batch-`batch` throughput of the chosen point and of the full model. Each timed point gets `latency_ms`
+    and `latency_ratio` (÷ the full model's in the same rounds)."""
+    timer = Timer(cascade, x)
+    points = timed_points(report)
+    settings = {}
     for p in points:
-        p["mean_latency_ms"] = float(np.dot(p["share"], latency["exits"]))
+        settings.setdefault(" ".join(f"{t:g}" for t in p["thresholds"]), p["thresholds"])
+    ms = timer.batch1(settings, rounds)
+    for p in points + [report["report"]["chosen"]]:
+        key = " ".join(f"{t:g}" for t in p["thresholds"])
+        p["latency_ms"], p["latency_ratio"] = ms[key], ms[key] / ms["full"]
+    per_second = timer.throughput(report["choose"]["chosen"]["thresholds"], batch, rounds)
+    return {"inputs": int(len(x)), "rounds": rounds, "threads": cascade.threads, "full_ms": ms["full"],
+            "aa_ratio": ms["full (A/A)"] / ms["full"], "throughput_batch": batch, "throughput": per_second,
+            "throughput_ratio": per_second["cascade"] / per_second["full"]}
 
 
-def calibrate(folder: Path, x: np.ndarray, labels: np.ndarray, target_drop: float = 0.5, holdout: int | None = None,
-              latency_inputs: int = 200, repeats: int = 3, threads: int = 1, batch: int = 256) -> dict:
-    """Sweep, choose, report (`choose_and_report`); measure the latencies on the first `latency_inputs` examples
-    (none when 0); store the thresholds in the manifest; write calibration.json and calibration.png."""
+def calibrate(folder: Path, choose: Split, report: Split | None = None, target_drop: float = 0.5,
+              latency_inputs: int = 500, rounds: int = 3, threads: int = 1, batch: int = 256) -> dict:
+    """Sweep and choose on `choose`, report on `report` (`choose_and_report`); measure the latencies on the first
+    `latency_inputs` examples of the report split (none when 0); store the thresholds in the manifest and
+    `anytime.onnx`; write calibration.json and calibration.png."""
     cascade = Cascade.load(folder, threads=threads)
-    parts = [cascade.all_exits(x[i:i + batch]) for i in range(0, len(x), batch)]
-    logits = [np.concatenate([p[k] for p in parts]) for k in range(len(cascade.exits))]
-    segments = cascade.manifest["segments"]
-    cumulative = np.asarray([s["cumulative_flops"] for s in segments], np.float64)
-    report = choose_and_report(logits, labels, cascade.exits, cumulative, target_drop, holdout)
-    report["full_flops"] = cascade.manifest["full_flops"]
-    report["latency_ms"] = cascade.latency(x[:latency_inputs], repeats) if latency_inputs else None
-    choose, held = report["choose"], report["report"]
-    if report["latency_ms"]:
-        add_latency(choose["shared"] + choose["per_exit"] + [held["chosen"]], report["latency_ms"])
-    for seg, t in zip(segments, choose["chosen"]["thresholds"]):
+    cumulative = cascade.cumulative.astype(np.float64)
+    outputs = Outputs.of(cascade, choose, batch)
+    held = Outputs.of(cascade, report, batch) if report is not None else None
+    result = choose_and_report(outputs, held, cascade.exits, cumulative, target_drop)
+    result["full_flops"] = cascade.manifest["full_flops"]
+    timed_on = report if report is not None else choose
+    result["latency"] = (measure(cascade, timed_on.x[:latency_inputs], result, rounds) | {
+        "examples": [timed_on.first, timed_on.first + min(latency_inputs, len(timed_on.x))], "split": timed_on.split}
+        if latency_inputs else None)
+    chosen = result["choose"]["chosen"]["thresholds"]
+    for seg, t in zip(cascade.segments, chosen):
         seg["threshold"] = t
     cascade.manifest["calibration"] = {
-        "target_drop": target_drop, "same_examples": report["same_examples"], "latency_ms": report["latency_ms"],
-        **{name: {"examples": part["examples"], "full_top1": part["full_top1"], **part["chosen"]}
-           for name, part in (("choose", choose), ("report", held))}}
+        "target_drop": target_drop, "same_examples": result["same_examples"], "latency": result["latency"],
+        **{name: {"split": part["split"], "examples": part["examples"], "full_top1": part["full_top1"],
+                  **part["chosen"]} for name, part in (("choose", result["choose"]), ("report", result["report"]))}}
     write_manifest(folder, cascade.manifest)
-    atomic_write(Path(folder) / "calibration.json", json.dumps(report, indent=1) + "\n")
-    plot_curve(report, Path(folder) / "calibration.png")
-    return report
-
-
-def span(part: dict) -> str:
-    first, stop = part["examples"]
-    return f"test examples {first}–{stop - 1} ({stop - first})"
+    write_anytime(cascade, Path(folder) / "anytime.onnx", chosen)
+    atomic_write(Path(folder) / "calibration.json", json.dumps(result, indent=1) + "\n")
+    plot_curve(result, Path(folder) / "calibration.png")
+    return result
 
 
 def format_report(report: dict) -> str:
-    full, exits, latency = report["full_flops"], report["exits"], report["latency_ms"]
+    full, exits, latency = report["full_flops"], report["exits"], report["latency"]
     choose, held = report["choose"], report["report"]
 
     def cells(p):
-        ms = f" {p['mean_latency_ms']:>8.3f} {p['mean_latency_ms'] / latency['full']:>7.1%}" if latency else ""
+        ms = (f" {p['latency_ms']:>8.3f} {p['latency_ratio']:>7.1%}" if "latency_ms" in p else f" {'':>8} {'':>7}"
+              ) if latency else ""
         return (f"{p['top1']:>7.2f} {p['mean_flops'] / 1e6:>11.3f} {p['mean_flops'] / full:>7.1%}{ms}  "
                 + " / ".join(f"{s:.0%}" for s in p["share"]))
 
     def summary(p, part):
-        ms = (f", mean {p['mean_latency_ms']:.3f} ms = {p['mean_latency_ms'] / latency['full']:.1%} of the full "
-              f"net's {latency['full']:.3f} ms") if latency else ""
         return (f"top-1 {p['top1']:.2f}% ({p['top1'] - part['full_top1']:+.2f} points against the full net's "
                 f"{part['full_top1']:.2f}%), mean {p['mean_flops'] / 1e6:.3f} MFLOPs = {p['mean_flops'] / full:.1%} "
-                f"of the full net ({1 - p['mean_flops'] / full:.1%} saved){ms}; share "
+                f"of the full net ({1 - p['mean_flops'] / full:.1%} saved); share "
                 + ", ".join(f"{e} {s:.1%}" for e, s in zip(exits, p["share"])))
 
     if report["same_examples"]:
-        lines = [f"thresholds chosen and reported on the same {span(choose)}: optimistic "
+        lines = [f"thresholds chosen and reported on the same {choose['description']}: optimistic "
                  "(--holdout N chooses on the first N and reports on the others)"]
     else:
-        lines = [f"thresholds chosen on {span(choose)}, reported on {span(held)}"]
+        lines = [f"thresholds chosen on {choose['description']}, reported on {held['description']}"]
     lines.append(f"choose split: full net (exit {exits[-1]}) top-1 {choose['full_top1']:.2f}%, {full / 1e6:.2f} "
                  "MFLOPs; exits alone: " + ", ".join(f"{e} {choose['exit_top1'][e]:.2f}%" for e in exits))
-    if latency:
-        lines.append(f"measured latency, batch 1, {latency['threads']} thread(s), mean over {latency['inputs']} "
-                     f"inputs, median of {latency['repeats']} rounds: full net {latency['full']:.3f} ms; leaving at "
-                     + ", ".join(f"{e} {v:.3f}" for e, v in zip(exits, latency["exits"]))
-                     + " ms. A point's mean latency is Σ share × these, not a timing of its thresholds.")
-    ms_head = f" {'mean ms':>8} {'of full':>7}" if latency else ""
+    ms_head = f" {'ms':>8} {'of full':>7}" if latency else ""
     head = f"{'top-1':>7} {'mean MFLOPs':>11} {'of full':>7}{ms_head}  share " + " / ".join(exits)
-    lines += ["", "one threshold for every early exit (leave when max softmax > threshold), choose split:",
+    lines += ["", "one threshold for every early exit (leave when confidence > threshold), choose split"
+              + (" (ms: measured, batch 1, every fifth point)" if latency else "") + ":",
               f"  {'threshold':>9} {head}"]
     lines += [f"  {p['thresholds'][0]:>9g} {cells(p)}" for p in choose["shared"]]
     lines += ["", f"per exit (greedy, top-1 ≥ {choose['full_top1']:.2f} − {report['target_drop']:g}), choose split:",
@@ -162,35 +210,52 @@ def format_report(report: dict) -> str:
     lines += ["", f"chosen: thresholds {', '.join(f'{e} {t:g}' for e, t in zip(exits[:-1], c['thresholds']))}",
               f"  on the choose split: {summary(c, choose)}"]
     if not report["same_examples"]:
-        lines.append(f"  on the report split ({span(held)}, not used to choose): {summary(held['chosen'], held)}; "
-                     "exits alone: " + ", ".join(f"{e} {held['exit_top1'][e]:.2f}%" for e in exits))
+        lines.append(f"  on the report split ({held['description']}, not used to choose): "
+                     f"{summary(held['chosen'], held)}; exits alone: "
+                     + ", ".join(f"{e} {held['exit_top1'][e]:.2f}%" for e in exits))
+    if latency:
+        first, stop = latency["examples"]
+        t = latency["throughput"]
+        lines.append(f"  measured (the runner, {latency['threads']} thread(s), {latency['inputs']} {latency['split']} "
+                     f"examples {first}–{stop - 1}, median of {latency['rounds']} interleaved rounds, A/A "
+                     f"{latency['aa_ratio']:.3f}): batch 1 {c['latency_ms']:.3f} ms per input against the full net's "
+                     f"{latency['full_ms']:.3f} ms = {c['latency_ratio']:.1%}; batch {latency['throughput_batch']} "
+                     f"{t['cascade']:.0f} inputs/s against {t['full']:.0f} = {latency['throughput_ratio']:.2f}×")
     return "\n".join(lines)
 
 
 def plot_curve(report: dict, path: Path) -> None:
-    """Top-1 vs mean FLOPs / full (and, with latencies, vs mean latency / full) on the choose split; the chosen
-    point on both splits."""
+    """Top-1 vs mean FLOPs / full on the choose split (and, with latency, vs measured latency / full at the timed
+    points); the chosen point on both splits."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    choose, held, latency = report["choose"], report["report"], report["latency_ms"]
-    axes_of = [("mean_flops", report["full_flops"], "mean FLOPs / full net's")]
-    if latency:
-        axes_of.append(("mean_latency_ms", latency["full"], "mean latency / full net's (measured per exit, batch 1)"))
-    fig = Figure(figsize=(6.5 * len(axes_of), 4.5))
+    choose, held, latency = report["choose"], report["report"], report["latency"]
+    fig = Figure(figsize=(6.5 * (2 if latency else 1), 4.5))
     FigureCanvasAgg(fig)
-    for ax, (key, full, xlabel) in zip(np.atleast_1d(fig.subplots(1, len(axes_of))), axes_of):
-        for name, label, style in (("shared", "one threshold", "o-"), ("per_exit", "per exit (greedy)", "s--")):
-            pts = sorted(choose[name], key=lambda p: p[key])
-            ax.plot([p[key] / full for p in pts], [p["top1"] for p in pts], style, ms=3, label=label)
+    axes = np.atleast_1d(fig.subplots(1, 2 if latency else 1))
+    ax = axes[0]
+    full = report["full_flops"]
+    for name, label, style in (("shared", "one threshold", "o-"), ("per_exit", "per exit (greedy)", "s--")):
+        pts = sorted(choose[name], key=lambda p: p["mean_flops"])
+        ax.plot([p["mean_flops"] / full for p in pts], [p["top1"] for p in pts], style, ms=3, label=label)
+    ax.plot([choose["chosen"]["mean_flops"] / full], [choose["chosen"]["top1"]], "r*", ms=12, label="chosen")
+    if not report["same_examples"]:
+        ax.plot([held["chosen"]["mean_flops"] / full], [held["chosen"]["top1"]], "kP", ms=9,
+                label=f"chosen, report split (full net {held['full_top1']:.2f})")
+    ax.set(xlabel="mean FLOPs / full net's")
+    if latency:
+        timed = sorted((p for p in choose["shared"] if "latency_ratio" in p), key=lambda p: p["latency_ratio"])
+        axes[1].plot([p["latency_ratio"] for p in timed], [p["top1"] for p in timed], "o-", ms=4,
+                     label="one threshold (timed points)")
+        axes[1].plot([choose["chosen"]["latency_ratio"]], [choose["chosen"]["top1"]], "r*", ms=12, label="chosen")
+        axes[1].axvline(1.0, color="grey", lw=0.8, ls=":")
+        axes[1].set(xlabel=f"measured batch-1 latency / full net's ({latency['threads']} thread(s))")
+    for ax in axes:
         ax.axhline(choose["full_top1"], color="black", lw=0.8, label="full net")
         ax.axhline(choose["full_top1"] - report["target_drop"], color="grey", lw=0.8, ls=":",
                    label=f"full − {report['target_drop']:g} points")
-        ax.plot([choose["chosen"][key] / full], [choose["chosen"]["top1"]], "r*", ms=12, label="chosen")
-        if not report["same_examples"]:
-            ax.plot([held["chosen"][key] / full], [held["chosen"]["top1"]], "kP", ms=9,
-                    label=f"chosen, report split (full net {held['full_top1']:.2f})")
-        ax.set(xlabel=xlabel, ylabel="top-1 (%)", title="early-exit cascade: accuracy vs mean cost")
+        ax.set(ylabel="top-1 (%)", title="early-exit cascade: accuracy vs mean cost")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

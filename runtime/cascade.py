@@ -3,52 +3,130 @@ never torch, like `predict`.
 
 The directory holds one ONNX model per segment, the pruned main exit alone (`full.onnx`) and `manifest.json`:
 the segments in order (shallow exit first, main last), each with its file, inputs, outputs (its exit's logits
-first, then the features later segments read), its FLOPs and the cumulative FLOPs of leaving at its exit, and a
-threshold per exit.
+first, then — on every segment but the last — the exit's confidence `<exit>:confidence`, then the features later
+segments read), its FLOPs and the cumulative FLOPs of leaving at its exit, and a threshold per exit.
 
-The criterion is the maximum softmax probability: an input leaves at exit k when max softmax(logits_k) > threshold_k
-(strictly). We chose it over the entropy because it is on one scale (1/classes .. 1) whatever the number of classes,
-and it is what BranchyNet-style "confidence" means to a user. Strict ">" makes the two ends exact: threshold 1.0
-never exits early (a probability is at most 1, even when float32 rounds it to 1), threshold 0 always exits at
-the first exit. The main (last) exit takes every input that reaches it; its threshold is not used.
+The confidence is computed inside each segment's graph (`compiler/cascade.py`, `CONFIDENCE`: max softmax
+probability, margin p1 − p2, or 1 − entropy / ln C), one number per row on 0..1. An input leaves at exit k when
+confidence_k > threshold_k (strictly): threshold 1 never exits early, threshold 0 always does (unless the
+confidence is exactly 0). The main (last) exit takes every input that reaches it; its threshold is not used.
+
+The runner (`Cascade`) keeps the hand-off tensors as onnxruntime `OrtValue`s from one segment to the next (no
+numpy round trip), creates every session once with one set of options (`session_options`), and reads one float
+per row to decide. `Cascade.run` is the batched early exit: segment k runs only on the rows still in the cascade,
+results come back in input order with the exit and the cost of every row.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from netspec.errors import UserError
+from netspec.runtime.cascade_graph import deciding, plan
 
 MANIFEST = "manifest.json"
 FULL = "full.onnx"  # the pruned main exit alone, beside the segments
-CRITERION = "max_softmax"
+FORMAT = 2  # manifest format: 2 = the confidence is a graph output (1, netspec ≤ issue 14: computed in numpy)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+class CascadeResult(NamedTuple):
+    """What `Cascade.run` returns, one row per input row, in input order."""
 
-
-def confidence(logits: np.ndarray) -> np.ndarray:
-    """The criterion: max softmax probability per row."""
-    return softmax(logits).max(1)
+    logits: np.ndarray  # N×C float32: the logits of the exit each row left at
+    exit: np.ndarray  # N int64: the index of that exit (0 = the shallowest, len(exits) − 1 = main)
+    flops: np.ndarray  # N int64: the cost of the row, the cumulative FLOPs of its exit
 
 
 def read_manifest(folder: Path) -> dict:
+    """The manifest of a cascade directory, every field the runner uses checked: a bad one is one error naming it."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise UserError(f"no {MANIFEST} in {folder}", "give a directory written by `netspec export --cascade DIR`")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(f"{path} is not JSON: {err}", "export the cascade again") from None
-    if manifest.get("criterion") != CRITERION or not manifest.get("segments"):
-        raise UserError(f"{path} is not a netspec cascade manifest", "export the cascade again")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(manifest, path: Path) -> None:
+    again = "export the cascade again (`netspec export --cascade DIR`)"
+
+    def bad(what: str):
+        raise UserError(f"{path}: {what}", again)
+
+    if not isinstance(manifest, dict) or "segments" not in manifest:
+        bad("is not a netspec cascade manifest")
+    if manifest.get("format") != FORMAT:
+        bad(f"has format {manifest.get('format', 1)!r}, this netspec reads format {FORMAT} (the confidence inside "
+            "the segments)")
+    if not isinstance(manifest.get("criterion"), str):
+        bad("'criterion' must name the exit confidence")
+    entry = manifest.get("input")
+    if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("shape"), list)
+            and len(entry["shape"]) == 3 and all(type(d) is int and d > 0 for d in entry["shape"])):
+        bad("'input' must give the input's name and shape [C, H, W]")
+    if not (_number(manifest.get("full_flops")) and isinstance(manifest.get("full"), str)
+            and _plain_file(manifest["full"])):
+        bad("'full' must name the full model's file beside the manifest and 'full_flops' its FLOPs")
+    segments = manifest["segments"]
+    if not (isinstance(segments, list) and segments):
+        bad("'segments' must be a non-empty list")
+    known = {entry["name"]}
+    for k, seg in enumerate(segments):
+        where = f"segment {k}"
+        if not isinstance(seg, dict) or not isinstance(seg.get("exit"), str):
+            bad(f"{where} must be an object naming its 'exit'")
+        where = f"segment {k} ({seg['exit']})"
+        if not (isinstance(seg.get("file"), str) and _plain_file(seg["file"])):
+            bad(f"{where}: 'file' must be a file name beside the manifest")
+        for key in ("inputs", "outputs"):
+            if not (isinstance(seg.get(key), list) and seg[key] and all(isinstance(v, str) for v in seg[key])):
+                bad(f"{where}: '{key}' must be a non-empty list of names")
+        missing = [name for name in seg["inputs"] if name not in known]
+        if missing:
+            bad(f"{where} reads {', '.join(missing)}, which no earlier segment outputs")
+        if seg["outputs"][0] != seg["exit"]:
+            bad(f"{where}: the first output must be the exit's logits '{seg['exit']}'")
+        if k < len(segments) - 1 and len(seg["outputs"]) < 2:
+            bad(f"{where}: the second output must be the exit's confidence")
+        if not all(_number(seg.get(key)) for key in ("flops", "cumulative_flops")):
+            bad(f"{where}: 'flops' and 'cumulative_flops' must be numbers")
+        threshold = seg.get("threshold")
+        if not (_number(threshold) and 0 <= threshold <= 1):
+            bad(f"{where}: 'threshold' must be a number from 0 (always leave) to 1 (never), not {threshold!r}")
+        known.update(seg["outputs"])
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+def _plain_file(name: str) -> bool:
+    return bool(name) and Path(name).name == name and name not in (".", "..")
+
+
+def check_thresholds(thresholds, exits: list[str]) -> list[float]:
+    """Thresholds as given by a user: one per exit (the last one unused) or one per early exit; each 0..1."""
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
+        raise UserError(f"thresholds must be a list of numbers, not {thresholds!r}",
+                        f"give one per early exit ({', '.join(exits[:-1])}), each from 0 (always leave) to 1 (never)")
+    values = list(thresholds)
+    if len(values) not in (len(exits) - 1, len(exits)):
+        raise UserError(f"{len(values)} threshold(s) for a cascade of {len(exits)} exits ({', '.join(exits)})",
+                        f"give {len(exits) - 1} (one per early exit; the last exit takes the rest)")
+    for exit_name, value in zip(exits, values):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not 0 <= float(value) <= 1:
+            raise UserError(f"the threshold of exit {exit_name} is {value!r}",
+                            "give a number from 0 (always leave there) to 1 (never leave there)")
+    return [float(v) for v in values[:len(exits) - 1]] + [1.0]
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -57,120 +135,271 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     atomic_write(Path(folder) / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
-def session(path: Path, threads: int | None = None):
-    """A quiet onnxruntime CPU session; `threads` intra-op threads (None: onnxruntime's default)."""
+def session_options(threads: int | None = 1):
+    """The options of every session the runner and its benchmarks create (ours): every graph optimisation,
+    sequential execution, `threads` intra-op threads (None: onnxruntime's default, one per core) and one
+    inter-op thread. The same options for the segments and `full.onnx`, so a comparison is like for like."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def session(path: Path, threads: int | None = 1):
+    """An onnxruntime CPU session with `session_options`."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise UserError(f"{path} is missing", "export the cascade again")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def as_input(x, shape: tuple[int, ...]) -> np.ndarray:
+    """`x` as a C-contiguous N×C×H×W float32 array of the model's input shape (a one-line error otherwise)."""
+    x = np.asarray(x)
+    if x.ndim == len(shape):
+        x = x[None]
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape) or x.dtype.kind not in "fiu":
+        raise UserError(f"input of shape {'×'.join(map(str, x.shape))} ({x.dtype}); the model takes N×"
+                        + "×".join(map(str, shape)) + " numbers",
+                        "give normalised float32 images, N×C×H×W (mean and std as in the manifest's 'input')")
+    return np.ascontiguousarray(x, np.float32)
+
+
+class Bound:
+    """A session called the cheapest way the Python API allows: OrtValues in, OrtValues out, through the session's
+    C++ binding (`InferenceSession._sess.run_with_ort_values`). Measured at batch 1 (docs/cascade.md): ~4 µs a call
+    against ~6 µs for `run` with numpy, ~7 µs for an IOBinding whose outputs stay bound (which then reuses the output
+    buffers, so a second call overwrites the first call's results) and 30–40 µs for IOBinding with outputs bound
+    again at each call or for the public `run_with_ort_values` (its wrapper checks every input). No tensor goes
+    through numpy; the outputs are new tensors at each call."""
+
+    def __init__(self, session, inputs: list[str], outputs: list[str]):
+        self.session, self.inputs, self.outputs = session, list(inputs), list(outputs)
+        self._run = session._sess.run_with_ort_values
+
+    def __call__(self, values: dict) -> list:
+        """Run on `values` (OrtValues by name, a superset of the inputs); return the outputs (OrtValues, with
+        `.numpy()` and `.shape()`)."""
+        return self._run({name: getattr(values[name], "_ortvalue", values[name]) for name in self.inputs},
+                         self.outputs, None)
+
+
+def _ortvalue_maker():
+    """A function making an OrtValue (the C++ object, no Python wrapper) that views a C-contiguous numpy array on
+    CPU without copying it: the public `OrtValue.ortvalue_from_numpy` costs ~6 µs a call in its wrapper, this ~1 µs.
+    The caller keeps the array alive as long as the OrtValue is used."""
+    from onnxruntime.capi import _pybind_state
+    from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+
+    make, cpu = _pybind_state.OrtValue.ortvalue_from_numpy, OrtDevice.make("cpu", 0)._get_c_device()
+    return lambda array: make(array, cpu)
+
+
+def bind_full(sess) -> Bound:
+    """A one-input, one-output session (`full.onnx`, an exported exit) as a `Bound`."""
+    return Bound(sess, [sess.get_inputs()[0].name], [sess.get_outputs()[0].name])
 
 
 @dataclass
-class Cascade:
-    """The loaded segments of a cascade directory, runnable on a normalised N×C×H×W float32 batch."""
+class Stage:
+    """One group of a plan loaded (`cascade_graph.plan`): its bound session, the exit it ends at, the values later
+    stages read (gathered when rows leave) and the cost of leaving at its exit."""
 
-    folder: Path
-    manifest: dict
-    sessions: list = field(default_factory=list)
-    threads: int | None = None
+    exit_index: int
+    call: Bound
+    keep: list[str]
+    cumulative_flops: int
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.call.outputs
+
+
+class Cascade:
+    """A cascade directory loaded, runnable on a normalised N×C×H×W float32 batch.
+
+    The segment models are read once; the sessions are made per *plan*, the exits that decide for the thresholds
+    in use (`cascade_graph.plan`), and kept: the first call with a new set of deciding exits pays for creating
+    them (`prepare` does it ahead)."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int | None = 1):
+        import onnx
+
+        self.folder, self.manifest, self.threads = Path(folder), manifest, threads
+        self.segments = manifest["segments"]
+        self.input_name = manifest["input"]["name"]
+        self.input_shape = tuple(manifest["input"]["shape"])
+        self.exits = [s["exit"] for s in self.segments]
+        self.cumulative = np.asarray([s["cumulative_flops"] for s in self.segments], np.int64)
+        self.protos = []
+        for seg in self.segments:
+            path = self.folder / seg["file"]
+            if not path.is_file():
+                raise UserError(f"{path} is missing", "export the cascade again")
+            self.protos.append(onnx.load(str(path)))
+        self._ortvalue = _ortvalue_maker()
+        self.plans: dict[tuple[int, ...], list[Stage]] = {}  # by deciding exits
+        self.resolved: dict[tuple | None, tuple[list[float], list[Stage]]] = {}  # by thresholds as given
 
     @classmethod
-    def load(cls, folder: Path, threads: int | None = None) -> "Cascade":
+    def load(cls, folder: Path, threads: int | None = 1) -> "Cascade":
         folder = Path(folder)
-        manifest = read_manifest(folder)
-        return cls(folder, manifest, [session(folder / s["file"], threads) for s in manifest["segments"]], threads)
+        return cls(folder, read_manifest(folder), threads)
 
     def full_session(self):
-        """The pruned main exit alone (`full.onnx`) in onnxruntime."""
-        if "full" not in self.manifest:
-            raise UserError(f"{self.folder / MANIFEST} names no {FULL} (exported by an older netspec)",
-                            "export the cascade again")
+        """The pruned main exit alone (`full.onnx`) in onnxruntime, with the same options as the segments."""
         return session(self.folder / self.manifest["full"], self.threads)
 
     @property
-    def exits(self) -> list[str]:
-        return [s["exit"] for s in self.manifest["segments"]]
+    def criterion(self) -> str:
+        return self.manifest["criterion"]
 
     @property
     def thresholds(self) -> list[float]:
-        return [float(s["threshold"]) for s in self.manifest["segments"]]
+        return [float(s["threshold"]) for s in self.segments]
 
-    def step(self, k: int, values: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run segment k on `values` (by name; its outputs are added); return its outputs, exit k's logits first."""
-        seg = self.manifest["segments"][k]
-        outs = self.sessions[k].run(seg["outputs"], {name: values[name] for name in seg["inputs"]})
-        values.update(zip(seg["outputs"], outs))
-        return outs
+    def prepare(self, thresholds=None) -> tuple[list[float], list[Stage]]:
+        """(the thresholds checked, the loaded stages of their plan). Sessions are made once per set of deciding
+        exits; a threshold setting seen before costs one dictionary look-up."""
+        key = None if thresholds is None else tuple(thresholds) if isinstance(thresholds, (list, tuple)) else False
+        try:
+            hash(key)
+        except TypeError:
+            key = False
+        if key is not False and key in self.resolved:
+            return self.resolved[key]
+        t = self.thresholds if thresholds is None else check_thresholds(thresholds, self.exits)
+        exits = tuple(deciding(t))
+        if exits not in self.plans:
+            self.plans[exits] = self._load_plan(t)
+        if key is not False and len(self.resolved) < 4096:
+            self.resolved[key] = (t, self.plans[exits])
+        return t, self.plans[exits]
 
-    def all_exits(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every exit's logits for every input (each segment run on the whole batch): what calibration needs."""
-        values = {self.manifest["input"]["name"]: x}
-        return [self.step(k, values)[0] for k in range(len(self.sessions))]
+    def _load_plan(self, t: list[float]) -> list[Stage]:
+        import onnxruntime as ort
 
-    def run(self, x: np.ndarray, thresholds: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits of the exit each input left at, index of that exit): segment k runs only on the inputs still
-        in the cascade; an input leaves at exit k when its max softmax probability > thresholds[k]."""
-        thresholds = self.thresholds if thresholds is None else list(thresholds)
-        n, last = len(x), len(self.sessions) - 1
-        alive = np.arange(n)
-        values = {self.manifest["input"]["name"]: x}
-        result, where = None, np.full(n, -1, np.int64)
-        for k in range(last + 1):
-            logits = self.step(k, values)[0]
-            if result is None:
-                result = np.zeros((n, logits.shape[1]), np.float32)
-            leave = np.ones(len(alive), bool) if k == last else confidence(logits) > thresholds[k]
-            result[alive[leave]] = logits[leave]
-            where[alive[leave]] = k
+        groups = plan(self.protos, self.segments, t)
+        stages = []
+        for j, group in enumerate(groups):
+            later = {name for g in groups[j + 1:] for name in g.inputs}
+            known = [self.input_name] + [name for g in groups[:j + 1] for name in g.outputs]
+            sess = ort.InferenceSession(group.model.SerializeToString(), session_options(self.threads),
+                                        providers=["CPUExecutionProvider"])
+            stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
+                                [n for n in known if n in later], int(self.cumulative[group.exit_index])))
+        return stages
+
+    def feed(self, x: np.ndarray) -> dict:
+        """The values the stages start from: the input batch (checked) as an OrtValue, by name."""
+        from onnxruntime import OrtValue
+
+        return {self.input_name: OrtValue.ortvalue_from_numpy(as_input(x, self.input_shape))}
+
+    def all_exits(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every exit's logits and every early exit's confidence for every input (each segment run on the whole
+        batch): what calibration needs."""
+        values = self.feed(x)
+        outs = []
+        for stage in self.prepare([0.0] * len(self.exits))[1]:
+            outs.append(stage.call(values))
+            values.update(zip(stage.outputs, outs[-1]))
+        return [o[0].numpy() for o in outs], [o[1].numpy() for o in outs[:-1]]
+
+    def values(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every segment's every output for the batch `x`, by name (each segment run on the whole batch)."""
+        values = self.feed(x)
+        for stage in self.prepare([0.0] * len(self.exits))[1]:
+            values.update(zip(stage.outputs, stage.call(values)))
+        return {name: value.numpy() for name, value in values.items() if name != self.input_name}
+
+    def run(self, x: np.ndarray, thresholds=None) -> CascadeResult:
+        """The batched early exit: a stage runs only on the rows still in the cascade; a row leaves at exit k when
+        its confidence > thresholds[k]. Results in input order (`CascadeResult`)."""
+        t, stages = self.prepare(thresholds)
+        x = as_input(x, self.input_shape)
+        hold = [x]  # the arrays the OrtValues of this call are views of
+        values = {self.input_name: self._ortvalue(x)}
+        n, last = len(x), len(stages) - 1
+        rows = None  # the input rows still in the cascade (None: all of them, in order)
+        logits = exits = None
+        for j, stage in enumerate(stages):
+            outs = stage.call(values)
+            k = stage.exit_index
+            leave = True if j == last else outs[1].numpy() > t[k]
+            if j == last or leave.all():
+                if rows is None:  # every row leaves here, none left before: nothing to gather
+                    return CascadeResult(outs[0].numpy(), np.full(n, k, np.int64),
+                                         np.full(n, stage.cumulative_flops, np.int64))
+                logits[rows], exits[rows] = outs[0].numpy(), k
+                return CascadeResult(logits, exits, self.cumulative[exits])
+            values.update(zip(stage.outputs, outs))
+            if not leave.any():
+                continue
+            here = outs[0].numpy()
+            if rows is None:
+                rows = np.arange(n)
+                logits = np.empty((n, here.shape[1]), np.float32)
+                exits = np.full(n, stages[-1].exit_index, np.int64)
+            logits[rows[leave]], exits[rows[leave]] = here[leave], k
             stay = ~leave
-            if not stay.any():
-                break
-            alive = alive[stay]
-            values = {name: value[stay] for name, value in values.items()}
-        return result, where
-
-    def latency(self, x: np.ndarray, repeats: int = 3) -> dict:
-        """Measured at batch 1 on the inputs of `x`, in ms: `exits[k]`, the cost of leaving at exit k (segments
-        0..k chained and the confidence tests of exits 0..k; the last exit has none), and `full`, the pruned main
-        exit alone (`full.onnx`). Each a mean over the inputs, the median over `repeats` rounds after one warm-up
-        round; within a round each input runs through the full model, then the cascade."""
-        full = self.full_session()
-        full_in, full_out = full.get_inputs()[0].name, full.get_outputs()[0].name
-        last = len(self.sessions) - 1
-        rounds = []
-        for _ in range(repeats + 1):
-            total = np.zeros(last + 2)  # per exit, then full
-            for i in range(len(x)):
-                one = x[i:i + 1]
-                start = time.perf_counter()
-                full.run([full_out], {full_in: one})
-                total[-1] += time.perf_counter() - start
-                values = {self.manifest["input"]["name"]: one}
-                start = time.perf_counter()
-                for k in range(last + 1):
-                    logits = self.step(k, values)[0]
-                    if k < last:
-                        confidence(logits)
-                    total[k] += time.perf_counter() - start
-            rounds.append(total / len(x) * 1e3)
-        median = np.median(rounds[1:], axis=0)
-        return {"exits": [float(v) for v in median[:-1]], "full": float(median[-1]), "inputs": int(len(x)),
-                "repeats": repeats, "threads": self.threads}
+            rows = rows[stay]
+            hold += [np.ascontiguousarray(values[name].numpy()[stay]) for name in stage.keep]
+            values = {name: self._ortvalue(a) for name, a in zip(stage.keep, hold[-len(stage.keep):])}
+        raise AssertionError("unreachable: the last stage takes every row")
 
 
-def simulate(logits: list[np.ndarray], thresholds: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """What `Cascade.run` decides, from every exit's logits (`Cascade.all_exits`): (predicted class, exit index)."""
-    n = len(logits[0])
-    where = np.full(n, len(logits) - 1, np.int64)
+def simulate(confidences: list[np.ndarray], thresholds: list[float], n: int) -> np.ndarray:
+    """What `Cascade.run` decides for `n` rows, from every early exit's confidence (`Cascade.all_exits`): the exit
+    index per row."""
+    where = np.full(n, len(confidences), np.int64)
     undecided = np.ones(n, bool)
-    for k, value in enumerate(logits[:-1]):
-        leave = undecided & (confidence(value) > thresholds[k])
+    for k, value in enumerate(confidences):
+        leave = undecided & (value > thresholds[k])
         where[leave] = k
         undecided &= ~leave
-    stacked = np.stack([v.argmax(1) for v in logits])  # exits × n
-    return stacked[where, np.arange(n)], where
+    return where
+
+
+def pick(logits: list[np.ndarray], where: np.ndarray) -> np.ndarray:
+    """The predicted class of each row at the exit it left at."""
+    return np.stack([v.argmax(1) for v in logits])[where, np.arange(len(where))]
+
+
+ANYTIME = "anytime.onnx"  # the cascade as one model with `If` nodes, beside the segments
+
+
+def anytime_model(cascade: Cascade, thresholds=None, every_exit: bool = False):
+    """The cascade as one ONNX model with `If` nodes (`cascade_graph.compose_anytime`) for `thresholds` (default:
+    the manifest's): the exits that decide for them (`every_exit`: all of them, so any thresholds can be fed),
+    the thresholds as the default of its `thresholds` input, and the metadata `predict` reads."""
+    import onnx
+
+    from netspec.runtime.cascade_graph import compose_anytime
+
+    t = cascade.thresholds if thresholds is None else check_thresholds(thresholds, cascade.exits)
+    groups = plan(cascade.protos, cascade.segments, [0.0] * len(t) if every_exit else t)
+    model = compose_anytime(groups, t, len(cascade.manifest["classes"]))
+    manifest = cascade.manifest
+    meta = {"spec_name": manifest.get("spec_name"), "weights": manifest.get("weights"),
+            "input_shape": json.dumps(manifest["input"]["shape"]), "mean": json.dumps(manifest["input"].get("mean")),
+            "std": json.dumps(manifest["input"].get("std")), "classes": json.dumps(manifest["classes"]),
+            "criterion": manifest["criterion"], "exits": json.dumps(cascade.exits),
+            "deciding_exits": json.dumps([cascade.exits[g.exit_index] for g in groups]),
+            "cumulative_flops": json.dumps(cascade.cumulative.tolist())}
+    onnx.helper.set_model_props(model, {f"netspec.{k}": str(v) for k, v in meta.items()})
+    return model
+
+
+def write_anytime(cascade: Cascade, path: Path, thresholds=None, every_exit: bool = False) -> None:
+    from netspec.project import atomic_file
+
+    with atomic_file(Path(path), binary=True) as f:
+        f.write(anytime_model(cascade, thresholds, every_exit).SerializeToString())

@@ -18,10 +18,10 @@ import torch
 
 import netspec
 from netspec.compiler import Compiled
-from netspec.compiler.cascade import Segment, split
+from netspec.compiler.cascade import CONFIDENCE, Segment, split
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
-from netspec.runtime.cascade import CRITERION, FULL, MANIFEST, Cascade, write_manifest
+from netspec.runtime.cascade import ANYTIME, FORMAT, FULL, MANIFEST, Cascade, check_thresholds, session, write_anytime, write_manifest
 from netspec.runtime.export import (BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, checked_bytes,
                                     class_names, spec_names)
 from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
@@ -53,12 +53,13 @@ def torch_values(segments: list[Segment], input_name: str, x: torch.Tensor) -> d
 
 
 def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
-                   thresholds: list[float] | None = None) -> dict:
-    """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest."""
+                   thresholds: list[float] | None = None, criterion: str = "max") -> dict:
+    """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest. Every
+    segment but the last computes its exit's confidence by `criterion` (a `compiler.cascade.CONFIDENCE` name)."""
     spec, net = compiled.spec, compiled.network
     model = compiled.module.eval()
     weights = apply_checkpoint(compiled, model, checkpoint, random_init)
-    segments = split(model, net)
+    segments = split(model, net, criterion=criterion)
     for seg in segments:
         seg.module.eval()
     dataset = _test_data(spec)
@@ -66,6 +67,8 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
     print(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
     example = torch.zeros(2, *spec.input.shape)  # batch 2: torch.export specialises sizes 0 and 1
     values = torch_values(segments, spec.input.name, example)
+    exits = [seg.exit for seg in segments]
+    thresholds = [1.0] * len(segments) if thresholds is None else check_thresholds(thresholds, exits)
     total, entries, protos = 0, [], []
     for k, seg in enumerate(segments):
         protos.append(segment_onnx(seg, [values[name] for name in seg.inputs]))
@@ -73,10 +76,11 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
         entries.append({"exit": seg.exit, "file": f"{k:02d}_{seg.exit}.onnx", "inputs": list(seg.inputs),
                         "outputs": list(seg.outputs), "nodes": len(seg.nodes), "flops": seg.flops,
                         "cumulative_flops": total,
-                        "threshold": 1.0 if thresholds is None else float(thresholds[k])})
+                        "threshold": thresholds[k]})
     manifest = {"netspec_version": netspec.__version__, "spec_name": spec.name, "spec_hash": compiled.spec_hash,
-                "weights": weights, "criterion": CRITERION,
-                "criterion_text": "leave at exit k when max softmax(logits_k) > threshold_k; the last exit takes the rest",
+                "weights": weights, "format": FORMAT, "criterion": criterion,
+                "criterion_text": f"leave at exit k when its confidence '{criterion}' > threshold_k "
+                                  f"({CONFIDENCE[criterion].__doc__}); the last exit takes the rest",
                 "input": {"name": spec.input.name, "shape": list(spec.input.shape), "mean": spec.input.mean,
                           "std": spec.input.std},
                 "classes": class_names(spec, dataset), "full_flops": sum(net.nodes[n].flops for n in net.ancestry(MAIN_HEAD)),
@@ -88,17 +92,31 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
             (tmp / entry["file"]).write_bytes(proto.SerializeToString())
         (tmp / FULL).write_bytes(full)
         write_manifest(tmp, manifest)
-        check_cascade(model, segments, Cascade.load(tmp), spec.input.name, check_batches(spec, dataset))
+        cascade = Cascade.load(tmp)
+        write_anytime(cascade, tmp / ANYTIME, every_exit=True)
+        check_cascade(model, segments, cascade, spec.input.name, check_batches(spec, dataset))
         out.mkdir(parents=True, exist_ok=True)
-        for name in [e["file"] for e in entries] + [FULL]:
+        for name in [e["file"] for e in entries] + [FULL, ANYTIME]:
             shutil.copyfile(tmp / name, out / name)
         atomic_write(out / MANIFEST, (tmp / MANIFEST).read_text())
     for entry in entries:
         print(f"  {entry['file']:<24} inputs {', '.join(entry['inputs']):<28} outputs {', '.join(entry['outputs']):<36}"
               f" cumulative {entry['cumulative_flops'] / 1e6:.2f} MFLOPs")
     print(f"wrote {out}/ ({len(entries)} segments, {FULL} (the main exit alone, {manifest['full_flops'] / 1e6:.2f} "
-          f"MFLOPs) and {MANIFEST})")
+          f"MFLOPs), {ANYTIME} (the cascade as one model with If nodes) and {MANIFEST})")
     return manifest
+
+
+def export_anytime(compiled: Compiled, out: Path, *, thresholds: list[float] | None = None, **options) -> None:
+    """`netspec export --anytime OUT.onnx`: the cascade (exported and checked as `export_cascade` does) as one
+    model with `If` nodes. Without thresholds it keeps every exit (thresholds 1.0, to be fed at run time); with
+    them, only the exits they let rows out at (`cascade_graph.deciding`), those thresholds its default."""
+    with tempfile.TemporaryDirectory(prefix="anytime-") as tmp:
+        export_cascade(compiled, Path(tmp) / "cascade", thresholds=thresholds, **options)
+        cascade = Cascade.load(Path(tmp) / "cascade")
+        write_anytime(cascade, out, every_exit=thresholds is None)
+    print(f"wrote {out} (exits {', '.join(cascade.exits)}; inputs {cascade.input_name} and thresholds, outputs logits "
+          "and exit)")
 
 
 def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: str, batches) -> None:
@@ -115,17 +133,20 @@ def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: 
 
     for description, x, _ in batches:
         expected = torch_values(segments, input_name, x)
-        got = {input_name: x.numpy()}
-        for k in range(len(segments)):
-            cascade.step(k, got)
-        worst = max(compare(name, got[name], expected[name].numpy(), description) for name in expected if name != input_name)
+        got = cascade.values(x.numpy())
+        worst = max(compare(name, got[name], expected[name].numpy(), description)
+                    for name in expected if name != input_name)
         with torch.no_grad():
             main = model(x)[MAIN_HEAD].numpy()
-        logits, where = cascade.run(x.numpy(), [1.0] * len(segments))
+        logits, where, _ = cascade.run(x.numpy(), [1.0] * len(segments))
         main_diff = compare("cascade at thresholds 1.0 vs main", logits, main, description)
-        if not (where == len(segments) - 1).all():
+        anytime = session(cascade.folder / ANYTIME)
+        one_model = anytime.run(None, {input_name: x.numpy(), "thresholds": np.ones(len(segments) - 1, np.float32)})
+        compare(f"{ANYTIME} at thresholds 1.0 vs main", one_model[0], main, description)
+        if not (where == len(segments) - 1).all() or int(one_model[1]) != len(segments) - 1:
             failures.append(f"an input left early at thresholds 1.0 on the {description}")
         print(f"  {description:<18} segments {worst:.1e}; cascade (thresholds 1.0) vs main {main_diff:.1e}")
     if failures:
         raise ExportMismatch("the cascade differs from torch beyond the tolerance: " + "; ".join(failures),
                              "no files written; report this with the spec — an op may export wrongly")
+

@@ -113,12 +113,15 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
         if not (isinstance(logits, np.ndarray) and logits.shape == (len(x), len(classes))):
             raise UserError(f"{model} outputs {getattr(logits, 'shape', '?')} for {len(x)} inputs, but its metadata names "
                             f"{len(classes)} classes", "give a model written by `netspec export`")
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        for label, p in zip(labels[start:], probs):
+        for label, p in zip(labels[start:], softmax(logits)):
             best = np.argsort(-p)[:top]
             print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
     return 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True)
 
 
 def read_inputs(inputs: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], list[np.ndarray]]:
@@ -181,7 +184,7 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
 def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
     """Like `predict`, by an early-exit cascade directory (`netspec export --cascade`): per input also the exit it
     left at and the FLOPs it cost (the cumulative FLOPs of that exit, from the manifest)."""
-    from netspec.runtime.cascade import Cascade, softmax
+    from netspec.runtime.cascade import Cascade
 
     cascade = Cascade.load(folder)
     manifest = cascade.manifest
@@ -192,16 +195,15 @@ def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
     top = max(1, min(top, len(classes)))
     labels, pixels = read_inputs(inputs, shape)
     thresholds = ", ".join(f"{s['exit']} {s['threshold']:g}" for s in segments[:-1])
-    print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when max "
-          f"softmax > threshold: {thresholds}), top {top} of {len(classes)} classes")
+    print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when the "
+          f"confidence ({cascade.criterion}) > threshold: {thresholds}), top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     full = manifest["full_flops"]
     for start in range(0, len(pixels), PREDICT_BATCH):
         x = ((np.stack(pixels[start:start + PREDICT_BATCH]) - mean) / std).astype(np.float32)
-        logits, where = cascade.run(x)
-        for label, p, k in zip(labels[start:], softmax(logits), where):
+        logits, where, costs = cascade.run(x)
+        for label, p, k, cost in zip(labels[start:], softmax(logits), where, costs):
             best = np.argsort(-p)[:top]
-            cost = segments[k]["cumulative_flops"]
             print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best)
                   + f"  exit {segments[k]['exit']}, {cost / 1e6:.3g} MFLOPs ({cost / full:.0%} of the full net)")
     return 0

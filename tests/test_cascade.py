@@ -15,7 +15,7 @@ from netspec.cli import main
 from netspec.compiler import compile_spec
 from netspec.compiler.cascade import split
 from netspec.ops import scale_grad
-from netspec.runtime.calibrate import add_latency, choose_and_report
+from netspec.runtime.calibrate import Outputs, Split, choose_and_report
 from netspec.runtime.cascade import Cascade, read_manifest, simulate
 from netspec.runtime.data import Batches, load_dataset
 
@@ -129,14 +129,18 @@ def test_export_cascade_thresholds_and_manifest(project, cascade_dir):
     with torch.no_grad():
         full = compiled.module.eval()(x)
     cascade = Cascade.load(cascade_dir)
-    logits, where = cascade.run(x.numpy(), [1.0, 1.0, 1.0])
+    logits, where, flops = cascade.run(x.numpy(), [1.0, 1.0, 1.0])
     assert (where == 2).all() and np.array_equal(logits.argmax(1), full["main"].argmax(1).numpy())
-    logits, where = cascade.run(x.numpy(), [0.0, 0.0, 0.0])
+    assert (flops == cumulative[2]).all()
+    logits, where, flops = cascade.run(x.numpy(), [0.0, 0.0, 0.0])
     assert (where == 0).all() and np.array_equal(logits.argmax(1), full["aux1"].argmax(1).numpy())
+    assert (flops == cumulative[0]).all()
     thresholds = [0.4, 0.45, 0.0]
-    predicted, exits = simulate(cascade.all_exits(x.numpy()), thresholds)
-    logits, where = cascade.run(x.numpy(), thresholds)
-    assert np.array_equal(where, exits) and np.array_equal(logits.argmax(1), predicted)
+    every, confidences = cascade.all_exits(x.numpy())
+    exits = simulate(confidences, thresholds, len(x))
+    logits, where, flops = cascade.run(x.numpy(), thresholds)
+    assert np.array_equal(where, exits) and np.array_equal(flops, np.asarray(cumulative)[where])
+    assert close(logits, np.stack(every)[where, np.arange(len(x))])
 
 
 def test_predict_runs_a_cascade(project, cascade_dir):
@@ -186,6 +190,11 @@ def test_calibrate_picks_and_stores_thresholds(project, cascade_dir, tmp_path):
     chosen = report["choose"]["chosen"]
     assert [s["threshold"] for s in manifest["segments"]][:-1] == chosen["thresholds"][:-1]
     assert chosen["share"][0] == 1.0 and chosen["mean_flops"] == manifest["segments"][0]["cumulative_flops"]
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(folder / "anytime.onnx")).metadata_props}  # rewritten for them
+    deciding = [s["exit"] for s in manifest["segments"][:-1] if s["threshold"] < 1] + ["main"]
+    assert json.loads(meta["netspec.deciding_exits"]) == deciding
     assert (folder / "calibration.png").stat().st_size > 1000
     assert "chosen:" in printed.getvalue() and "on the same test examples 0–59 (60)" in printed.getvalue()
     assert report["same_examples"] and report["report"] == report["choose"]
@@ -197,30 +206,33 @@ def test_calibrate_picks_and_stores_thresholds(project, cascade_dir, tmp_path):
     assert main(["calibrate", str(spec), "--cascade", str(tmp_path / "nowhere")]) == 2
 
 
-def test_holdout_chooses_on_the_first_examples_and_reports_on_the_others():
+def outputs(split: Split, logits: list[np.ndarray]) -> Outputs:
+    """Outputs with the max-softmax confidence, computed in numpy (`reference_confidence`)."""
+    return Outputs(split, logits, [reference_confidence("max", v) for v in logits[:-1]])
+
+
+def test_thresholds_are_chosen_on_one_split_and_reported_on_another():
     labels = np.zeros(10, np.int64)
     main_logits = np.tile([[5.0, 0, 0]], (10, 1))  # always right
     early = np.tile([[10.0, 0, 0]], (10, 1))  # always as confident: right but on examples 4 and 5
     early[4:6] = [0, 10.0, 0]
     cumulative = np.array([1.0, 3.0])
-    report = choose_and_report([early, main_logits], labels, ["early", "main"], cumulative, 0.0, holdout=4)
+    choose = outputs(Split("val", 0, None, labels[:4]), [early[:4], main_logits[:4]])
+    held = outputs(Split("test", 4, None, labels[4:]), [early[4:], main_logits[4:]])
+    report = choose_and_report(choose, held, ["early", "main"], cumulative, 0.0)
     choose, held = report["choose"], report["report"]
     assert not report["same_examples"] and choose["examples"] == [0, 4] and held["examples"] == [4, 10]
+    assert choose["split"] == "val" and held["split"] == "test" and held["description"] == "test examples 4–9 (6)"
     assert choose["full_top1"] == held["full_top1"] == 100
     assert choose["exit_top1"]["early"] == 100 and held["exit_top1"]["early"] == pytest.approx(400 / 6)
     assert choose["chosen"]["thresholds"] == [0.0, 1.0]  # every example of the choose split leaves early, rightly
     assert choose["chosen"]["top1"] == 100 and choose["chosen"]["share"] == [1.0, 0.0]
     assert held["chosen"]["thresholds"] == [0.0, 1.0] and held["chosen"]["share"] == [1.0, 0.0]
     assert held["chosen"]["top1"] == pytest.approx(400 / 6) and held["chosen"]["mean_flops"] == 1.0
-    same = choose_and_report([early, main_logits], labels, ["early", "main"], cumulative, 0.0)
+    same = choose_and_report(outputs(Split("test", 0, None, labels), [early, main_logits]), None, ["early", "main"],
+                             cumulative, 0.0)
     assert same["same_examples"] and same["report"] is same["choose"] and same["choose"]["examples"] == [0, 10]
     assert same["choose"]["chosen"]["share"] == [0.0, 1.0]  # exit early would lose examples 4 and 5
-
-
-def test_mean_latency_is_the_shares_times_the_per_exit_latency():
-    points = [{"share": [0.25, 0.75]}, {"share": [1.0, 0.0]}]
-    add_latency(points, {"exits": [2.0, 6.0], "full": 5.0})
-    assert [p["mean_latency_ms"] for p in points] == [5.0, 2.0]
 
 
 def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypatch, capsys):
@@ -238,22 +250,26 @@ def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "chosen on test examples 0–19 (20), reported on test examples 20–59 (40)" in printed
     report = json.loads((folder / "calibration.json").read_text())
-    latency = report["latency_ms"]
-    assert latency["inputs"] == 4 and latency["repeats"] == 1 and latency["threads"] == 1
-    assert len(latency["exits"]) == 3 and all(v > 0 for v in latency["exits"]) and latency["full"] > 0
-    for p in report["choose"]["shared"] + report["choose"]["per_exit"] + [report["report"]["chosen"]]:
-        assert p["mean_latency_ms"] == pytest.approx(float(np.dot(p["share"], latency["exits"])))
+    latency = report["latency"]
+    assert latency["inputs"] == 4 and latency["rounds"] == 1 and latency["threads"] == 1
+    assert latency["examples"] == [20, 24] and latency["full_ms"] > 0 and latency["throughput"]["cascade"] > 0
+    timed = [p for p in report["choose"]["shared"] if "latency_ms" in p]
+    assert timed == report["choose"]["shared"][::5] and all(p["latency_ms"] > 0 for p in timed)
+    chosen = report["choose"]["chosen"]
+    assert chosen["latency_ratio"] == pytest.approx(chosen["latency_ms"] / latency["full_ms"])
+    assert report["report"]["chosen"]["latency_ms"] == chosen["latency_ms"]
+    assert "measured (the runner, 1 thread(s), 4 test examples 20–23" in printed
     record = read_manifest(folder)["calibration"]
     assert record["choose"]["examples"] == [0, 20] and record["report"]["examples"] == [20, 60]
     assert record["report"]["top1"] == report["report"]["chosen"]["top1"] and not record["same_examples"]
 
     def no_timing(*_):
         raise AssertionError("timed despite --no-latency")
-    monkeypatch.setattr(Cascade, "latency", no_timing)
+    monkeypatch.setattr("netspec.runtime.calibrate.measure", no_timing)
     assert main(args + ["--no-latency"]) == 0
     report = json.loads((folder / "calibration.json").read_text())
-    assert report["latency_ms"] is None and "mean_latency_ms" not in report["choose"]["chosen"]
-    assert "mean ms" not in capsys.readouterr().out
+    assert report["latency"] is None and "latency_ms" not in report["choose"]["chosen"]
+    assert "measured" not in capsys.readouterr().out
 
 
 def test_full_onnx_is_the_main_exit(project, cascade_dir):
@@ -267,3 +283,285 @@ def test_full_onnx_is_the_main_exit(project, cascade_dir):
     full = Cascade.load(cascade_dir).full_session()
     got = full.run(None, {full.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+def close(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-5) -> bool:
+    """Equal up to float rounding: a plan's merged model may fuse ops differently from the segments'."""
+    return a.shape == b.shape and np.abs(a - b).max() <= tolerance * max(1.0, np.abs(b).max())
+
+
+def reference_confidence(criterion: str, logits: np.ndarray) -> np.ndarray:
+    """The exit criteria in numpy, from their definitions (docs/cascade.md), in float64."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = -np.sort(-p, 1)
+    if criterion == "max":
+        return top[:, 0]
+    if criterion == "margin":
+        return top[:, 0] - top[:, 1]
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+    return np.clip(1 - entropy / np.log(z.shape[1]), 0.0, 1.0)
+
+
+def reference_run(logits: list[np.ndarray], confidences: list[np.ndarray], thresholds) -> np.ndarray:
+    """The exit of every row, one row at a time, as the definition says: the first early exit whose confidence is
+    strictly above its threshold, else the last."""
+    where = []
+    for i in range(len(logits[0])):
+        k = next((k for k, c in enumerate(confidences) if c[i] > thresholds[k]), len(logits) - 1)
+        where.append(k)
+    return np.asarray(where)
+
+
+@pytest.fixture(scope="module", params=["max", "margin", "entropy"])
+def criterion_dir(request, project):
+    root, spec = project
+    out = root / f"casc_{request.param}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export", str(spec), "--random-init", "--cascade", str(out), "--confidence", request.param]) == 0
+    return request.param, out
+
+
+def batch_of(project, n=60):
+    compiled = compile_spec(project[1])
+    data = load_dataset(compiled.spec.data, compiled.spec.input.shape)
+    x, _ = next(iter(Batches(data.test_x[:n], data.test_y[:n], n, train=False, mean=[0.5], std=[0.25])))
+    return compiled, x
+
+
+def random_thresholds(confidences: list[np.ndarray], rng) -> list[list[float]]:
+    """Thresholds that split the rows: quantiles of each exit's confidences, plus the ends 0 and 1."""
+    sets = [[float(np.quantile(c, rng.uniform(0, 1))) for c in confidences] + [1.0] for _ in range(12)]
+    return sets + [[0.0] * len(confidences) + [1.0], [1.0] * (len(confidences) + 1)]
+
+
+def test_the_graphs_confidence_is_the_criterion(project, criterion_dir):
+    criterion, folder = criterion_dir
+    compiled, x = batch_of(project)
+    logits, confidences = Cascade.load(folder).all_exits(x.numpy())
+    assert read_manifest(folder)["criterion"] == criterion and len(confidences) == len(logits) - 1
+    for value, conf in zip(logits, confidences):
+        assert conf.shape == (len(x),) and (conf >= 0).all() and (conf <= 1).all()
+        assert np.abs(conf - reference_confidence(criterion, value)).max() < 1e-5
+
+
+def test_runner_decisions_equal_the_reference_loop(project, criterion_dir):
+    """At random thresholds: the exits equal a row-by-row loop in numpy (confidences computed in numpy from the
+    logits; rows within 1e-4 of a threshold they are compared to are left out), the logits are that exit's."""
+    criterion, folder = criterion_dir
+    _, x = batch_of(project)
+    cascade = Cascade.load(folder)
+    logits, confidences = cascade.all_exits(x.numpy())
+    reference = [reference_confidence(criterion, v) for v in logits[:-1]]
+    rng = np.random.default_rng(1)
+    decided = 0
+    for thresholds in random_thresholds(reference, rng):
+        expected = reference_run(logits, reference, thresholds)
+        got = cascade.run(x.numpy(), thresholds)
+        near = np.zeros(len(x), bool)
+        for k, conf in enumerate(reference):
+            near |= (np.abs(conf - thresholds[k]) < 1e-4) & (expected >= k)
+        assert np.array_equal(got.exit[~near], expected[~near]), thresholds
+        assert close(got.logits, np.stack(logits)[got.exit, np.arange(len(x))])
+        assert np.array_equal(got.flops, cascade.cumulative[got.exit])
+        decided += len(set(expected.tolist())) > 1
+    assert decided >= 5  # the thresholds did split the rows between exits
+
+
+def test_batched_equals_batch_one_row_by_row(project, cascade_dir):
+    _, x = batch_of(project)
+    cascade = Cascade.load(cascade_dir)
+    _, confidences = cascade.all_exits(x.numpy())
+    for thresholds in random_thresholds(confidences, np.random.default_rng(2)):
+        batched = cascade.run(x.numpy(), thresholds)
+        for i in range(len(x)):
+            one = cascade.run(x[i:i + 1].numpy(), thresholds)
+            assert one.exit[0] == batched.exit[i] and one.flops[0] == batched.flops[i]
+            assert np.abs(one.logits[0] - batched.logits[i]).max() <= 1e-5 * max(1.0, np.abs(one.logits).max())
+
+
+def test_torch_cascade_equals_the_onnx_runner(project, criterion_dir):
+    from netspec.runtime.cascade_torch import TorchCascade
+
+    criterion, folder = criterion_dir
+    compiled, x = batch_of(project)  # --random-init exported the weights `compile_spec` initialises (seeded by the spec)
+    torch_cascade = TorchCascade.from_compiled(compiled, criterion)
+    cascade = Cascade.load(folder)
+    logits, confidences = cascade.all_exits(x.numpy())
+    assert torch_cascade.exits == cascade.exits and torch_cascade.cumulative.tolist() == cascade.cumulative.tolist()
+    for thresholds in random_thresholds(confidences, np.random.default_rng(3)):
+        ours, theirs = cascade.run(x.numpy(), thresholds), torch_cascade.run(x, thresholds)
+        near = np.zeros(len(x), bool)
+        for k, conf in enumerate(confidences):
+            near |= np.abs(conf - thresholds[k]) < 1e-4
+        assert np.array_equal(ours.exit[~near], theirs.exit[~near])
+        same = ~near
+        assert np.abs(ours.logits[same] - theirs.logits[same]).max() <= 1e-4 * max(1.0, np.abs(ours.logits).max())
+
+
+def test_anytime_model_equals_the_runner_at_batch_one(project, cascade_dir):
+    from netspec.runtime.cascade import ANYTIME, session
+
+    _, x = batch_of(project, 20)
+    cascade = Cascade.load(cascade_dir)
+    anytime = session(cascade_dir / ANYTIME)
+    assert [i.name for i in anytime.get_inputs()] == [cascade.input_name]
+    assert [i.name for i in anytime.get_overridable_initializers()] == ["thresholds"]  # a default, fed or not
+    _, confidences = cascade.all_exits(x.numpy())
+    for thresholds in random_thresholds(confidences, np.random.default_rng(4)):
+        feed = np.asarray(thresholds[:-1], np.float32)
+        for i in range(len(x)):
+            logits, where = anytime.run(None, {cascade.input_name: x[i:i + 1].numpy(), "thresholds": feed})
+            one = cascade.run(x[i:i + 1].numpy(), thresholds)
+            assert int(where) == one.exit[0] and np.abs(logits - one.logits).max() <= 1e-5
+
+
+def test_a_plan_runs_only_the_deciding_exits(cascade_dir):
+    """Thresholds 1 run one model without any early head; forcing exit k runs the backbone to k and k's head."""
+    from netspec.runtime.cascade_graph import plan
+
+    cascade = Cascade.load(cascade_dir)
+    never = plan(cascade.protos, cascade.segments, [1.0, 1.0, 1.0])
+    assert len(never) == 1 and never[0].outputs == ["main"] and never[0].inputs == [cascade.input_name]
+    ops = {n.name.split("/", 1)[1] for n in never[0].model.graph.node}
+    assert not any(name.startswith(("aux1", "aux2")) for name in ops), ops
+    second = plan(cascade.protos, cascade.segments, [1.0, 0.0, 1.0])
+    assert [g.exit_index for g in second] == [1, 2] and second[0].outputs[:2] == ["aux2", "aux2:confidence"]
+    assert not any(n.name.split("/", 1)[1].startswith("aux1") for n in second[0].model.graph.node)
+    x = np.random.default_rng(5).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    assert len(cascade.prepare([1.0, 0.5, 1.0])[1]) == 2 and len(cascade.plans) >= 1
+    assert (cascade.run(x, [1.0, 0.0, 1.0]).exit == 1).all()
+
+
+@pytest.mark.parametrize("thresholds, message", [
+    ([0.5], "1 threshold(s) for a cascade of 3 exits"),
+    ([0.5, 0.5, 0.5, 0.5], "4 threshold(s) for a cascade of 3 exits"),
+    ([1.5, 0.5], "the threshold of exit aux1 is 1.5"),
+    ([0.5, -0.1], "the threshold of exit aux2 is -0.1"),
+    ([float("nan"), 0.5], "the threshold of exit aux1 is nan"),
+    (["0.5", 0.5], "the threshold of exit aux1 is '0.5'"),
+    ([True, 0.5], "the threshold of exit aux1 is True"),
+    ([[0.5], 0.5], "the threshold of exit aux1 is [0.5]"),
+    ("0.5", "thresholds must be a list of numbers"),
+    (0.5, "thresholds must be a list of numbers"),
+])
+def test_bad_thresholds_are_one_line_errors(cascade_dir, thresholds, message):
+    from netspec.errors import UserError
+
+    cascade = Cascade.load(cascade_dir)
+    with pytest.raises(UserError) as err:
+        cascade.run(np.zeros((1, 1, 8, 8), np.float32), thresholds)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _mutations():
+    """(description, change to the manifest dict, words of the expected error)."""
+    def set_(path, value):
+        def change(m):
+            target = m
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+        return change
+
+    def drop(path):
+        def change(m):
+            target = m
+            for key in path[:-1]:
+                target = target[key]
+            del target[path[-1]]
+        return change
+    return [
+        ("old format", set_(["format"], 1), "has format 1"),
+        ("no format", drop(["format"]), "has format 1"),
+        ("not an object", lambda m: m.clear() or m.update({"segments": 3}), "has format"),
+        ("criterion", set_(["criterion"], 3), "'criterion'"),
+        ("input shape", set_(["input", "shape"], [1, 8]), "'input'"),
+        ("input name", drop(["input", "name"]), "'input'"),
+        ("full file", set_(["full"], "../full.onnx"), "'full'"),
+        ("full flops", set_(["full_flops"], "many"), "'full'"),
+        ("segments", set_(["segments"], []), "'segments'"),
+        ("segment", set_(["segments", 0], 7), "segment 0 must be an object"),
+        ("file", set_(["segments", 1, "file"], "/etc/passwd"), "segment 1 (aux2): 'file'"),
+        ("inputs", set_(["segments", 1, "inputs"], []), "segment 1 (aux2): 'inputs'"),
+        ("unknown input", set_(["segments", 1, "inputs"], ["nowhere"]), "reads nowhere"),
+        ("first output", set_(["segments", 0, "outputs"], ["x", "y", "pool1"]), "the first output"),
+        ("confidence", set_(["segments", 0, "outputs"], ["aux1"]), "confidence"),
+        ("flops", set_(["segments", 2, "cumulative_flops"], -1), "'cumulative_flops'"),
+        ("threshold", set_(["segments", 0, "threshold"], 2), "'threshold' must be a number from 0"),
+        ("threshold type", set_(["segments", 0, "threshold"], None), "'threshold' must be a number from 0"),
+    ]
+
+
+@pytest.mark.parametrize("description, change, words", _mutations(), ids=[m[0] for m in _mutations()])
+def test_bad_manifests_are_one_line_errors(cascade_dir, tmp_path, capsys, description, change, words):
+    import shutil
+
+    folder = tmp_path / "c"
+    shutil.copytree(cascade_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.uint8))
+    assert main(["predict", str(folder), str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and "Traceback" not in err, err
+
+
+def test_broken_json_and_missing_segment_are_one_line_errors(cascade_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "c"
+    shutil.copytree(cascade_dir, folder)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.uint8))
+    (folder / "01_aux2.onnx").unlink()
+    assert main(["predict", str(folder), str(tmp_path / "x.npy")]) == 2
+    assert "01_aux2.onnx is missing" in capsys.readouterr().err
+    (folder / "manifest.json").write_text("{not json")
+    assert main(["predict", str(folder), str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not JSON" in err and "\n" not in err
+
+
+def test_load_cascade_is_the_documented_api(cascade_dir):
+    import netspec
+
+    cascade = netspec.load_cascade(cascade_dir)
+    x = np.random.default_rng(6).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    logits, exit_index, flops = cascade.run(x, [0.0, 1.0])
+    assert logits.shape == (5, 3) and (exit_index == 0).all() and (flops == cascade.cumulative[0]).all()
+    one = cascade.run(x[0])  # one C×H×W image is a batch of one
+    assert one.logits.shape == (1, 3) and one.exit[0] == 2
+
+
+def test_time_cascade_reports_segments_decisions_and_forced_exits(cascade_dir):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["time", "--cascade", str(cascade_dir), "--repeats", "2", "--json"]) == 0
+    report = json.loads(printed.getvalue())
+    segments = report["stages"]["segments"]
+    assert [s["exit"] for s in segments] == ["aux1", "aux2", "main"]
+    assert all(s["us"] > 0 for s in segments) and all(s["decision_us"] > 0 for s in segments[:-1])
+    forced = report["forced"]["exits"]
+    assert [r["exit"] for r in forced] == ["aux1", "aux2", "main"] and all(r["ms"] > 0 for r in forced)
+    assert forced[0]["flops_share"] < forced[1]["flops_share"] < forced[2]["flops_share"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["time", "--cascade", str(cascade_dir), "--repeats", "1"]) == 0
+    assert "never exit early" in printed.getvalue() and "decision µs" in printed.getvalue()
+
+
+def test_export_anytime_writes_one_model(project, tmp_path, capsys):
+    _, spec = project
+    out = tmp_path / "anytime.onnx"
+    assert main(["export", str(spec), "--random-init", "--anytime", str(out), "--thresholds", "1,0.5"]) == 0
+    import onnx
+
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["netspec.deciding_exits"]) == ["aux2", "main"]  # aux1's threshold 1: left out
+    assert any(n.op_type == "If" for n in model.graph.node)
+    assert main(["export", str(spec), "--random-init", "--anytime", str(out), "--thresholds", "1,x"]) == 2
+    assert main(["export", str(spec), "--random-init", "--anytime", str(out), "--thresholds", "0.5"]) == 2
+    assert main(["export", str(spec), "--random-init", "--prune-aux", str(tmp_path / "m.onnx"), "--confidence", "margin"]) == 2

@@ -1,30 +1,33 @@
-"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-cost curve on the test split, and its thresholds."""
+"""`netspec calibrate`: an early-exit cascade's accuracy vs mean-cost curve, its thresholds, its measured latency."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from netspec.errors import UserError
-from netspec.runtime.calibrate import calibrate, format_report
+from netspec.runtime.calibrate import Split, calibrate, format_report
 from netspec.runtime.cascade import read_manifest
 from netspec.runtime.data import Batches, load_dataset
-from netspec.commands.common import add_spec_arguments, load
+from netspec.commands.common import add_run_argument, add_spec_arguments, compile_recorded, find_run, load
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_spec_arguments(parser)
+    add_run_argument(parser)
     parser.add_argument("--cascade", required=True, metavar="DIR", help="a directory written by `export --cascade`")
     parser.add_argument("--target-drop", type=float, default=0.5, metavar="POINTS",
                         help="top-1 points the cascade may lose against the full net (default 0.5)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N test examples only")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="use the first N examples of each split only")
     parser.add_argument("--holdout", type=int, default=None, metavar="N",
-                        help="choose the thresholds on the first N test examples, report them on the others "
-                             "(default: choose and report on the same examples)")
+                        help="choose the thresholds on the first N test examples, report them on the others (for "
+                             "a spec without a validation split; with data.val_split they are chosen on it and "
+                             "reported on the test split)")
     parser.add_argument("--no-latency", action="store_true", help="do not measure latency (FLOPs only)")
-    parser.add_argument("--latency-inputs", type=int, default=200, metavar="N",
-                        help="time batch-1 latency on the first N test examples (default 200)")
+    parser.add_argument("--latency-inputs", type=int, default=500, metavar="N",
+                        help="time the runner on the first N examples of the report split (default 500)")
     parser.add_argument("--latency-repeats", type=int, default=3, metavar="N",
-                        help="rounds of timing after one warm-up round; the median is kept (default 3)")
+                        help="interleaved timing rounds after one warm-up round; the median is kept (default 3)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
 
 
@@ -37,24 +40,36 @@ def run(args: argparse.Namespace) -> int:
                             "or give --no-latency to skip the timing")
     folder = Path(args.cascade)
     manifest = read_manifest(folder)
-    compiled, _ = load(args)
+    run = find_run(args)  # the run's own spec: its data, validation split and limits
+    compiled = compile_recorded(run, [w for w in args.words if "=" in w])[0] if run is not None else load(args)[0]
     spec = compiled.spec
     if manifest["spec_name"] != spec.name:
         raise UserError(f"{folder} is a cascade of spec '{manifest['spec_name']}', not of {compiled.path}",
                         "give the spec the cascade was exported from")
     data = load_dataset(spec.data, spec.input.shape)
-    n = len(data.test_y) if args.limit is None else min(args.limit, len(data.test_y))
-    if n == 0:
-        raise UserError("the test split is empty", "calibrate needs labelled test examples")
-    if args.holdout is not None and not 0 < args.holdout < n:
-        raise UserError(f"--holdout {args.holdout} must be between 1 and {n - 1}: the thresholds are chosen on the "
-                        f"first N of the {n} test examples and reported on the others",
-                        f"e.g. --holdout {n // 2}")
-    x, y = next(iter(Batches(data.test_x[:n], data.test_y[:n], n, train=False, mean=manifest["input"]["mean"],
-                             std=manifest["input"]["std"])))
-    report = calibrate(folder, x.numpy(), y.numpy(), args.target_drop, args.holdout,
-                       0 if args.no_latency else args.latency_inputs, args.latency_repeats, args.threads)
+
+    def split(name: str, x, y, start: int = 0, stop: int | None = None) -> Split:
+        stop = min(len(y), stop if stop is not None else len(y), start + (args.limit or len(y)))
+        if stop <= start:
+            raise UserError(f"the {name} split is empty", "calibrate needs labelled examples")
+        xs, ys = next(iter(Batches(x[start:stop], y[start:stop], stop - start, train=False,
+                                   mean=manifest["input"]["mean"], std=manifest["input"]["std"])))
+        return Split(name, start, xs.numpy(), ys.numpy())
+
+    if data.val_y is not None and args.holdout is None:
+        choose, held = split("val", data.val_x, data.val_y), split("test", data.test_x, data.test_y)
+    else:
+        n = len(data.test_y) if args.limit is None else min(args.limit, len(data.test_y))
+        if args.holdout is not None and not 0 < args.holdout < n:
+            raise UserError(f"--holdout {args.holdout} must be between 1 and {n - 1}: the thresholds are chosen on "
+                            f"the first N of the {n} test examples and reported on the others",
+                            f"e.g. --holdout {n // 2}")
+        cut = args.holdout or n
+        choose = split("test", data.test_x, data.test_y, 0, cut)
+        held = split("test", data.test_x, data.test_y, cut, n) if args.holdout else None
+    report = calibrate(folder, choose, held, args.target_drop, 0 if args.no_latency else args.latency_inputs,
+                       args.latency_repeats, args.threads)
     print(format_report(report))
-    print(f"\nwrote the thresholds into {folder / 'manifest.json'}; {folder / 'calibration.json'}, "
-          f"{folder / 'calibration.png'}")
+    print(f"\nwrote the thresholds into {folder / 'manifest.json'} and {folder / 'anytime.onnx'}; "
+          f"{folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return 0
