@@ -23,7 +23,7 @@ from netspec.compiler.prune import prune
 from netspec.compiler.shapes import infer_shapes
 from netspec.compiler.validate import validate
 
-NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "output", "branches"}
+NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "backbone", "output", "branches"}
 
 
 @dataclass(frozen=True)

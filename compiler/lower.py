@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from netspec.errors import SpecError
 from netspec.ops import Call, NodeInit, OpNode, multipliers
+from netspec.compiler.backbone import BackboneLowering, Traced
 from netspec.compiler.ir import Network
 
 
@@ -22,8 +23,12 @@ def build_modules(net: Network, seed: int | None = None) -> dict[str, nn.Module 
     `seed`, so a node's initial weights do not depend on which heads are lowered."""
     if seed is not None:
         torch.manual_seed(seed)
-    modules = {}
+    modules, backbone = {}, None
     for node in net:
+        if isinstance(node.op, Traced):  # the calls of a `backbone:` module: one module, built and traced once
+            backbone = backbone or BackboneLowering(net.spec)
+            modules[node.name] = backbone
+            continue
         module = node.op.build(list(node.in_shapes))
         apply_init(module, *node_init(node.op, net.spec.init))
         modules[node.name] = module
@@ -69,7 +74,9 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
             values[node.name] = args[0]
             continue
         module = built[node.name]
-        if isinstance(module, Call):
+        if isinstance(module, BackboneLowering):
+            values[node.name] = module.copy(node.name, graph, values, modules)
+        elif isinstance(module, Call):
             values[node.name] = graph.call_function(module.fn, args, dict(module.kwargs))
             values[node.name].name = _fx_name(node.name)
         else:
