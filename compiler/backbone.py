@@ -274,25 +274,35 @@ class _Measure(fx.Interpreter):
         return value
 
 
-def trace_backbone(spec: Spec) -> TracedBackbone:
-    """The backbone's IR nodes with shapes, parameters and FLOPs (module built and run on the meta device)."""
-    bb, pos = spec.backbone, spec.backbone.at
-    with torch.device("meta"):
+def _measure(spec: Spec, device: str) -> tuple[nn.Module, _Trace, _Measure]:
+    """The module built on `device`, traced, and run once on an example of the input's shape (eval mode)."""
+    with torch.device(device):
         module = build_backbone(spec)
     tr = trace(spec, module)
-    gm = fx.GraphModule(module, tr.graph)
-    gm.eval()
-    measure = _Measure(gm)
+    measure = _Measure(fx.GraphModule(module, tr.graph).eval())
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measure.run(torch.empty((1, *spec.input.shape), device="meta"))
+            measure.run(torch.zeros((1, *spec.input.shape), device=device))
     except Exception as err:  # the user's code on the spec's input shape
+        if device == "meta":
+            raise
         failed = next((n for n in tr.graph.nodes if n.op != "placeholder" and n not in measure.values), None)
-        name = tr.names.get(failed, str(failed))
-        raise SpecError(f"the backbone fails on the input {tuple(spec.input.shape)} at call '{name}'"
-                        f"{_user_frame(err, ' at ')}: {_first_line(err)}",
+        raise SpecError(f"the backbone fails on the input {tuple(spec.input.shape)} at call "
+                        f"'{tr.names.get(failed, str(failed))}'{_user_frame(err, ' at ')}: {_first_line(err)}",
                         "check `input.shape` against what the module expects", spec.where("input")) from None
+    finally:
+        module.train()
+    return module, tr, measure
+
+
+def trace_backbone(spec: Spec) -> TracedBackbone:
+    """The backbone's IR nodes with shapes, parameters and FLOPs (module built and run on the meta device)."""
+    bb, pos = spec.backbone, spec.backbone.at
+    try:
+        module, tr, measure = _measure(spec, "meta")
+    except Exception:  # e.g. a leaf module that looks at values (`if x.sum() > 0`): run it for real, on zeros
+        module, tr, measure = _measure(spec, "cpu")
     placeholder = next(n for n in tr.graph.nodes if n.op == "placeholder")
     name_of = {**{n: tr.names[n] for n in tr.calls}, placeholder: spec.input.name}
     counted: set[int] = set()
@@ -318,8 +328,8 @@ def trace_backbone(spec: Spec) -> TracedBackbone:
         nodes.append(Node(name, op, inputs, None, pos, "in backbone"))
     result = next(n for n in tr.graph.nodes if n.op == "output").args[0]
     if not isinstance(result, fx.Node) or result not in name_of or result is placeholder:
-        raise SpecError(f"the backbone's forward returns {type(result).__name__}, not one tensor computed from the "
-                        "input", "the module's output is the main head: return the logits tensor alone",
+        what = "its input" if result is placeholder else type(result).__name__
+        raise SpecError(f"the backbone's forward returns {what}, not one tensor computed from the input", "the module's output is the main head: return the logits tensor alone",
                         bb.where(bb_key(bb)))
     aliases = {q: tr.names[n] for q, n in tr.outputs.items() if n in tr.names and n in name_of and q not in name_of.values()}
     submodules = frozenset(name for name, _ in module.named_modules() if name)

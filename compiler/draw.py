@@ -120,6 +120,8 @@ def collapse(net: Network) -> Network:
         for inst, label in instances.items():
             if node.name.startswith(inst + ".") and node.name[len(inst) + 1:].split(".")[0].isdigit():
                 group_of[node.name] = label
+    by_submodule = submodule_groups(net)
+    group_of.update(by_submodule)
     rename = lambda n: group_of.get(n, n)  # noqa: E731
     nodes: dict[str, Node] = {}
     for node in net:
@@ -130,7 +132,8 @@ def collapse(net: Network) -> Network:
             extra = tuple(i for i in inputs if i not in group.inputs)
             nodes[name] = replace(group, inputs=group.inputs + extra, shape=node.shape, params=group.params + node.params)
         elif node.name in group_of:
-            nodes[name] = replace(node, name=name, op=_Group(), inputs=inputs)
+            nodes[name] = replace(node, name=name, op=_Group("submodule" if node.name in by_submodule else "block"),
+                                  inputs=inputs)
         else:
             nodes[name] = replace(node, inputs=inputs)
     data = nx.DiGraph()
@@ -140,6 +143,14 @@ def collapse(net: Network) -> Network:
         data.add_edges_from((i, node.name) for i in node.inputs)
     heads = {head: rename(node) for head, node in net.heads.items()}
     return replace(net, nodes=MappingProxyType(nodes), heads=MappingProxyType(heads), data=nx.freeze(data))
+
+
+def submodule_groups(net: Network) -> dict[str, str]:
+    """For a `backbone:` module: each call inside a top-level submodule (`layer1.0.conv1`) → that submodule
+    (`layer1`); calls of the module's own forward (`flatten`) stay nodes."""
+    if net.spec.backbone is None:
+        return {}
+    return {node.name: node.name.split(".")[0] for node in net if node.branch is None and "." in node.name}
 
 
 def render(dot_source: str, path: str | Path) -> Path:

@@ -95,13 +95,13 @@ class _Expander:
             main = self._resolve(spec.output, root, spec.where("output"), what="`output:` names")
         heads = {MAIN_HEAD: main}
         for branch_name, branch in spec.branches.items():
-            if branch_name in heads or branch_name in root.names:
-                raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
-                                "give the branch its own name", branch.at)
             if self.traced is not None and branch_name in self.traced.top_level:
                 raise SpecError(f"branch '{branch_name}' has the name of the backbone's top-level '{branch_name}'",
                                 f"rename the branch (e.g. 'aux_{branch_name}'): its parameters are named "
                                 f"<branch>.<node>.weight and would mix with the module's '{branch_name}.*'", branch.at)
+            if branch_name in heads or branch_name in root.names:
+                raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
+                                "give the branch its own name", branch.at)
             attach = self._resolve(branch.from_, root, branch.where("from"), what=f"branch '{branch_name}' attaches to")
             scope = Scope(branch_name + ".", {"input": attach}, parent=root)
             if branch.grad_scale is not None:  # the gradient-scaling edge: a node at the branch's start

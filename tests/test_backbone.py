@@ -1,0 +1,255 @@
+"""`backbone:` — a PyTorch module (tests/backbone_models.py, plain nn.Modules) as the backbone of a spec."""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from netspec import cli
+from netspec.compiler import compile_spec
+from netspec.compiler.draw import collapse, to_dot
+from netspec.compiler.prune import prune
+from netspec.errors import UserError
+from netspec.ops import Custom
+from netspec.runtime import checkpoint as ckpt
+from netspec.runtime.train import train
+from backbone_models import Gated, Shared, TinyResNet
+from conftest import error_of
+from test_train import make_npz
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+MODELS = Path(__file__).resolve().parent / "backbone_models.py"
+
+SPEC = """\
+name: byob
+input: {{shape: [1, 8, 8], mean: [0.5], std: [0.25]}}
+classes: 4
+backbone: {{python: "{models}:{cls}", args: {{classes: 4}}{leaf}}}  # <-
+branches:
+  aux1:
+    from: layer1
+    nodes:
+      - {{name: conv, op: conv, out: 4, kernel: 3, pad: 1}}
+      - {{name: gap, op: gap}}
+      - {{name: fc, op: fc, out: 4}}
+  aux2:
+    from: layer1.1.add
+    nodes:
+      - {{name: stage, op: copy_of, module: layer2}}
+      - {{name: gap, op: gap}}
+      - {{name: fc, op: fc, out: 4}}
+losses:
+  main: {{head: main}}
+  aux1: {{head: aux1, weight: 0.3}}
+  aux2: {{head: aux2, weight: 0.3}}
+data: {{source: npz, path: "{data}"}}
+train: {{epochs: 2, batch_size: 16, out: "{run}", device: cpu, seed: 3}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def allowed():
+    Custom.allowed = True  # conftest resets it after each test
+
+
+def write(tmp_path: Path, cls: str = "TinyResNet", leaf: str = "", text: str = SPEC, models: Path = MODELS) -> Path:
+    data = tmp_path / "data.npz"
+    if not data.exists():
+        make_npz(data)
+    path = tmp_path / "byob.yaml"
+    path.write_text(text.format(models=models, cls=cls, leaf=leaf, data=data, run=tmp_path / "run"))
+    return path
+
+
+def test_traced_names_are_torchvisions_and_a_submodule_name_is_its_output(tmp_path):
+    net = compile_spec(write(tmp_path)).network
+    backbone = [n.name for n in net if n.branch is None]
+    assert backbone[:3] == ["conv1", "relu", "layer1.0.conv1"]
+    assert ["layer1.0.relu", "layer1.0.conv2", "layer1.0.bn2", "layer1.0.add", "layer1.0.relu_1"] == backbone[4:9]
+    assert {"layer2.0.down", "adaptive_avg_pool2d", "flatten", "fc"} <= set(backbone)
+    assert net.nodes["aux1.conv"].inputs == ("layer1.1.relu_1",)  # `layer1` = the output of its last call
+    assert net.nodes["aux2.stage"].inputs == ("layer1.1.add",)
+    assert net.heads["main"] == "fc" and net.nodes["layer2.1.relu_1"].shape == (8, 4, 4)
+    assert net.nodes["layer1.0.conv1"].op.op == "Conv2d" and net.nodes["layer1.0.conv1"].op.weighted
+    tv = pytest.importorskip("torchvision.models.feature_extraction")
+    _, names = tv.get_graph_node_names(TinyResNet(4))
+    assert backbone == [n for n in names if n not in ("x", "output")]
+
+
+def test_params_flops_and_state_dict_names_are_the_modules(tmp_path):
+    compiled = compile_spec(write(tmp_path))
+    net, gm, plain = compiled.network, compiled.module, TinyResNet(4)
+    own = sum(p.numel() for p in plain.parameters())
+    deploy = sum(n.params for n in net if n.branch is None)
+    branches = sum(n.params for n in net if n.branch is not None)
+    assert deploy == own and sum(p.numel() for p in gm.parameters()) == own + branches
+    assert net.nodes["aux2.stage"].params == sum(p.numel() for p in plain.layer2.parameters())
+    backbone_keys = [k for k in gm.state_dict() if k.split(".")[0] not in ("aux1", "aux2")]
+    assert sorted(backbone_keys) == sorted(plain.state_dict())
+    assert all(k.startswith(("aux1.", "aux2.")) for k in set(gm.state_dict()) - set(backbone_keys))
+    assert {k for k in gm.state_dict() if k.startswith("aux2.stage.")} == {"aux2.stage." + k for k in plain.layer2.state_dict()}
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        plain.eval()(torch.zeros(1, 1, 8, 8))
+    assert sum(n.flops for n in net if n.branch is None) == counter.get_total_flops()
+    assert net.nodes["aux2.stage"].flops > 0
+
+
+def test_a_parameter_used_functionally_and_a_module_called_twice_count_once(tmp_path):
+    text = SPEC.split("branches:")[0] + "data: {{source: npz, path: \"{data}\"}}\n"
+    net = compile_spec(write(tmp_path, "Shared", text=text)).network
+    assert [n.name for n in net] == ["conv", "mul", "conv_1", "size", "view", "fc"]
+    assert sum(n.params for n in net) == sum(p.numel() for p in Shared(4).parameters())
+    assert net.nodes["mul"].params == 1 and net.nodes["conv_1"].params == 0
+
+
+def test_the_lowered_forward_is_the_modules_own(tmp_path):
+    compiled = compile_spec(write(tmp_path))
+    plain = TinyResNet(4)
+    deployed = prune(compiled.module, "main").eval()
+    plain.load_state_dict(deployed.state_dict(), strict=True)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(deployed(x), plain.eval()(x))
+
+
+def test_copy_of_has_the_structure_and_fresh_weights(tmp_path):
+    gm = compile_spec(write(tmp_path)).module
+    copy, source = gm.get_submodule("aux2.stage"), TinyResNet(4).layer2
+    assert [(n, repr(m)) for n, m in copy.named_modules()] == [(n, repr(m)) for n, m in source.named_modules()]
+    backbone = dict(gm.named_parameters())
+    pairs = [(name, p, backbone["layer2." + name]) for name, p in copy.named_parameters()]
+    assert len(pairs) == len(list(source.parameters())) and all(p.shape == q.shape for _, p, q in pairs)
+    assert not any(torch.equal(p, q) for name, p, q in pairs if name.endswith("conv1.weight"))
+    assert all(p.data_ptr() != q.data_ptr() for _, p, q in pairs)
+
+
+def test_train_resume_bitwise_and_export_equal_the_modules_forward(tmp_path, monkeypatch):
+    spec = write(tmp_path)
+    straight = train(compile_spec(spec, [f"train.out={tmp_path / 'a'}"]))
+    save = ckpt.save
+
+    def save_then_stop(folder, state, *, best):
+        save(folder, state, best=best)
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(compile_spec(spec, [f"train.out={tmp_path / 'b'}"]))
+    resumed = train(compile_spec(spec, [f"train.out={tmp_path / 'b'}"]), resume=True)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    checkpoint = tmp_path / "a" / "latest" / "checkpoints" / "last.pt"
+    out = tmp_path / "main.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["export", "--allow-custom", "--prune-aux", "--checkpoint", str(checkpoint), str(spec), str(out)]) == 0
+    weights = ckpt.load_checkpoint(checkpoint)["model"]
+    plain = TinyResNet(4)
+    plain.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("aux1.", "aux2."))}, strict=True)
+    x = torch.randn(5, 1, 8, 8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(onnx_out - plain.eval()(x).detach().numpy()).max() < 1e-5
+
+
+def test_untraceable_module_is_a_one_line_error_naming_fx_and_leaf_modules(tmp_path, capsys):
+    text = SPEC.split("branches:")[0] + "data: {{source: npz, path: \"{data}\"}}\n"
+    spec = write(tmp_path, "Gated", text=text)
+    err = error_of(compile_spec, spec)
+    message = str(err)
+    assert "\n" not in message and err.pos.line == 4
+    assert "'gate' (Gate)" in message and "backbone_models.py:" in message
+    assert "control flow" in message and "leaf_modules: [gate]" in message
+    Custom.allowed = False
+    assert cli.main(["compile", "--allow-custom", str(spec)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    spec = write(tmp_path, "Gated", leaf=", leaf_modules: [gate]", text=text)
+    net = compile_spec(spec).network
+    assert net.nodes["gate"].op.op == "Gate"
+    spec = write(tmp_path, "Gated", leaf=", leaf_modules: [Gate]", text=text)
+    assert "gate" in compile_spec(spec).network
+    spec = write(tmp_path, "Gated", leaf=", leaf_modules: [gates]", text=text)
+    assert "did you mean 'gate'?" in str(error_of(compile_spec, spec))
+
+
+def test_from_a_name_that_was_not_traced_suggests_one(tmp_path):
+    spec = write(tmp_path, text=SPEC.replace("from: layer1.1.add", "from: layer1.1.ad"))
+    assert "did you mean 'layer1.1.add'?" in str(error_of(compile_spec, spec))
+
+
+@pytest.mark.parametrize("name", ["conv1", "layer1", "layer2", "fc", "relu", "flatten", "adaptive_avg_pool2d"])
+def test_a_branch_may_not_take_a_top_level_name_of_the_backbone(tmp_path, name):
+    text = SPEC.replace("  aux1:\n", f"  {name}:\n").replace("aux1: {{head: aux1", f"{name}: {{{{head: {name}")
+    err = error_of(compile_spec, write(tmp_path, text=text))
+    assert f"branch '{name}'" in err.what and "rename the branch" in err.fix
+
+
+def test_running_code_is_opt_in_and_files_resolve_against_the_spec(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    shutil.copy(MODELS, tmp_path / "models" / "net.py")
+    spec = write(tmp_path, models=Path("models/net.py"))
+    Custom.allowed = False
+    err = error_of(compile_spec, spec)
+    assert "runs Python code" in err.what and "--allow-custom" in err.fix and err.pos.line == 4
+    assert cli.main(["compile", "--allow-custom", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.relu_1" in out and "copy_of" in out
+    spec.write_text(spec.read_text().replace("models/net.py", "models/nett.py"))
+    assert "does not exist" in str(error_of(cli_compile, spec))
+
+
+def cli_compile(spec):
+    Custom.allowed = True
+    return compile_spec(spec)
+
+
+@pytest.mark.parametrize("backbone, message", [
+    ("{python: a.py}", "'file.py:Name'"), ("{python: 'a.py:A', module: 'b:B'}", "exactly one of"),
+    ("{module: 'torch.nn:NoSuch'}", "has no callable 'NoSuch'"), ("{module: 'no_such_pkg:A'}", "cannot be imported"),
+    ("{module: 'torch.nn:Linear', args: {bad: 1}}", "failed: "),
+    ("{module: 'torch.nn:Identity'}", "returns its input, not one tensor computed from the input"),
+    ("{module: 'torch.nn:ReLU'}", "outputs (1, 8, 8), not a vector of 4 class scores"),
+])
+def test_bad_backbones_are_one_line_errors(tmp_path, backbone, message):
+    text = SPEC.split("branches:")[0].replace('{{python: "{models}:{cls}", args: {{classes: 4}}{leaf}}}',
+                                              backbone.replace("{", "{{").replace("}", "}}"))
+    err = error_of(compile_spec, write(tmp_path, text=text + "data: {{source: npz, path: \"{data}\"}}\n"))
+    assert message in str(err) and "\n" not in str(err)
+
+
+def test_copy_of_needs_a_backbone_and_a_submodule(tmp_path):
+    err = error_of(compile_spec, write(tmp_path, text=SPEC.replace("module: layer2", "module: layer3")))
+    assert "not a submodule" in err.what and "did you mean 'layer2'?" in err.fix
+
+
+def test_draw_collapses_by_submodule(tmp_path):
+    net = collapse(compile_spec(write(tmp_path)).network)
+    assert [n.name for n in net if n.branch is None] == ["conv1", "relu", "layer1", "layer2", "adaptive_avg_pool2d",
+                                                           "flatten", "fc"]
+    assert net.nodes["aux1.conv"].inputs == ("layer1",) and '"layer1" -> "layer2"' in to_dot(net)
+
+
+def test_probe_and_cascade_run_on_a_backbone_spec(tmp_path):
+    spec = write(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["probe", "--allow-custom", str(spec), "--iters", "2", "--out", str(tmp_path / "p")]) == 0
+        assert cli.main(["export", "--allow-custom", str(spec), "--random-init", "--cascade", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "p" / "probe.json").exists()
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.onnx")) == ["00_aux2.onnx", "01_aux1.onnx", "02_main.onnx",
+                                                                       "full.onnx"]
+
+
+@pytest.mark.xfail(reason="needs issue 19's init.from (a plain state dict file, copied by name and shape)")
+def test_init_from_loads_a_plain_state_dict(tmp_path):
+    plain = TinyResNet(4)
+    torch.save(plain.state_dict(), tmp_path / "weights.pth")
+    spec = write(tmp_path, text=SPEC + f"init: {{{{from: {tmp_path / 'weights.pth'}}}}}\n")
+    result = train(compile_spec(spec, ["train.epochs=1", "train.lr_mult=0"]))
+    assert torch.equal(result.model.state_dict()["layer1.0.conv1.weight"], plain.state_dict()["layer1.0.conv1.weight"])
