@@ -301,6 +301,8 @@ def trace_backbone(spec: Spec) -> TracedBackbone:
     bb, pos = spec.backbone, spec.backbone.at
     try:
         module, tr, measure = _measure(spec, "meta")
+    except SpecError:
+        raise
     except Exception:  # e.g. a leaf module that looks at values (`if x.sum() > 0`): run it for real, on zeros
         module, tr, measure = _measure(spec, "cpu")
     placeholder = next(n for n in tr.graph.nodes if n.op == "placeholder")

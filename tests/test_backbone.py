@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import shutil
 from pathlib import Path
@@ -253,3 +254,17 @@ def test_init_from_loads_a_plain_state_dict(tmp_path):
     spec = write(tmp_path, text=SPEC + f"init: {{{{from: {tmp_path / 'weights.pth'}}}}}\n")
     result = train(compile_spec(spec, ["train.epochs=1", "train.lr_mult=0"]))
     assert torch.equal(result.model.state_dict()["layer1.0.conv1.weight"], plain.state_dict()["layer1.0.conv1.weight"])
+
+
+def test_the_shipped_example_deploys_exactly_its_module(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    compiled = compile_spec("specs/dks_userresnet_fmnist.yaml")
+    spec = importlib.util.spec_from_file_location("shipped_resnet", "specs/models/resnet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = module.ResNet(depth=20, width=8, classes=10, channels=1)
+    deployed = prune(compiled.module, "main")
+    assert sorted(deployed.state_dict()) == sorted(plain.state_dict())
+    plain.load_state_dict(deployed.state_dict(), strict=True)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(deployed.eval()(x), plain.eval()(x))
