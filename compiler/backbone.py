@@ -84,13 +84,10 @@ def spec_dir(spec: Spec) -> Path:
 
 
 def backbone_callable(spec: Spec) -> Callable[..., nn.Module]:
-    """The callable `backbone:` names, imported (a file relative to the spec's directory, or a module)."""
+    """The callable `backbone:` names, imported (a file relative to the spec's directory, or a module).
+    `trace_backbone` (the expand pass) has checked that the spec may run code; a network exists only after it."""
     bb: Backbone = spec.backbone
-    key = "python" if bb.python else "module"
-    pos = bb.where(key)
-    if not code_allowed():
-        raise SpecError(f"`backbone: {{{key}: {bb.target}}}` runs Python code",
-                        "run with --allow-custom (or NETSPEC_ALLOW_CUSTOM=1) if you trust this spec", pos)
+    pos = bb.where(bb_key(bb))
     where, name = bb.target.split(":")
     if bb.python:
         path = (spec_dir(spec) / where).resolve()
@@ -299,6 +296,9 @@ def _measure(spec: Spec, device: str) -> tuple[nn.Module, _Trace, _Measure]:
 def trace_backbone(spec: Spec) -> TracedBackbone:
     """The backbone's IR nodes with shapes, parameters and FLOPs (module built and run on the meta device)."""
     bb, pos = spec.backbone, spec.backbone.at
+    if not code_allowed():
+        raise SpecError(f"`backbone: {{{bb_key(bb)}: {bb.target}}}` runs Python code",
+                        "run with --allow-custom (or NETSPEC_ALLOW_CUSTOM=1) if you trust this spec", bb.where(bb_key(bb)))
     try:
         module, tr, measure = _measure(spec, "meta")
     except SpecError:
