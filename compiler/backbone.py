@@ -384,6 +384,14 @@ class BackboneLowering:
         self.trace = trace(spec, module)
         self.by_name = {self.trace.names[n]: n for n in self.trace.calls}
         self.copied: dict[fx.Node, fx.Node] = {}
+        self.transient: list[str] = []  # non-persistent buffers read by get_attr: not in the state dict
+
+    def finish(self, gm: fx.GraphModule) -> None:
+        """Mark the non-persistent buffers of the lowered module as such (GraphModule registers every tensor it
+        is given as a buffer that is saved), so its state dict keys are the module's own."""
+        for target in self.transient:
+            owner, _, name = target.rpartition(".")
+            gm.get_submodule(owner)._non_persistent_buffers_set.add(name)
 
     def copy(self, name: str, graph: fx.Graph, values: dict[str, fx.Node], modules: dict[str, Any]) -> fx.Node:
         """Copy the call `name` (and the non-IR nodes it reads) into `graph`; its IR inputs are in `values`."""
@@ -401,6 +409,9 @@ class BackboneLowering:
         new = graph.node_copy(old, arg)
         if old.op in ("call_module", "get_attr"):
             modules[old.target] = attrgetter(old.target)(self.trace.root)
+            owner, _, name = old.target.rpartition(".")
+            if name in self.trace.root.get_submodule(owner)._non_persistent_buffers_set:
+                self.transient.append(old.target)
         self.copied[old] = new
         return new
 

@@ -85,6 +85,8 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
     outputs = {head: values[net.heads[head]] for head in heads}
     graph.output(outputs[heads[0]] if single else outputs)
     gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
+    for backbone in {id(m): m for m in built.values() if isinstance(m, BackboneLowering)}.values():
+        backbone.finish(gm)
     gm.meta["heads"] = heads
     return gm
 

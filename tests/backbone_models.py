@@ -61,16 +61,18 @@ class Gated(nn.Module):
 
 
 class Shared(nn.Module):
-    """A parameter used functionally (a get_attr) and a module called twice: each counted once."""
+    """A parameter used functionally (a get_attr) and a module called twice: each counted once; a buffer that
+    is not saved."""
 
     def __init__(self, classes: int = 3):
         super().__init__()
         self.conv = nn.Conv2d(1, 1, 3, padding=1)
         self.scale = nn.Parameter(torch.full((1, 1, 1, 1), 0.5))
+        self.register_buffer("offset", torch.full((1,), 0.25), persistent=False)  # not in the state dict
         self.fc = nn.Linear(64, classes)
 
     def forward(self, x):
-        x = self.conv(self.conv(x) * self.scale)
+        x = self.conv(self.conv(x) * self.scale) + self.offset
         return self.fc(x.view(x.size(0), -1))
 
 

@@ -105,10 +105,15 @@ def test_params_flops_and_state_dict_names_are_the_modules(tmp_path):
 
 def test_a_parameter_used_functionally_and_a_module_called_twice_count_once(tmp_path):
     text = SPEC.split("branches:")[0] + "data: {{source: npz, path: \"{data}\"}}\n"
-    net = compile_spec(write(tmp_path, "Shared", text=text)).network
-    assert [n.name for n in net] == ["conv", "mul", "conv_1", "size", "view", "fc"]
-    assert sum(n.params for n in net) == sum(p.numel() for p in Shared(4).parameters())
+    compiled = compile_spec(write(tmp_path, "Shared", text=text))
+    net, plain = compiled.network, Shared(4)
+    assert [n.name for n in net] == ["conv", "mul", "conv_1", "add", "size", "view", "fc"]
+    assert sum(n.params for n in net) == sum(p.numel() for p in plain.parameters())
     assert net.nodes["mul"].params == 1 and net.nodes["conv_1"].params == 0
+    assert list(compiled.module.state_dict()) == list(plain.state_dict())  # `offset` is not saved, as in the module
+    plain.load_state_dict(compiled.module.state_dict(), strict=True)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(compiled.module(x)["main"], plain(x))
 
 
 def test_the_lowered_forward_is_the_modules_own(tmp_path):

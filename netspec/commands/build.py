@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("-o", "--output", default=None, help="output file (.svg, .png, .pdf, .dot); "
                             "default build/<name>/graph.svg (graph_deploy.svg with --deploy)")
         parser.add_argument("--collapse", action="store_true",
-                            help="draw each repeated block as one node (stage2[5× basic]): for deep nets")
+                            help="draw each repeated block as one node (stage2[5× basic]), and a `backbone:` module's calls "
+                            "by top-level submodule (layer1): for deep nets")
         parser.add_argument("--deploy", action="store_true",
                             help="draw the deployed graph: the main exit alone, every branch pruned")
 
