@@ -406,7 +406,10 @@ class BackboneLowering:
         return self._copy(self.by_name[name], graph, modules, arg)
 
     def _copy(self, old: fx.Node, graph: fx.Graph, modules: dict, arg) -> fx.Node:
-        new = graph.node_copy(old, arg)
+        name = self.trace.names[old].replace(".", "_") if old in self.trace.calls else old.name  # as `lower` names
+        new = graph.create_node(old.op, old.target, fx.node.map_arg(old.args, arg), fx.node.map_arg(old.kwargs, arg),
+                                name=name, type_expr=old.type)
+        new.meta = dict(old.meta)
         if old.op in ("call_module", "get_attr"):
             modules[old.target] = attrgetter(old.target)(self.trace.root)
             owner, _, name = old.target.rpartition(".")

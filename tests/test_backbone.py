@@ -242,14 +242,19 @@ def test_draw_collapses_by_submodule(tmp_path):
     assert net.nodes["aux1.conv"].inputs == ("layer1",) and '"layer1" -> "layer2"' in to_dot(net)
 
 
-def test_probe_and_cascade_run_on_a_backbone_spec(tmp_path):
+def test_probe_cascade_and_time_run_on_a_backbone_spec(tmp_path):
     spec = write(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["time", "--allow-custom", str(spec)]) == 0
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["probe", "--allow-custom", str(spec), "--iters", "2", "--out", str(tmp_path / "p")]) == 0
         assert cli.main(["export", "--allow-custom", str(spec), "--random-init", "--cascade", str(tmp_path / "c")]) == 0
     assert (tmp_path / "p" / "probe.json").exists()
     assert sorted(p.name for p in (tmp_path / "c").glob("*.onnx")) == ["00_aux2.onnx", "01_aux1.onnx", "02_main.onnx",
                                                                        "full.onnx"]
+    rows = {line.split()[0]: line.split()[1] for line in printed.getvalue().splitlines() if line.startswith("layer1.0.")}
+    assert rows["layer1.0.add"] == "add" and rows["layer1.0.conv1"] == "Conv2d"  # the traced calls, by their names
 
 
 @pytest.mark.xfail(reason="needs issue 19's init.from (a plain state dict file, copied by name and shape)")
