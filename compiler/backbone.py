@@ -191,17 +191,22 @@ class _Tracer(fx.Tracer):
 
     def _qualname(self, node: fx.Node) -> str:
         """torchvision's rule: the scope, plus fx's name for a non-module call; fx's global `_N` suffix replaced
-        by a count among the names already given."""
+        by a count among the names already given. Ours: a module's own path is kept as it is (torchvision also
+        strips a `_N` ending from it, naming a module `fc_1` `fc`), and a name is made unique if the count
+        lands on a name already given."""
         name = self.qualname
         if node.op != "call_module":
             name = f"{name}.{node}" if name else str(node)
-        if re.match(r".+_[0-9]+$", name):
-            name = name.rsplit("_", 1)[0]
+            if re.match(r".+_[0-9]+$", name):
+                name = name.rsplit("_", 1)[0]
         for existing in reversed(self.names.values()):
             match = re.match(rf"{re.escape(name)}(_[0-9]+)?$", existing)
             if match:
                 name += f"_{int(match.group(1)[1:]) + 1 if match.group(1) else 1}"
                 break
+        taken, base, extra = set(self.names.values()), name, 1
+        while name in taken:
+            name, extra = f"{base}_{extra}", extra + 1
         return name
 
 
@@ -308,6 +313,7 @@ def trace_backbone(spec: Spec) -> TracedBackbone:
     placeholder = next(n for n in tr.graph.nodes if n.op == "placeholder")
     name_of = {**{n: tr.names[n] for n in tr.calls}, placeholder: spec.input.name}
     counted: set[int] = set()
+    called: set[str] = set()  # modules called already: a second call is not a weight layer of its own
     nodes = []
     for call in tr.calls:
         name = tr.names[call]
@@ -324,7 +330,8 @@ def trace_backbone(spec: Spec) -> TracedBackbone:
             params += _new_params(module.get_submodule(call.target).parameters(), counted)
         value = measure.values[call]
         shape = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else ()
-        op = _op(call, module)
+        op = _op(call, module, first=call.op != "call_module" or call.target not in called)
+        called.add(call.target)
         op._measured = (shape, params, flops)
         inputs = tuple(dict.fromkeys(name_of[i] for i in call.all_input_nodes if i in name_of))
         nodes.append(Node(name, op, inputs, None, pos, "in backbone"))
@@ -360,11 +367,13 @@ def _new_params(tensors, counted: set[int]) -> int:
     return total
 
 
-def _op(call: fx.Node, module: nn.Module) -> Traced:
+def _op(call: fx.Node, module: nn.Module, first: bool) -> Traced:
+    """The op record of a call; a module's first call of a weight layer is a `TracedLayer` (its node name is the
+    module's path, which `probe` and `init:` look the layer up by)."""
     if call.op == "call_module":
         sub = module.get_submodule(call.target)
         weight = getattr(sub, "weight", None)
-        cls = TracedLayer if isinstance(weight, torch.Tensor) and weight.dim() >= 2 else Traced
+        cls = TracedLayer if first and isinstance(weight, torch.Tensor) and weight.dim() >= 2 else Traced
         text = " ".join(repr(sub).split())
         return cls.model_construct(name=str(call.target), op=type(sub).__name__, kind=call.op, call=text)
     op = call.target if isinstance(call.target, str) else getattr(call.target, "__name__", str(call.target))

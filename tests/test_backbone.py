@@ -278,3 +278,28 @@ def test_the_shipped_example_deploys_exactly_its_module(monkeypatch):
     plain.load_state_dict(deployed.state_dict(), strict=True)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(deployed.eval()(x), plain.eval()(x))
+
+
+class Numbered(torch.nn.Module):
+    """Leaves whose names end in _<digits>, one called twice, and calls that fx counts globally."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.conv_1 = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.conv_2 = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.fc_1 = torch.nn.Linear(2, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv_1(x))
+        x = torch.relu(self.conv_2(x)) + torch.relu(self.conv_2(x))
+        return self.fc_1(x.mean((2, 3)))
+
+
+def test_names_are_unique_and_a_modules_path_is_kept(tmp_path, monkeypatch):
+    import backbone_models
+    monkeypatch.setattr(backbone_models, "Numbered", Numbered, raising=False)
+    text = SPEC.split("branches:")[0].replace('{{python: "{models}:{cls}"', '{{module: "backbone_models:Numbered"')
+    net = compile_spec(write(tmp_path, text=text + "data: {{source: npz, path: \"{data}\"}}\n")).network
+    names = [n.name for n in net]
+    assert names == ["conv_1", "relu", "conv_2", "relu_1", "conv_2_1", "relu_2", "add", "mean", "fc_1"]
+    assert [n.name for n in net if n.op.weighted] == ["conv_1", "conv_2", "fc_1"]  # conv_2's second call: no new layer
