@@ -74,7 +74,7 @@ class TracedBackbone:
 
 # --- building the user's module --------------------------------------------------------------------------------
 
-_FILES: dict[tuple[str, int], Any] = {}  # (path, mtime_ns) -> the loaded Python module (one class per file version)
+_FILES: dict[tuple[str, str], Any] = {}  # (path, sha256 of its text) -> the loaded Python module (one per version)
 
 
 def spec_dir(spec: Spec) -> Path:
@@ -109,9 +109,9 @@ def backbone_callable(spec: Spec) -> Callable[..., nn.Module]:
 
 
 def _load_file(path: Path, pos: Pos | None):
-    key = (str(path), path.stat().st_mtime_ns)
+    key = (str(path), hashlib.sha256(path.read_bytes()).hexdigest())
     if key not in _FILES:
-        name = "netspec_backbone_" + hashlib.sha256(key[0].encode()).hexdigest()[:12]
+        name = "netspec_backbone_" + hashlib.sha256("\0".join(key).encode()).hexdigest()[:12]
         loader = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(loader)
         sys.modules[name] = module  # dataclasses and pickling look classes up there

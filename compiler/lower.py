@@ -95,13 +95,14 @@ def param_groups(net: Network, module: nn.Module) -> list[dict]:
     """The optimizer's parameter groups: `{"params", "names", "lr_mult", "decay_mult"}`, one per distinct pair
     of multipliers, in order of first appearance in `module.named_parameters()` (so the layout is the same on
     every rank and on every resume of the same spec). A tensor named `bias` takes the `bias` multipliers, any
-    other the `weight` ones (ops.multipliers); tensors outside the spec's nodes take 1 and 1."""
+    other the `weight` ones (ops.multipliers); tensors outside the spec's nodes (a `backbone:` module's parameter
+    read by a function call) take the spec-wide defaults."""
     train = net.spec.train
     groups: dict[tuple[float, float], dict] = {}
     for name, param in module.named_parameters():
         node = _owner(net, name)
         tensor = "bias" if name.rsplit(".", 1)[-1] == "bias" else "weight"
-        key = multipliers(node.op, train.lr_mult, train.decay_mult, tensor) if node else (1.0, 1.0)
+        key = multipliers(node.op if node else None, train.lr_mult, train.decay_mult, tensor)
         group = groups.setdefault(key, {"params": [], "names": [], "lr_mult": key[0], "decay_mult": key[1]})
         group["params"].append(param)
         group["names"].append(name)

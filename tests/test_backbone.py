@@ -303,3 +303,23 @@ def test_names_are_unique_and_a_modules_path_is_kept(tmp_path, monkeypatch):
     names = [n.name for n in net]
     assert names == ["conv_1", "relu", "conv_2", "relu_1", "conv_2_1", "relu_2", "add", "mean", "fc_1"]
     assert [n.name for n in net if n.op.weighted] == ["conv_1", "conv_2", "fc_1"]  # conv_2's second call: no new layer
+
+
+def test_spec_wide_multipliers_reach_every_backbone_parameter(tmp_path):
+    from netspec.compiler.lower import param_groups
+    text = SPEC.split("branches:")[0] + "data: {{source: npz, path: \"{data}\"}}\n"
+    compiled = compile_spec(write(tmp_path, "Shared", text=text), ["train.lr_mult={weight: 2, bias: 3}"])
+    groups = {name: (g["lr_mult"]) for g in param_groups(compiled.network, compiled.module) for name in g["names"]}
+    assert groups == {"conv.weight": 2, "conv.bias": 3, "scale": 2, "fc.weight": 2, "fc.bias": 3}
+
+
+def test_the_spec_hash_follows_the_modules_layers(tmp_path):
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "net.py"
+    shutil.copy(MODELS, model)
+    spec = write(tmp_path, models=Path("models/net.py"))
+    before = compile_spec(spec).spec_hash
+    assert compile_spec(spec).spec_hash == before
+    model.write_text(model.read_text().replace("nn.Conv2d(cin, cout, 1, stride, bias=False)",
+                                               "nn.Conv2d(cin, cout, 1, stride, bias=True)"))
+    assert compile_spec(spec).spec_hash != before
