@@ -78,8 +78,10 @@ _FILES: dict[tuple[str, str], Any] = {}  # (path, sha256 of its text) -> the loa
 
 
 def spec_dir(spec: Spec) -> Path:
-    """The directory `python:` paths are relative to: the spec file's, else the working directory."""
-    file = spec.at.file if spec.at is not None else ""
+    """The directory `python:` paths are relative to: that of the spec file that says `python:` (a spec it
+    `extends:` may), else (an override, a spec built in Python) the working directory."""
+    pos = spec.backbone.where("python") or spec.at
+    file = pos.file if pos is not None else ""
     return Path(file).parent if file and not file.startswith("<") else Path.cwd()
 
 

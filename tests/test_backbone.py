@@ -207,6 +207,10 @@ def test_running_code_is_opt_in_and_files_resolve_against_the_spec(tmp_path, cap
     assert cli.main(["compile", "--allow-custom", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.relu_1" in out and "copy_of" in out
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../byob.yaml\nname: child\n")  # the path is the parent's
+    Custom.allowed = True
+    assert compile_spec(tmp_path / "sub" / "child.yaml").network.heads["main"] == "fc"
     spec.write_text(spec.read_text().replace("models/net.py", "models/nett.py"))
     assert "does not exist" in str(error_of(cli_compile, spec))
 
