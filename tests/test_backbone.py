@@ -237,6 +237,11 @@ def test_bad_backbones_are_one_line_errors(tmp_path, backbone, message):
 def test_copy_of_needs_a_backbone_and_a_submodule(tmp_path):
     err = error_of(compile_spec, write(tmp_path, text=SPEC.replace("module: layer2", "module: layer3")))
     assert "not a submodule" in err.what and "did you mean 'layer2'?" in err.fix
+    from conftest import MINI
+    plain = MINI + "branches:\n  aux: {from: relu1, nodes: [{name: c, op: copy_of, module: conv1}, {name: fc, op: fc, out: 3}]}\n"
+    (tmp_path / "plain.yaml").write_text(plain + "losses: {main: {head: main}, aux: {head: aux}}\n")
+    err = error_of(compile_spec, tmp_path / "plain.yaml")
+    assert "the spec has no `backbone:`" in err.what and err.pos.line == 9
 
 
 def test_draw_collapses_by_submodule(tmp_path):
@@ -327,3 +332,13 @@ def test_the_spec_hash_follows_the_modules_layers(tmp_path):
     model.write_text(model.read_text().replace("nn.Conv2d(cin, cout, 1, stride, bias=False)",
                                                "nn.Conv2d(cin, cout, 1, stride, bias=True)"))
     assert compile_spec(spec).spec_hash != before
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("nodes:\n  - {{name: fc2, op: fc, out: 4}}\n", "either as `nodes:`"),
+    ("output: layer1\n", "delete `output:`"),
+])
+def test_a_backbone_is_nodes_or_a_module_not_both(tmp_path, extra, message):
+    text = SPEC.split("branches:")[0] + extra + "data: {{source: npz, path: \"{data}\"}}\n"
+    err = error_of(compile_spec, write(tmp_path, text=text))
+    assert message in str(err) and "\n" not in str(err)
