@@ -35,6 +35,7 @@ class Compiled:
     spec: Spec
     network: Network
     module: fx.GraphModule
+    overrides: tuple[str, ...] = ()  # the `key=value` overrides it was compiled with
 
     @property
     def heads(self) -> dict[str, str]:
@@ -54,6 +55,12 @@ class Compiled:
         return prune(self.module, head)
 
 
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Parse and validate only: the spec's settings (its name, train:, data:) without building the network."""
+    raw, _ = parse(path, overrides)
+    return validate(raw)
+
+
 def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]:
     """All passes up to shape inference: the checked network with shapes, params and FLOPs."""
     raw, context = parse(path, overrides)
@@ -65,4 +72,4 @@ def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]
 def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:
     """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule."""
     spec, network = analyse(path, overrides)
-    return Compiled(Path(path), spec, network, lower(network))
+    return Compiled(Path(path), spec, network, lower(network), tuple(overrides))

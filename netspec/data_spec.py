@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from netspec.schema_base import Strict
 
@@ -65,6 +65,8 @@ class DataSpec(Strict):
     augment: Augment = Field(default_factory=Augment, description="Random augmentation of training batches.")
     train_limit: int | None = Field(None, ge=1, description="Use only the first N training examples (for smoke runs).")
     test_limit: int | None = Field(None, ge=1, description="Use only the first N test examples (for smoke runs).")
+    val_split: int | float | None = Field(None, description="Hold this many examples of the whole training set out of training as the validation split: an integer count, or a fraction 0 < f < 1. They are drawn by a seeded permutation (data.val_seed), before data.train_limit limits the remaining training examples, the same on every process and at every resume. With a validation split, best.pt is the epoch with the best validation top-1 of the main exit and `netspec calibrate` chooses thresholds on it; without one, best.pt is selected on the test split (the run says so).")
+    val_seed: int = Field(0, ge=0, lt=2**32, description="Seed of the permutation that draws the validation split (data.val_split); independent of train.seed, so runs with different seeds share one split.")
     classes: list[str] | None = Field(None, min_length=1, description="Class names, by label index, overriding those the data set carries.")
     stream: bool | Literal["auto"] = Field("auto", description=f"Decode image files on the fly in DataLoader worker processes instead of holding the decoded set in memory (imagefolder only). auto: stream when data.crop or data.resize is set, or when the decoded images would exceed {STREAM_AUTO_BYTES >> 30} GiB.")
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images when streaming (0: decode in the training process).")
@@ -82,6 +84,15 @@ class DataSpec(Strict):
             raise ValueError("data.crop and data.resize need the streaming pipeline: source: imagefolder and "
                              "data.stream: true or auto")
         return self
+
+    @field_validator("val_split", mode="before")
+    @classmethod
+    def _val_split_size(cls, value):
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1) or (
+                isinstance(value, float) and not 0 < value < 1):
+            raise ValueError(f"data.val_split is a count of examples (1 or more) or a fraction between 0 and 1, "
+                             f"not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _download_needs_a_mirror(self) -> DataSpec:

@@ -149,18 +149,25 @@ class TensorBoard:
             self.writer.close()
 
 
-def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]]) -> list[dict]:
-    """One row per exit: depth, params and FLOPs of the model cut at that exit, and its test accuracy."""
+def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]],
+              val: dict[str, tuple[float, float]] | None = None) -> list[dict]:
+    """One row per exit: depth, params and FLOPs of the model cut at that exit, its test accuracy (`top1`, `top5`)
+    and, given `val`, its validation accuracy (`val_top1`, `val_top5`). Only the exits in `accuracy`."""
     return [{"exit": h["head"], "depth": h["depth"], "params": h["params"], "flops": h["flops"],
-             "top1": accuracy[h["head"]][0], "top5": accuracy[h["head"]][1]}
-            for h in sorted(summary["heads"], key=lambda h: h["depth"])]
+             "top1": accuracy[h["head"]][0], "top5": accuracy[h["head"]][1],
+             **({"val_top1": val[h["head"]][0], "val_top5": val[h["head"]][1]} if val else {})}
+            for h in sorted(summary["heads"], key=lambda h: h["depth"]) if h["head"] in accuracy]
 
 
 def format_exit_table(rows: list[dict]) -> str:
-    """MW-BP's "several compact models at once": every exit as a model of its own."""
+    """MW-BP's "several compact models at once": every exit as a model of its own (validation columns when the
+    rows have them)."""
     width = max(4, *(len(r["exit"]) for r in rows))
-    lines = [f"{'exit':<{width}}  {'depth':>5}  {'params':>9}  {'FLOPs':>9}  {'top-1':>7}  {'top-5':>7}"]
+    val = all("val_top1" in r for r in rows)
+    lines = [f"{'exit':<{width}}  {'depth':>5}  {'params':>9}  {'FLOPs':>9}  "
+             + ("val top-1  val top-5  " if val else "") + "test top-1  test top-5"]
     for r in rows:
         lines.append(f"{r['exit']:<{width}}  {r['depth']:>5}  {human(r['params']):>9}  {human(r['flops']):>9}  "
-                     f"{100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%")
+                     + (f"{100 * r['val_top1']:>8.2f}%  {100 * r['val_top5']:>8.2f}%  " if val else "")
+                     + f"{100 * r['top1']:>9.2f}%  {100 * r['top5']:>9.2f}%")
     return "\n".join(lines)

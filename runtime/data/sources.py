@@ -34,13 +34,16 @@ FASHION_MNIST_CLASSES = [
 
 @dataclass
 class Dataset:
-    """A whole data set in memory: images uint8 (N, C, H, W), labels int64 (N)."""
+    """A whole data set in memory: images uint8 (N, C, H, W), labels int64 (N). `val_x`/`val_y` hold the
+    validation split (data.val_split), None without one."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -59,6 +62,21 @@ def data_root(spec: DataSpec) -> Path:
     if spec.source == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return DEBIAN_FASHION_MNIST
     return cache_dir(spec.source)
+
+
+def hold_out(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """data.val_split: (validation indices, training indices) of a training set of `n` examples, each sorted, drawn
+    by a permutation seeded with data.val_seed; data.train_limit then keeps the first of the training indices.
+    None without a validation split."""
+    if spec.val_split is None:
+        return None
+    count = spec.val_split if isinstance(spec.val_split, int) else round(spec.val_split * n)
+    if not 0 < count < n:
+        raise UserError(f"data.val_split {spec.val_split} holds out {count} of the {n} training examples: "
+                        "nothing would be left to " + ("validate on" if count < 1 else "train on"),
+                        f"give a count between 1 and {n - 1}, or a fraction such as 0.1", spec.where("val_split"))
+    order = np.random.default_rng(spec.val_seed).permutation(n)
+    return np.sort(order[:count]), np.sort(order[count:])[:spec.train_limit]
 
 
 def load_dataset(spec: DataSpec, input_shape: tuple[int, int, int]) -> Dataset:
@@ -94,7 +112,13 @@ def _finish(spec: DataSpec, shape: tuple[int, ...], train: Split, test: Split, c
 
     (tx, ty), (vx, vy) = train, test
     lt, lv = spec.train_limit, spec.test_limit
-    return Dataset(tensor(tx, lt, np.uint8), tensor(ty, lt, np.int64), tensor(vx, lv, np.uint8), tensor(vy, lv, np.int64), list(names))
+    test_x, test_y = tensor(vx, lv, np.uint8), tensor(vy, lv, np.int64)
+    split = hold_out(len(ty), spec)
+    if split is None:
+        return Dataset(tensor(tx, lt, np.uint8), tensor(ty, lt, np.int64), test_x, test_y, list(names))
+    held, kept = split
+    return Dataset(tensor(tx[kept], None, np.uint8), tensor(ty[kept], None, np.int64), test_x, test_y, list(names),
+                   tensor(tx[held], None, np.uint8), tensor(ty[held], None, np.int64))
 
 
 def _fmt(shape: Any) -> str:

@@ -23,7 +23,7 @@ import torch
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
-from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
+from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, hold_out, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
 
@@ -42,6 +42,8 @@ class StreamData:
     test_y: torch.Tensor
     classes: list[str]
     root: Path
+    val_files: np.ndarray | None = None  # the validation split (data.val_split), None without one
+    val_y: torch.Tensor | None = None
 
 
 def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> StreamData:
@@ -66,14 +68,20 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     if not train:
         raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class directories of {train_root}",
                         f"lay the images out as {LAYOUTS}", spec.at)
-    train, test = train[:spec.train_limit], test[:spec.test_limit]
+    held = hold_out(len(train), spec)
+    val = None
+    if held is None:
+        train = train[:spec.train_limit]
+    else:
+        val, train = [train[i] for i in held[0]], [train[i] for i in held[1]]
+    test = test[:spec.test_limit]
 
     def split(files):
         paths = np.array([os.fsencode(os.path.relpath(p, root)) for p, _ in files]) if files else np.zeros(0, "S1")
         return paths, torch.tensor([label for _, label in files], dtype=torch.int64)
 
     (tf, ty), (vf, vy) = split(train), split(test)
-    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root)
+    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root, *(split(val) if val is not None else ()))
 
 
 class _Counter:
@@ -238,8 +246,9 @@ class StreamBatches:
             yield x.to(torch.float32).mul_(self._scale).add_(self._shift), y
 
 
-def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: int = 1) -> tuple[StreamBatches, StreamBatches]:
-    """This rank's streamed training and test batches for a spec (what `train.make_batches` gives when streaming)."""
+def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: int = 1
+                   ) -> tuple[StreamBatches, StreamBatches | None, StreamBatches]:
+    """This rank's streamed training, validation (None without data.val_split) and test batches for a spec (what `train.make_batches` gives when streaming)."""
     shape = tuple(int(d) for d in spec.input.shape)
     d = spec.data
     if d.crop == "none" and d.resize is not None and resize_hw(d.resize, shape) != shape[1:]:
@@ -255,9 +264,11 @@ def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: in
                   world_size=world_size, workers=d.workers, root=data.root)
     train = StreamBatches(data.train_files, data.train_y, spec.train.batch_size // world_size, train=True,
                           transform=Transform(shape, d.crop, d.resize, train=True), augment=d.augment, **common)
-    test = StreamBatches(data.test_files, data.test_y, spec.train.eval_batch_size, train=False,
-                         transform=Transform(shape, d.crop, d.resize, train=False), **common)
-    return train, test
+    test, val = (StreamBatches(files, y, spec.train.eval_batch_size, train=False,
+                               transform=Transform(shape, d.crop, d.resize, train=False), **common)
+                 if files is not None else None
+                 for files, y in ((data.test_files, data.test_y), (data.val_files, data.val_y)))
+    return train, val, test
 
 
 def resize_hw(resize, shape) -> tuple[int, int]:
