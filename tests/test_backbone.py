@@ -266,7 +266,6 @@ def test_probe_cascade_and_time_run_on_a_backbone_spec(tmp_path):
     assert rows["layer1.0.add"] == "add" and rows["layer1.0.conv1"] == "Conv2d"  # the traced calls, by their names
 
 
-@pytest.mark.xfail(reason="needs issue 19's init.from (a plain state dict file, copied by name and shape)")
 def test_init_from_loads_a_plain_state_dict(tmp_path):
     plain = TinyResNet(4)
     torch.save(plain.state_dict(), tmp_path / "weights.pth")
