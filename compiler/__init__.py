@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import fx
 
 from netspec.spec import Spec
+from netspec.compiler.backbone import Traced
 from netspec.compiler.expand import expand
 from netspec.compiler.graph import build_graph, check_graph
 from netspec.compiler.heads import check_heads
@@ -24,7 +25,7 @@ from netspec.compiler.prune import prune
 from netspec.compiler.shapes import infer_shapes
 from netspec.compiler.validate import validate
 
-NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "output", "branches"}
+NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "backbone", "output", "branches"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Compiled:
         """Hash of what decides the weights' names and shapes (the network sections of the resolved spec).
         A checkpoint records it; `data:`, `train:`, losses and init may change without breaking it."""
         network = self.spec.model_dump(mode="json", by_alias=True, include=NETWORK_SECTIONS)
+        if self.spec.backbone is not None:  # the module's code decides them too: its traced calls, as they are
+            network["traced"] = [[node.name, node.op.call] for node in self.network if isinstance(node.op, Traced)]
         return hashlib.sha256(json.dumps(network, sort_keys=True).encode()).hexdigest()[:16]
 
     def exit_module(self, head: str) -> fx.GraphModule:

@@ -196,6 +196,15 @@ def repeated_blocks(net: Network) -> list[Fold]:
     return folds
 
 
+def submodule_folds(net: Network) -> list[Fold]:
+    """For a `backbone:` module: a fold for each top-level submodule (`layer1` for `layer1.0.conv1`, ...); calls of
+    the module's own forward (`flatten`) stay nodes."""
+    if net.spec.backbone is None:
+        return []
+    tops = dict.fromkeys(node.name.split(".")[0] for node in net if node.branch is None and "." in node.name)
+    return [Fold(top, "submodule", (top,)) for top in tops]
+
+
 DEFAULT_NODES = 60  # ours: above this many nodes the default drawing folds repeated blocks
 
 
@@ -204,7 +213,7 @@ def default_view(net: Network, mode: str = "auto") -> tuple[Network, str | None]
     blocks, "auto" folds them when the network has more than DEFAULT_NODES nodes."""
     if mode == "expand":
         return net, None
-    folds = repeated_blocks(net)
+    folds = repeated_blocks(net) + submodule_folds(net)
     if not folds:
         return net, f"nothing to collapse: {net.spec.name} has no repeated blocks" if mode == "collapse" else None
     if mode == "auto" and len(net.nodes) <= DEFAULT_NODES:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netspec.errors import Pos, SpecError, did_you_mean
-from netspec.ops import GradScale, OpNode
+from netspec.ops import CopyOf, GradScale, OpNode
 from netspec.spec import MAIN_HEAD, BlockNode, Spec
+from netspec.compiler.backbone import TracedBackbone, copy_maker, trace_backbone
 from netspec.compiler.ir import Node
 from netspec.compiler.template import scoped, substitute
 from netspec.compiler.tree import LineDict
@@ -88,7 +89,9 @@ class _Expander:
         spec = self.spec
         root = Scope("", {spec.input.name: spec.input.name})
         self.all_names[spec.input.name] = spec.input.name
-        main = self.chain(spec.nodes, root, spec.input.name, None, "", spec.input.at)
+        self.traced = trace_backbone(spec) if spec.backbone is not None else None
+        main = self.chain(spec.nodes, root, spec.input.name, None, "", spec.input.at) if self.traced is None \
+            else self.backbone(self.traced, root)
         if spec.output:
             branch = spec.output.split(".", 1)[0]
             if branch in spec.branches and spec.output not in self.all_names:
@@ -102,6 +105,10 @@ class _Expander:
                                 "out: the last backbone node)", spec.where("output"))
         heads = {MAIN_HEAD: main}
         for branch_name, branch in spec.branches.items():
+            if self.traced is not None and branch_name in self.traced.top_level:
+                raise SpecError(f"branch '{branch_name}' has the name of the backbone's top-level '{branch_name}'",
+                                f"rename the branch (e.g. 'aux_{branch_name}'): its parameters are named "
+                                f"<branch>.<node>.weight and would mix with the module's '{branch_name}.*'", branch.at)
             if branch_name in heads or branch_name in root.names:
                 raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
                                 "give the branch its own name", branch.at)
@@ -143,9 +150,20 @@ class _Expander:
             entry_at = node.at
         return previous
 
+    def backbone(self, traced: TracedBackbone, root: Scope) -> str:
+        """The traced backbone's nodes (inputs already resolved), its submodules' aliases; returns the main head."""
+        for node in traced.nodes:
+            self.nodes.append(_Pending(node.name, node.op, [], None, None, node.pos, node.via, list(node.inputs)))
+            self._define(node.name, node.name, root, node.pos)
+        for alias, target in traced.aliases.items():
+            self._define(alias, target, root, self.spec.backbone.at)
+        return traced.main
+
     def emit(self, node, scope: Scope, previous: str, branch: str | None, via: str, entry_at: Pos | None) -> str:
         self._claim(node.name, scope, node.at)
         self._check_budget(node, via)
+        if isinstance(node, CopyOf):
+            node = self._bind_copy(node)
         if isinstance(node, BlockNode):
             return self.instantiate(node, scope, previous, branch, via, entry_at)
         qualified = scope.prefix + node.name
@@ -194,6 +212,15 @@ class _Expander:
                 scope.names.setdefault(f"{node.name}.{index}", entry)
         self._define(node.name, entry, scope, node.at)
         return entry
+
+    def _bind_copy(self, node: CopyOf) -> CopyOf:
+        if self.traced is None:
+            raise SpecError(f"node '{node.name}' copies '{node.module}' of the backbone, but the spec has no "
+                            "`backbone:`", "copy_of is for specs whose backbone is a PyTorch module", node.at)
+        if node.module not in self.traced.submodules:
+            raise SpecError(f"node '{node.name}' copies '{node.module}', which is not a submodule of the backbone",
+                            did_you_mean(node.module, self.traced.submodules), node.where("module"))
+        return node.bind(copy_maker(self.spec, node.module))
 
     def _check_budget(self, node, via: str) -> None:
         """The unrolled network stays within MAX_NODES op nodes and MAX_EXPAND_SECONDS (nested repeats multiply)."""

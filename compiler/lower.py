@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from netspec.errors import SpecError
 from netspec.ops import Call, Custom, NodeInit, OpNode, multipliers
+from netspec.compiler.backbone import BackboneLowering, Traced
 from netspec.compiler.ir import Network
 
 
@@ -23,8 +24,12 @@ def build_modules(net: Network, seed: int | None = None) -> dict[str, nn.Module 
     `seed`, so a node's initial weights do not depend on which heads are lowered."""
     if seed is not None:
         torch.manual_seed(seed)
-    modules = {}
+    modules, backbone = {}, None
     for node in net:
+        if isinstance(node.op, Traced):  # the calls of a `backbone:` module: one module, built and traced once
+            backbone = backbone or BackboneLowering(net.spec)
+            modules[node.name] = backbone
+            continue
         module = node.op.build(list(node.in_shapes))
         apply_init(module, *node_init(node.op, net.spec.init))
         modules[node.name] = module
@@ -54,9 +59,15 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
     """Build the GraphModule computing `heads` (default: all). `single` returns one tensor, not a dict."""
     heads = _check_heads(net, heads, single)
     built = build_modules(net, net.spec.train.seed)
-    graph = _graph(net, heads, single, lambda name: built[name] if isinstance(built[name], Call) else None)
-    modules = {n.target: built[n.target] for n in graph.nodes if n.op == "call_module"}  # in network order
+    backbone = next((m for m in built.values() if isinstance(m, BackboneLowering)), None)
+    traced: dict = {}  # the backbone's submodules and tensors, at their own paths
+    graph = _graph(net, heads, single, lambda name: built[name] if isinstance(built[name], Call) else None,
+                   backbone, traced)
+    modules = {n.target: traced[n.target] if n.target in traced else built[n.target]  # in network order
+               for n in graph.nodes if n.op in ("call_module", "get_attr")}
     gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
+    if backbone is not None:
+        backbone.finish(gm)
     gm.meta["heads"] = heads
     return gm
 
@@ -67,10 +78,14 @@ def lower_graph(net: Network, heads: list[str] | None = None, single: bool = Fal
     module (`call_module`) from a function (`call_function`); a custom op is a module, never built here."""
     heads = _check_heads(net, heads, single)
     calls: dict[tuple, Call | None] = {}
+    backbone = None
+    if any(isinstance(node.op, Traced) for node in net):
+        with torch.device("meta"):  # traced, never run: no weights
+            backbone = BackboneLowering(net.spec)
 
     def call_of(name: str) -> Call | None:
         node = net.nodes[name]
-        if isinstance(node.op, Custom):
+        if isinstance(node.op, (Custom, Traced)):
             return None
         key = (type(node.op), node.op.model_dump_json(exclude={"name", "from_", "init"}), node.in_shapes)
         if key not in calls:
@@ -78,7 +93,7 @@ def lower_graph(net: Network, heads: list[str] | None = None, single: bool = Fal
                 built = node.op.build(list(node.in_shapes))
             calls[key] = built if isinstance(built, Call) else None
         return calls[key]
-    return _graph(net, heads, single, call_of)
+    return _graph(net, heads, single, call_of, backbone, {})
 
 
 def _check_heads(net: Network, heads: list[str] | None, single: bool) -> list[str]:
@@ -91,9 +106,11 @@ def _check_heads(net: Network, heads: list[str] | None, single: bool) -> list[st
     return heads
 
 
-def _graph(net: Network, heads: list[str], single: bool, call_of) -> fx.Graph:
-    """The fx graph of `heads`: a `call_function` for each node whose op is a function (`call_of(name)` gives
-    its `Call`), a `call_module` named after the node for every other."""
+def _graph(net: Network, heads: list[str], single: bool, call_of, backbone: BackboneLowering | None = None,
+           traced: dict | None = None) -> fx.Graph:
+    """The fx graph of `heads`: the calls of a traced `backbone:` copied as they were traced (their submodules and
+    tensors into `traced`), a `call_function` for each node whose op is a function (`call_of(name)` gives its
+    `Call`), a `call_module` named after the node for every other."""
     wanted = set().union(*(net.ancestry(head) for head in heads))
     graph, values = fx.Graph(), {}
     values[net.input.name] = graph.placeholder(net.input.name)
@@ -103,6 +120,9 @@ def _graph(net: Network, heads: list[str], single: bool, call_of) -> fx.Graph:
         args = tuple(values[source] for source in node.inputs)
         if single and node.op.deploy_identity:
             values[node.name] = args[0]
+            continue
+        if isinstance(node.op, Traced):
+            values[node.name] = backbone.copy(node.name, graph, values, traced)
             continue
         call = call_of(node.name)
         if call is not None:
@@ -119,13 +139,14 @@ def param_groups(net: Network, module: nn.Module) -> list[dict]:
     """The optimizer's parameter groups: `{"params", "names", "lr_mult", "decay_mult"}`, one per distinct pair
     of multipliers, in order of first appearance in `module.named_parameters()` (so the layout is the same on
     every rank and on every resume of the same spec). A tensor named `bias` takes the `bias` multipliers, any
-    other the `weight` ones (ops.multipliers); tensors outside the spec's nodes take 1 and 1."""
+    other the `weight` ones (ops.multipliers); tensors outside the spec's nodes (a `backbone:` module's parameter
+    read by a function call) take the spec-wide defaults."""
     train = net.spec.train
     groups: dict[tuple[float, float], dict] = {}
     for name, param in module.named_parameters():
         node = _owner(net, name)
         tensor = "bias" if name.rsplit(".", 1)[-1] == "bias" else "weight"
-        key = multipliers(node.op, train.lr_mult, train.decay_mult, tensor) if node else (1.0, 1.0)
+        key = multipliers(node.op if node else None, train.lr_mult, train.decay_mult, tensor)
         group = groups.setdefault(key, {"params": [], "names": [], "lr_mult": key[0], "decay_mult": key[1]})
         group["params"].append(param)
         group["names"].append(name)

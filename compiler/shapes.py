@@ -14,9 +14,11 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from netspec.errors import SpecError
-from netspec.ops import Call, Custom
+from netspec.ops import Call, CopyOf, Custom
+from netspec.compiler.backbone import Traced
 from netspec.compiler.ir import Network, Node
 
 # Bounds on what a spec may ask torch to allocate, checked here on the meta device before lowering builds the
@@ -66,11 +68,19 @@ def infer_shapes(net: Network) -> Network:
         for node in net:
             in_shapes = tuple(shapes[source] for source in node.inputs)
             key = (type(node.op), node.op.model_dump_json(exclude={"name", "from_", "init"}), in_shapes)
-            if key not in seen:
+            if isinstance(node.op, Traced):  # a call of a `backbone:` module, measured when it was traced
+                seen[key] = node.op.measured
+            elif key not in seen:
                 module = _build(node, in_shapes)
-                shape = _run(node, module, in_shapes)
+                if isinstance(node.op, CopyOf):  # any module of the user's: FLOPs as torch counts them
+                    with FlopCounterMode(display=False) as counter:
+                        shape = _run(node, module, in_shapes)
+                    flops = counter.get_total_flops()
+                else:
+                    shape = _run(node, module, in_shapes)
+                    flops = node.op.flops(module, shape)
                 params = sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
-                seen[key] = (shape, params, node.op.flops(module, shape))
+                seen[key] = (shape, params, flops)
             shape, params, flops = seen[key]
             total_params += params
             activations += math.prod(shape)
@@ -114,9 +124,11 @@ def _run(node: Node, module, in_shapes: tuple) -> tuple[int, ...]:
     if op.keeps_shape:
         return tuple(in_shapes[0])
     custom = isinstance(op, Custom)
-    if not custom and isinstance(module, nn.Module):
+    counted = isinstance(op, CopyOf)  # a copy of the user's module: run on one example on meta, FLOPs counted
+    if not (custom or counted) and isinstance(module, nn.Module):
         _hollow(module)
-    inputs = [torch.empty((int(custom), *shape)) for shape in in_shapes]  # a custom op runs on one real example
+    inputs = [torch.empty((int(custom or counted), *shape), device="meta" if counted else "cpu")
+              for shape in in_shapes]  # a custom op runs on one real example
     if op.op == "add" and len({tuple(s) for s in in_shapes}) > 1:
         raise _fail(node, in_shapes, "the shapes differ", "an add needs equal shapes: match channels (conv `out`) "
                     "and size (stride/pooling) of its inputs, or use a shortcut node")

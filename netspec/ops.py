@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from torch import fx, nn
 
 from netspec.registry import Registry
@@ -558,6 +558,34 @@ class Custom(ParamOp):
             raise PermissionError("custom ops import code; run with --allow-custom to allow it")
         module_name, _, class_name = self.target.partition(":")
         return getattr(importlib.import_module(module_name), class_name)(**self.args)
+
+
+def code_allowed() -> bool:
+    """Whether a spec may run Python code (`op: custom`, `backbone:`): the CLI's --allow-custom or
+    NETSPEC_ALLOW_CUSTOM=1 (the one place that says so)."""
+    return Custom.allowed
+
+
+@register
+class CopyOf(OpNode):
+    """A fresh copy of one of the backbone module's submodules (its structure, new weights as the module's own
+    `__init__` makes them), e.g. `{op: copy_of, module: layer3}` for a DKS/DHM head built from the backbone's
+    later stages. Only in a spec with `backbone:`; its parameters are named after the branch's node."""
+
+    op: Literal["copy_of"]
+    module: str = Field(description="qualified name of a submodule of the backbone (`layer3`, `layer3.0`)")
+    _make: Callable[[], nn.Module] | None = PrivateAttr(default=None)  # set by expand from the spec's backbone
+
+    def bind(self, make: Callable[[], nn.Module]) -> "CopyOf":
+        """This node with the function that builds a fresh copy of its submodule."""
+        bound = self.model_copy()
+        bound._make = make
+        return bound
+
+    def build(self, shapes):
+        if self._make is None:
+            raise ValueError("copy_of copies a submodule of `backbone:`; this spec has none")
+        return self._make()
 
 
 # --- initialisation --------------------------------------------------------------------------

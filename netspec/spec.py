@@ -134,6 +134,37 @@ class InputSpec(Strict):
         return self
 
 
+class Backbone(Strict):
+    """The backbone as a PyTorch module instead of `nodes:` (docs/backbone.md). netspec builds it, traces it with
+    torch.fx and makes every call a node named as torchvision's `get_graph_node_names` names it (`layer1.0.conv1`,
+    `layer1.0.add`); a submodule's name (`layer2`) is its output. Its forward's output is the main head; parameter
+    names are the module's `state_dict()` keys. Runs code: only with --allow-custom (or NETSPEC_ALLOW_CUSTOM=1)."""
+
+    python: str | None = Field(default=None, description="'file.py:Name': a callable in a Python file, the path "
+                               "relative to the spec's directory")
+    module: str | None = Field(default=None, description="'package.module:name': an importable callable "
+                               "(e.g. 'torchvision.models:resnet18')")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the callable")
+    leaf_modules: list[str] = Field(default_factory=list, description="submodules fx does not trace into (one node "
+                                    "each): qualified names (`layer3.0`) or class names (`MyBlock`); for code fx "
+                                    "cannot trace (data-dependent control flow)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [key for key in ("python", "module") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `python: file.py:Name` and `module: package.module:name`")
+        value = getattr(self, given[0])
+        if value.count(":") != 1 or not all(value.split(":")):
+            raise ValueError(f"`{given[0]}: {value}` must be " + ("'file.py:Name'" if given[0] == "python"
+                                                                   else "'package.module:name'"))
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.python or self.module
+
+
 class InitDefaults(NodeInit):
     """Initialisation for every weight layer (conv, fc) unless a node says otherwise."""
 
@@ -151,7 +182,10 @@ class Spec(Strict):
     classes: int = Field(gt=1, description="number of classes")
     init: InitDefaults = Field(default_factory=InitDefaults, description="default initialisation")
     blocks: dict[str, BlockDef] = Field(default_factory=dict, description="reusable parameterised blocks")
-    nodes: list[Node] = Field(min_length=1, description="the backbone, input to main head, in order")
+    nodes: list[Node] = Field(default_factory=list, description="the backbone, input to main head, in order "
+                              "(or `backbone:`)")
+    backbone: Backbone | None = Field(default=None, description="the backbone as a PyTorch module instead of "
+                                      "`nodes:` (docs/backbone.md)")
     output: str | None = Field(default=None, description=f"backbone node that is the '{MAIN_HEAD}' head; default the last")
     branches: dict[Annotated[str, AfterValidator(check_name)], Branch] = Field(default_factory=dict, description="auxiliary branches; each is a head named after it")
     losses: dict[Annotated[str, AfterValidator(check_name)], Loss] = Field(
@@ -165,6 +199,17 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _data_knows_the_classes(self) -> "Spec":
         self.data._class_count = self.classes  # `data.source: synthetic` draws its labels from them
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_or_backbone(self):
+        if bool(self.nodes) == (self.backbone is not None):
+            raise ValueError("give the backbone either as `nodes:` (one or more) or as `backbone:` (a PyTorch "
+                             "module), not both" if self.nodes else "the spec has no backbone: add `nodes:` or "
+                             "`backbone: {python: file.py:Name}`")
+        if self.backbone is not None and self.output is not None:
+            raise ValueError("`output:` picks a node of `nodes:`; with `backbone:` the module's output is the main "
+                             "head: delete `output:`")
         return self
 
     @field_validator("losses", mode="before")

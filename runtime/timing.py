@@ -68,11 +68,17 @@ def _backward_ms(gm: fx.GraphModule, n: fx.Node, args: tuple, kwargs: dict, cloc
         if value.is_floating_point() and source not in data:
             value.requires_grad_(True)
             inputs.append(value)
+            return value.clone()  # not a leaf: an in-place op (ReLU(inplace=True)) may write it
         return value
     args = tuple(detach(a, s) for a, s in zip(args, [getattr(x, "name", None) for x in n.args] + [None] * len(args)))
     params = list(gm.get_submodule(n.target).parameters()) if n.op == "call_module" else []
     wrt = inputs + [p for p in params if p.requires_grad]
-    out = gm.get_submodule(n.target)(*args, **kwargs) if n.op == "call_module" else n.target(*args, **kwargs)
+    if n.op == "call_module":
+        out = gm.get_submodule(n.target)(*args, **kwargs)
+    elif n.op == "call_method":  # a traced `backbone:` call such as x.view(...)
+        out = getattr(args[0], n.target)(*args[1:], **kwargs)
+    else:
+        out = n.target(*args, **kwargs)
     if not wrt or not isinstance(out, torch.Tensor) or not out.requires_grad:
         return None
     grad = torch.ones_like(out)

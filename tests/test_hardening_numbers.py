@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from netspec.compiler import analyse
 from netspec.data_spec import Augment, DataSpec
 from netspec.errors import SpecError, UserError
-from netspec.ops import REGISTRY, Custom, NodeInit
+from netspec.ops import REGISTRY, CopyOf, Custom, NodeInit
 from netspec.schedules import SCHEDULES
 from netspec.solver import LR_POLICIES, OPTIMIZERS, TrainSpec
 from netspec.spec import BlockNode, CrossEntropyLoss, InitDefaults, InputSpec, Spec, SynergyLoss
@@ -75,7 +75,7 @@ def hosts():
            (BlockNode, "block node", ("nodes", next(i for i, n in enumerate(NODES) if "block" in n)), None), (CrossEntropyLoss, "loss", ("losses", "aux"), None),
            (SynergyLoss, "synergy", ("losses", "syn"), None)]
     for name, cls in REGISTRY.items():
-        if cls is not Custom:
+        if cls not in (Custom, CopyOf):  # both need code (custom: a target; copy_of: a `backbone:`)
             index = next(i for i, n in enumerate(NODES) if n.get("op") == name)
             out.append((cls, f"op {name}", ("nodes", index), None))
     for name, cls in SCHEDULES.items():

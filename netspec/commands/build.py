@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                             "default build/<name>/graph.svg (graph_deploy.svg with --deploy)")
         view = parser.add_mutually_exclusive_group()
         view.add_argument("--collapse", dest="view", action="store_const", const="collapse", default="auto",
-                          help="draw each run of a repeated block as one node (stage2, 5× basic); the default "
+                          help="draw each run of a repeated block as one node (stage2, 5× basic), and a `backbone:` "
+                          "module's calls by top-level submodule (layer1); the default "
                           f"for nets of more than {DEFAULT_NODES} nodes")
         view.add_argument("--expand", dest="view", action="store_const", const="expand",
                           help="draw every node, however deep the net")
