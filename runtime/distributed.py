@@ -8,6 +8,7 @@ come from the environment; gloo is used on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -197,17 +198,20 @@ def launch(nproc: int, netspec_args: list[str], threads: int | None = None) -> i
     torchrun from warning about it. SIGTERM/SIGINT to this process reach every rank (torchrun forwards them):
     each rank stops at the same step, rank 0 saves and says so; this process then exits 128 + the first signal's
     number, a second signal keeping the first one's status."""
-    os.environ.setdefault("LOGLEVEL", "ERROR")  # torchrun's own warnings: the ranks say what happened
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads or max(1, idle_cores() // nproc))
-    argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "netspec.cli", *netspec_args]
-    print(f"launching: torchrun {' '.join(argv)} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)",
+    argv = ["--standalone", f"--nproc-per-node={nproc}", "--signals-to-handle=SIGHUP,SIGQUIT",  # TERM/INT: `stop`
+            "-m", "netspec.cli", *netspec_args]
+    shown = " ".join(a for a in argv if not a.startswith("--signals"))
+    print(f"launching: torchrun {shown} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)",
           file=sys.stderr, flush=True)
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGHUP,SIGQUIT")  # SIGTERM/SIGINT: `stop` below
+    for name in list(logging.root.manager.loggerDict):  # torchrun's own warnings: the ranks say what happened
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     first = []
 
     def stop(signum, frame):
