@@ -5,7 +5,8 @@ bars. `netspec sweep` is the command; this module is its engine (also usable fro
   a grid gives every combination, a search space (`--search tpe`) has Optuna's TPE sampler propose them.
 - One Optuna trial is one arm on all its seeds (its value: the mean over the seeds), so seeds stay paired and
   pruning stops whole arms. Each seed is one ordinary run, a `netspec train` subprocess named
-  `<arm id>-s<seed>` in the spec's runs folder: a finished run is reused, a cut-off one resumed (`--resume`).
+  `<arm id>-s<seed>` in `runs/<name>/sweeps/<sweep>/runs/` (apart from the spec's other runs: a sweep never moves
+  their `latest`): a finished run is reused, a cut-off one resumed (`--resume`).
 - The study lives in an RDB (default SQLite, `runs/<name>/sweeps/<sweep>.db`); any number of workers may run the
   same sweep on it. netspec's own claim on an arm (an `flock` on `sweeps/<sweep>/claims/<arm>.lock`, released
   when its holder dies) makes sure no arm is trained by two workers: Optuna's GridSampler may hand one grid point
@@ -555,22 +556,29 @@ def open_study(sweep: Sweep, sampler=None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = sweep.storage_url()
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    else:
-        storage = url
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=sweep.prune_startup) if sweep.pruning
               else optuna.pruners.NopPruner())
-    for attempt in range(5):  # two workers creating the same SQLite schema at once: one of them retries
-        try:
-            study = optuna.create_study(storage=storage, study_name=sweep.name, direction="maximize",
-                                        sampler=sampler, pruner=pruner, load_if_exists=True)
-            break
-        except Exception:  # noqa: BLE001 - SQLAlchemy's errors of a concurrent schema creation
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
+    guard = None
+    if url.startswith("sqlite:///"):  # workers on one machine make the SQLite schema one at a time
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        guard = Claim(db.with_name(db.name + ".lock"))
+        guard.take(wait=True)
+    try:
+        for attempt in range(5):  # workers on several machines making one RDB schema at once: the late retry
+            try:
+                storage = (optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+                           if guard is not None else url)
+                study = optuna.create_study(storage=storage, study_name=sweep.name, direction="maximize",
+                                            sampler=sampler, pruner=pruner, load_if_exists=True)
+                break
+            except Exception:  # noqa: BLE001 - SQLAlchemy's errors of a concurrent schema creation
+                if attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
+    finally:
+        if guard is not None:
+            guard.release()
     recorded = study.user_attrs.get("sweep")
     if recorded is None:
         study.set_user_attr("sweep", sweep.definition())
