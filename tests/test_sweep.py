@@ -224,3 +224,21 @@ def test_pruning_stops_every_seed_of_an_arm(tmp_path):
     assert not any((Path(run) / "exits.json").exists() for run in arm["runs"])  # neither seed ran to its end
     assert "pruned" in (tmp_path / "runs" / "tiny" / "sweeps" / "p" / "results.md").read_text()
     assert [t.state.name for t in trials(db, "p")] == ["COMPLETE", "PRUNED"]
+
+
+@needs_data
+def test_a_tpe_search_samples_exactly_its_trials_and_trains_an_arm_once(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "space.yaml").write_text("train.optimizer.lr: {type: categorical, choices: [0.01, 0.05]}\n"
+                                         "losses.aux1.weight: {type: float, low: 0.1, high: 1, log: true}\n")
+    rc, out, err = finish(netspec(["sweep", "tiny.yaml", "--search", "tpe", "--trials", "2", "--space", "space.yaml",
+                                   "--seeds", "1", "--name", "t", "--json"], tmp_path))
+    assert rc == 0, err
+    data = json.loads(out)
+    assert len(data["arms"]) == 2 and all(a["state"] == "complete" for a in data["arms"])
+    done = trials(tmp_path / "runs" / "tiny" / "sweeps" / "t.db", "t")
+    assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
+    assert all(0.1 <= t.params["losses.aux1.weight"] <= 1 for t in done)
+    home = tmp_path / "runs" / "tiny" / "sweeps" / "t"
+    assert sorted(trainings(home, a["id"]) for a in data["arms"]) == [1, 1]
+    assert data["selected_on"] == "test" and (home / "best.yaml").is_file()
