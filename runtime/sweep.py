@@ -517,7 +517,7 @@ def train_arm(sweep: Sweep, arm: Arm, trial, stop: threading.Event, say: Callabl
             value = statistics.mean(next(r[key] for r in rs if r["epoch"] == epoch) for rs in records.values())
             trial.report(value, epoch)
             reported = epoch
-            if sweep.pruning and trial.should_prune():
+            if sweep.pruning and not done and trial.should_prune():  # finished runs are not cut short
                 outcome = {"state": "pruned", "epoch": epoch, "value_at_prune": value}
                 break
         if outcome is None and done:
