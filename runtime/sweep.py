@@ -846,8 +846,8 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, keys: list[str], path: Path) -> Path | None:
-    """Per exit, test top-1 vs the first swept key (arms in the table's order: attach points by depth), one line
-    per combination of the other keys; bars = std, dots = seeds."""
+    """Per exit, test top-1 vs the swept key with the most values (in the table's order: attach points by depth),
+    one line per combination of the other keys; bars = std, dots = seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -855,7 +855,7 @@ def plot(data: dict, keys: list[str], path: Path) -> Path | None:
     if not arms:
         return None
     heads = list(dict.fromkeys(h for a in arms for h in a["exits"]))
-    first = keys[0]
+    first = max(keys, key=lambda k: len({a["params"][k] for a in arms}))  # the key with the most values
     xs = list(dict.fromkeys(a["params"][first] for a in arms))
     fig = Figure(figsize=(max(4.0, 3.2 * len(heads)), 3.6))
     FigureCanvasAgg(fig)
