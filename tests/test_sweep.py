@@ -214,13 +214,14 @@ def test_pruning_stops_every_seed_of_an_arm(tmp_path):
     db = tmp_path / "runs" / "tiny" / "sweeps" / "p.db"
     db.parent.mkdir(parents=True)
     study = optuna.create_study(study_name="p", storage=f"sqlite:///{db}", direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0}))
-    rc, out, err = finish(netspec(["sweep", "tiny.yaml", "train.epochs=3", "--grid", "train.optimizer.lr=0.05",
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={e: 1.0 for e in range(1, 41)}))
+    # 40 short epochs: the sweep sees epoch 1 of both seeds while they train (it polls every second)
+    rc, out, err = finish(netspec(["sweep", "tiny.yaml", "train.epochs=40", "--grid", "train.optimizer.lr=0.05",
                                    "--seeds", "2", "--name", "p", "--pruner", "median", "--prune-startup", "1",
                                    "--json"], tmp_path))
     assert rc == 0, err
     arm = json.loads(out)["arms"][0]
-    assert arm["state"] == "pruned" and arm["pruned_after_epoch"] < 3
+    assert arm["state"] == "pruned" and arm["pruned_after_epoch"] < 40
     assert not any((Path(run) / "exits.json").exists() for run in arm["runs"])  # neither seed ran to its end
     assert "pruned" in (tmp_path / "runs" / "tiny" / "sweeps" / "p" / "results.md").read_text()
     assert [t.state.name for t in trials(db, "p")] == ["COMPLETE", "PRUNED"]
