@@ -443,7 +443,9 @@ def _die_with_parent() -> None:
 
 def wait_unlocked(run: Path, seconds: float = 120) -> None:
     """Wait until no process holds the run's lock (a training child of a killed worker still saving)."""
-    lock = run / "lock"
+    from netspec.runtime.checkpoint import LOCK
+
+    lock = run / LOCK
     end = time.monotonic() + seconds
     while lock.is_file() and time.monotonic() < end:
         with open(lock, "a+") as f:
