@@ -522,8 +522,10 @@ def train_arm(sweep: Sweep, arm: Arm, trial, stop: threading.Event, say: Callabl
             if sweep.pruning and not done and trial.should_prune():  # finished runs are not cut short
                 outcome = {"state": "pruned", "epoch": epoch, "value_at_prune": value}
                 break
-        if outcome is None and done:
-            bad = {s: p.returncode for s, p in procs.items() if p.returncode != 0 or not finished(runs[s])}
+        crashed = any(p.poll() not in (None, 0) for p in procs.values())  # one seed failed: the arm has failed
+        if outcome is None and (done or crashed):
+            bad = {s: p.returncode for s, p in procs.items()
+                   if p.returncode is not None and (p.returncode != 0 or not finished(runs[s]))}
             if bad:
                 seed = min(bad)
                 line = last_line(logs / f"{runs[seed].name}.log")
