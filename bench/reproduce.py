@@ -19,6 +19,10 @@ same command and `finished` is reused; one with the same command that was cut of
 (from its last epoch checkpoint); `--fresh` trains everything again; `--collect` only tabulates. The figures are
 the last epoch's (never the best epoch: picking it on the test split would flatter every method). Writes
 OUT/<table>/results.md, results.json and the plots (also into --plots DIR).
+
+The paired statistics are `netspec sweep`'s (netspec.runtime.sweep). New reproductions are sweep files run by
+that command (specs/sweeps/, docs/reproduction.md); this script keeps the three issue-15 tables, whose reports
+compare particular pairs of arms and plot gradient records.
 """
 from __future__ import annotations
 
