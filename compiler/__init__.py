@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from torch import fx
@@ -17,7 +18,7 @@ from netspec.compiler.expand import expand
 from netspec.compiler.graph import build_graph, check_graph
 from netspec.compiler.heads import check_heads
 from netspec.compiler.ir import Network
-from netspec.compiler.lower import lower
+from netspec.compiler.lower import lower, lower_graph
 from netspec.compiler.parse import parse
 from netspec.compiler.prune import prune
 from netspec.compiler.shapes import infer_shapes
@@ -28,12 +29,26 @@ NETWORK_SECTIONS = {"input", "classes", "vars", "blocks", "nodes", "output", "br
 
 @dataclass(frozen=True)
 class Compiled:
-    """A compiled spec: the validated spec, the checked network (typed IR) and the training GraphModule."""
+    """A compiled spec: the validated spec, the checked network (typed IR) and the training GraphModule.
+
+    The module, and with it the initial weights, is built the first time `module` is read (compile, draw and
+    the summary never read it): `lower` seeds torch's generator with `train.seed` itself, so the weights are the
+    same whenever that happens; torch's global generator is left as lowering leaves it."""
 
     path: Path
     spec: Spec
     network: Network
-    module: fx.GraphModule
+    overrides: tuple[str, ...] = ()  # the `key=value` overrides it was compiled with
+
+    @cached_property
+    def module(self) -> fx.GraphModule:
+        """The training GraphModule (`{head: logits}`), with its initial weights; built once, on first use."""
+        return lower(self.network)
+
+    @cached_property
+    def graph(self) -> fx.Graph:
+        """The training module's graph without modules or weights (its code is `model.py`)."""
+        return lower_graph(self.network)
 
     @property
     def heads(self) -> dict[str, str]:
@@ -51,6 +66,12 @@ class Compiled:
         return prune(self.module, head)
 
 
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Parse and validate only: the spec's settings (its name, train:, data:) without building the network."""
+    raw, _ = parse(path, overrides)
+    return validate(raw)
+
+
 def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]:
     """All passes up to shape inference: the checked network with shapes, params and FLOPs."""
     raw, context = parse(path, overrides)
@@ -60,6 +81,6 @@ def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]
 
 
 def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:
-    """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule."""
+    """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule (lowered on first use)."""
     spec, network = analyse(path, overrides)
-    return Compiled(Path(path), spec, network, lower(network))
+    return Compiled(Path(path), spec, network, tuple(overrides))

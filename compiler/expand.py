@@ -15,7 +15,7 @@ from netspec.errors import Pos, SpecError, did_you_mean
 from netspec.ops import GradScale, OpNode
 from netspec.spec import MAIN_HEAD, BlockNode, Spec
 from netspec.compiler.ir import Node
-from netspec.compiler.template import substitute
+from netspec.compiler.template import scoped, substitute
 from netspec.compiler.tree import LineDict
 from netspec.compiler.validate import validate_node
 
@@ -38,6 +38,7 @@ class _Pending:
     pos: Pos | None
     via: str
     inputs: list[str] = field(default_factory=list)
+    ref_at: Pos | None = None  # where its inputs were named: its `from:`, else the `from:` that led to its entry
 
 
 @dataclass
@@ -87,43 +88,75 @@ class _Expander:
         spec = self.spec
         root = Scope("", {spec.input.name: spec.input.name})
         self.all_names[spec.input.name] = spec.input.name
-        main = self.chain(spec.nodes, root, spec.input.name, None, "")
+        main = self.chain(spec.nodes, root, spec.input.name, None, "", spec.input.at)
         if spec.output:
+            branch = spec.output.split(".", 1)[0]
+            if branch in spec.branches and spec.output not in self.all_names:
+                raise SpecError(f"`output:` names '{spec.output}', a node of branch '{branch}'", "the main head is a "
+                                "backbone node: name one (or leave `output:` out: the last backbone node)",
+                                spec.where("output"))
             main = self._resolve(spec.output, root, spec.where("output"), what="`output:` names")
+            if main == spec.input.name:
+                raise SpecError(f"`output:` names the network input '{main}', not a node",
+                                "name the backbone node whose output is the main head's logits (or leave `output:` "
+                                "out: the last backbone node)", spec.where("output"))
         heads = {MAIN_HEAD: main}
         for branch_name, branch in spec.branches.items():
             if branch_name in heads or branch_name in root.names:
                 raise SpecError(f"branch '{branch_name}' has the name of a head or backbone node",
                                 "give the branch its own name", branch.at)
-            attach = self._resolve(branch.from_, root, branch.where("from"), what=f"branch '{branch_name}' attaches to")
+            attach_at = branch.where("from")
+            attach = self._resolve(branch.from_, root, attach_at, what=f"branch '{branch_name}' attaches to")
             scope = Scope(branch_name + ".", {"input": attach}, parent=root)
             if branch.grad_scale is not None:  # the gradient-scaling edge: a node at the branch's start
                 attach = self.emit(GradScale(name=GRAD_SCALE, op="grad_scale", scale=branch.grad_scale,
-                                             _at=branch.where("grad_scale")), scope, attach, branch_name, "")
+                                             _at=branch.where("grad_scale")), scope, attach, branch_name, "", attach_at)
                 scope.names["input"] = attach
-            heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "")
-        nodes = tuple(Node(n.name, n.op, tuple(self._resolve(ref, n.scope, n.pos, n) for ref in n.refs) if n.refs
-                           else tuple(n.inputs), n.branch, n.pos, n.via) for n in self.nodes)
+            heads[branch_name] = self.chain(branch.nodes, scope, attach, branch_name, "", attach_at)
+        for n in self.nodes:
+            if n.refs:
+                n.inputs = [self._resolve(ref, n.scope, n.ref_at, n) for ref in n.refs]
+        self._check_branch_inputs()
+        nodes = tuple(Node(n.name, n.op, tuple(n.inputs), n.branch, n.pos, n.via) for n in self.nodes)
         return Expanded(nodes, heads, spec.input.name)
 
-    def chain(self, nodes: list, scope: Scope, previous: str, branch: str | None, via: str) -> str:
-        """Emit nodes one after another; each defaults to the previous one's output. Returns the last."""
+    def _check_branch_inputs(self) -> None:
+        """The backbone and each branch read the backbone (and themselves) only: a branch is cut off at export.
+        A violation is reported where the input is named: the reading node's `from:` (or the `from:` of the
+        branch or block instance that it starts)."""
+        owner = {n.name: n.branch for n in self.nodes}
+        for n in self.nodes:
+            for source in n.inputs:
+                other = owner.get(source)
+                if other is not None and other != n.branch:
+                    who = "backbone node" if n.branch is None else f"node '{n.name}' of branch"
+                    raise SpecError(f"{who} '{n.name if n.branch is None else n.branch}' takes input from "
+                                    f"'{source}', a node of branch '{other}'",
+                                    "the backbone (and each branch) may read the backbone only: a branch is cut off "
+                                    "at export, so nothing else can depend on it", n.ref_at or n.pos)
+
+    def chain(self, nodes: list, scope: Scope, previous: str, branch: str | None, via: str, entry_at: Pos | None) -> str:
+        """Emit nodes one after another; each defaults to the previous one's output (the first to `previous`,
+        named at `entry_at`). Returns the last."""
         for node in nodes:
-            previous = self.emit(node, scope, previous, branch, via)
+            previous = self.emit(node, scope, previous, branch, via, entry_at)
+            entry_at = node.at
         return previous
 
-    def emit(self, node, scope: Scope, previous: str, branch: str | None, via: str) -> str:
+    def emit(self, node, scope: Scope, previous: str, branch: str | None, via: str, entry_at: Pos | None) -> str:
         self._claim(node.name, scope, node.at)
         self._check_budget(node, via)
         if isinstance(node, BlockNode):
-            return self.instantiate(node, scope, previous, branch, via)
+            return self.instantiate(node, scope, previous, branch, via, entry_at)
         qualified = scope.prefix + node.name
         # without `from:` the input is `previous`, already qualified
-        self.nodes.append(_Pending(qualified, node, node.inputs, scope, branch, node.at, via, [previous]))
+        ref_at = node.where("from") if node.inputs else entry_at
+        self.nodes.append(_Pending(qualified, node, node.inputs, scope, branch, node.at, via, [previous], ref_at))
         self._define(node.name, qualified, scope, node.at)
         return qualified
 
-    def instantiate(self, node: BlockNode, scope: Scope, previous: str, branch: str | None, via: str) -> str:
+    def instantiate(self, node: BlockNode, scope: Scope, previous: str, branch: str | None, via: str,
+                    entry_at: Pos | None) -> str:
         """Unroll `repeat` copies of a block; returns the output of the last copy."""
         if node.block in self.expanding:
             chain = " → ".join([*self.expanding, node.block])
@@ -139,7 +172,8 @@ class _Expander:
             raise SpecError(f"block '{node.block}' has no param '{key}'", did_you_mean(key, block.params), node.at)
         base = scope.prefix + node.name
         source = node.inputs[0] if node.inputs else None
-        entry = self._resolve(source, scope, node.at) if source else previous
+        entry_at = node.where("from") if source else entry_at
+        entry = self._resolve(source, scope, entry_at) if source else previous
         for index in range(node.repeat):
             params = {**block.params, **node.params, **(node.first if index == 0 else {})}
             missing = [k for k, v in params.items() if v is None]
@@ -149,10 +183,11 @@ class _Expander:
             inner = Scope(prefix, {"input": entry}, parent=scope)
             here = f"{via} " if via else ""
             copy_via = f"{here}in {prefix[:-1]} ({node.at})"
-            body = [validate_node(substitute(raw, {**self.context, **params, "index": index}, _pos(raw)))
+            body = [validate_node(substitute(raw, scoped(self.context, {**params, "index": index}), _pos(raw)))
                     for raw in block.nodes]
             self.expanding.append(node.block)
-            entry = self.chain(body, inner, entry, branch, copy_via)
+            entry = self.chain(body, inner, entry, branch, copy_via, entry_at)
+            entry_at = node.at
             self.expanding.pop()
             if node.repeat > 1:
                 self.all_names[prefix[:-1]] = entry

@@ -33,8 +33,9 @@ def build_graph(spec: Spec, expanded: Expanded) -> Network:
 
 
 def check_graph(net: Network) -> Network:
-    """Cycles, arity, unreachable and unused nodes, heads without a loss. Returns the network in topological
-    order (ties in spec order) with each head's depth."""
+    """Cycles, arity, unreachable and unused nodes, heads without a loss (inputs across branches are checked by
+    expand, which knows where each was named). Returns the network in topological order (ties in spec order) with
+    each head's depth."""
     data = net.data
     order = {name: i for i, name in enumerate([net.input.name, *net.nodes])}
     if not all(order[u] < order[v] for u, v in data.edges):  # only a forward `from:` can make a cycle
@@ -52,15 +53,6 @@ def check_graph(net: Network) -> Network:
             want = f"{low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
             raise SpecError(f"node '{node.name}' ({node.op.op}) has {count} input(s), needs {want}",
                             "list its inputs with from: [a, b]" if low > 1 else "give it one `from:`", node.pos)
-    for node in net:
-        for source in node.inputs:
-            owner = net.nodes[source].branch if source in net.nodes else None
-            if owner is not None and owner != node.branch:
-                who = "backbone node" if node.branch is None else f"node '{node.name}' of branch"
-                raise SpecError(f"{who} '{node.name if node.branch is None else node.branch}' takes input from "
-                                f"'{source}', a node of branch '{owner}'",
-                                "the backbone (and each branch) may read the backbone only: a branch is cut off at "
-                                "export, so nothing else can depend on it", node.pos)
     reachable = nx.descendants(data, net.input.name)
     for node in net:
         if node.name not in reachable:

@@ -3,7 +3,8 @@
 Submodules are named after the spec's nodes (`conv1`, `stage1.0.conv1`, `aux1.fc`), so parameter
 names are stable when a branch moves. The training module returns `{head: logits}`; a module lowered
 for one head returns that head's logits alone and, being a deployed model, leaves out training-only
-identities (grad_scale). Every call builds fresh modules; the network is not changed.
+identities (grad_scale). Every call builds fresh modules; the network is not changed. `lower_graph` is the
+same graph without modules or weights, for commands that only read its code.
 `param_groups` gives the optimizer its parameter groups from the spec's lr_mult / decay_mult.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from netspec.errors import SpecError
-from netspec.ops import Call, NodeInit, OpNode, multipliers
+from netspec.ops import Call, Custom, NodeInit, OpNode, multipliers
 from netspec.compiler.ir import Network
 
 
@@ -51,15 +52,50 @@ def apply_init(module, weight_init, bias: float | None) -> None:
 
 def lower(net: Network, heads: list[str] | None = None, single: bool = False) -> fx.GraphModule:
     """Build the GraphModule computing `heads` (default: all). `single` returns one tensor, not a dict."""
+    heads = _check_heads(net, heads, single)
+    built = build_modules(net, net.spec.train.seed)
+    graph = _graph(net, heads, single, lambda name: built[name] if isinstance(built[name], Call) else None)
+    modules = {n.target: built[n.target] for n in graph.nodes if n.op == "call_module"}  # in network order
+    gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
+    gm.meta["heads"] = heads
+    return gm
+
+
+def lower_graph(net: Network, heads: list[str] | None = None, single: bool = False) -> fx.Graph:
+    """The graph `lower` builds, without modules or weights (the global RNG is not touched): for its code
+    (`model.py`) when no weights are needed. Each distinct op is built once on the meta device to tell a
+    module (`call_module`) from a function (`call_function`); a custom op is a module, never built here."""
+    heads = _check_heads(net, heads, single)
+    calls: dict[tuple, Call | None] = {}
+
+    def call_of(name: str) -> Call | None:
+        node = net.nodes[name]
+        if isinstance(node.op, Custom):
+            return None
+        key = (type(node.op), node.op.model_dump_json(exclude={"name", "from_", "init"}), node.in_shapes)
+        if key not in calls:
+            with torch.device("meta"):
+                built = node.op.build(list(node.in_shapes))
+            calls[key] = built if isinstance(built, Call) else None
+        return calls[key]
+    return _graph(net, heads, single, call_of)
+
+
+def _check_heads(net: Network, heads: list[str] | None, single: bool) -> list[str]:
     heads = list(net.heads) if heads is None else heads
     for head in heads:
         if head not in net.heads:
             raise SpecError(f"there is no head named '{head}'", f"heads: {', '.join(net.heads)}")
     if single and len(heads) != 1:
         raise ValueError("single=True needs exactly one head")
-    built = build_modules(net, net.spec.train.seed)
+    return heads
+
+
+def _graph(net: Network, heads: list[str], single: bool, call_of) -> fx.Graph:
+    """The fx graph of `heads`: a `call_function` for each node whose op is a function (`call_of(name)` gives
+    its `Call`), a `call_module` named after the node for every other."""
     wanted = set().union(*(net.ancestry(head) for head in heads))
-    graph, modules, values = fx.Graph(), {}, {}
+    graph, values = fx.Graph(), {}
     values[net.input.name] = graph.placeholder(net.input.name)
     for node in net:
         if node.name not in wanted:
@@ -68,18 +104,15 @@ def lower(net: Network, heads: list[str] | None = None, single: bool = False) ->
         if single and node.op.deploy_identity:
             values[node.name] = args[0]
             continue
-        module = built[node.name]
-        if isinstance(module, Call):
-            values[node.name] = graph.call_function(module.fn, args, dict(module.kwargs))
+        call = call_of(node.name)
+        if call is not None:
+            values[node.name] = graph.call_function(call.fn, args, dict(call.kwargs))
             values[node.name].name = _fx_name(node.name)
         else:
-            modules[node.name] = module
             values[node.name] = graph.call_module(node.name, args)
     outputs = {head: values[net.heads[head]] for head in heads}
     graph.output(outputs[heads[0]] if single else outputs)
-    gm = fx.GraphModule(modules, graph, class_name=_class_name(net.spec.name))
-    gm.meta["heads"] = heads
-    return gm
+    return graph
 
 
 def param_groups(net: Network, module: nn.Module) -> list[dict]:

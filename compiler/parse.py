@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from netspec.errors import Pos, SpecError, did_you_mean
-from netspec.compiler.template import substitute
+from netspec.compiler.template import Context, substitute
 from netspec.compiler.tree import LineDict, LineList, where
 
 MAX_YAML_NODES = 200_000  # expanded size; guards against alias ("billion laughs") bombs
@@ -154,10 +154,14 @@ def load_yaml(text: str, name: str) -> Any:
         loader.dispose()
 
 
+def _shown(path: Path) -> str:
+    return str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
+
+
 def read_text(path: Path, what: str = "spec file", pos: Pos | None = None) -> str:
     """A spec file's text: a regular file of at most MAX_SPEC_BYTES, UTF-8. Checked before it is read, so a
     directory, a device (/dev/zero), a FIFO or a huge file is a one-line error, not a hang."""
-    shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
+    shown = _shown(path)
     fix = "give the path of a .yaml spec, e.g. specs/cnds8.yaml"
     try:
         info = os.stat(path)
@@ -188,19 +192,34 @@ def read_text(path: Path, what: str = "spec file", pos: Pos | None = None) -> st
                         Pos(str(path), line)) from None
 
 
+class _ExtendsError(SpecError):
+    """A file named by `extends:` that is not a spec, reported at the `extends:` line that named it."""
+
+
 def read_spec_file(path: str | Path, _depth: int = 0, _pos: Pos | None = None) -> LineDict:
-    """Read one spec file and, recursively, the file it `extends:`, merged below it."""
+    """Read one spec file and, recursively, the file it `extends:`, merged below it. A file `extends:` names
+    that cannot be read as a spec (binary, not YAML, not a mapping, ...) is an error at the `extends:` line."""
     path = Path(path)
     what = "spec file" if _pos is None else "the file `extends:` names,"
-    text = read_text(path, what, _pos)
-    data = load_yaml(text, str(path))
-    if not isinstance(data, LineDict):
-        raise SpecError("a spec must be a mapping (name:, input:, nodes:, ...)", "see specs/cnds8.yaml for the layout", Pos(str(path), 1))
+    try:
+        text = read_text(path, what, _pos)
+        data = load_yaml(text, str(path))
+        if not isinstance(data, LineDict):
+            raise SpecError("a spec must be a mapping (name:, input:, nodes:, ...)", "see specs/cnds8.yaml for the "
+                            "layout", Pos(str(path), 1))
+    except SpecError as err:
+        if _pos is None or isinstance(err, _ExtendsError):
+            raise
+        if err.pos == _pos:  # said at the `extends:` line already (missing, a directory, too large, ...)
+            raise _ExtendsError(err.what, err.fix, err.pos) from None
+        raise _ExtendsError(f"`extends:` names '{_shown(path)}', which is not a spec: {err.pos}: {err.what}",
+                            f"{err.fix} (`extends:` takes the path of another spec, relative to this one's folder)",
+                            _pos) from None
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
     if _depth >= MAX_EXTENDS_DEPTH:
-        raise SpecError("`extends:` goes more than 8 files deep (a loop?)", "make the chain shorter", data.where("extends"))
+        raise _ExtendsError("`extends:` goes more than 8 files deep (a loop?)", "make the chain shorter", data.where("extends"))
     at = data.key_pos.get("extends", data.pos)
     if not isinstance(base_name, str) or not base_name:
         raise SpecError("`extends:` must be the path of a spec file", "e.g. extends: cnds8.yaml", at)
@@ -304,9 +323,9 @@ def _list_index(items: list, key: str, pos: Pos, where: str = "the list") -> int
     raise SpecError(f"{where} has no item named '{key}'", hint, pos)
 
 
-def resolve_vars(spec: LineDict) -> dict[str, Any]:
+def resolve_vars(spec: LineDict) -> Context:
     """The expression context of a spec: `classes` and its `vars:`, each able to use the ones before."""
-    context: dict[str, Any] = {}
+    context = Context()
     if "classes" in spec and not (isinstance(spec["classes"], str) and "${" in spec["classes"]):
         context["classes"] = spec["classes"]
     variables = spec.get("vars") or {}

@@ -1,5 +1,9 @@
-"""Pass 6, infer shapes: every node's module is built for its input shapes and run on torch's meta
-device (no memory, no arithmetic), so shapes come from torch itself. Records shape, params, FLOPs."""
+"""Pass 6, infer shapes: every node's module is built for its input shapes on torch's meta device and run on
+a batch of no examples on the CPU, its parameters zero-stride views of one number (no memory, no arithmetic), so
+shapes and shape errors come from torch's own CPU kernels. Records shape, params, FLOPs.
+
+Not the meta device for the run: its kernels for conv and linear are Python that imports sympy and torch._dynamo,
+1-2 s once per process, more than the whole compile of most specs (ours)."""
 from __future__ import annotations
 
 import math
@@ -45,7 +49,7 @@ def infer_shapes(net: Network) -> Network:
     """The network with each node's input shapes, `shape` (C,H,W or F), `params` and `flops` (for one example).
 
     Nodes with the same op parameters and input shapes (the copies of a repeated block) are built and
-    run once; the modules built here stay on the meta device and are dropped (lowering builds real ones).
+    run once; the modules built here hold no memory and are dropped (lowering builds real ones).
     """
     shapes = {net.input.name: net.input.shape}
     seen: dict[tuple, tuple] = {}  # (op params, input shapes) -> (shape, params, flops)
@@ -109,8 +113,10 @@ def _run(node: Node, module, in_shapes: tuple) -> tuple[int, ...]:
                     "move the node before the flatten/fc/gap that made the vector")
     if op.keeps_shape:
         return tuple(in_shapes[0])
-    device = "cpu" if isinstance(op, Custom) else "meta"
-    inputs = [torch.empty((1, *shape), device=device) for shape in in_shapes]
+    custom = isinstance(op, Custom)
+    if not custom and isinstance(module, nn.Module):
+        _hollow(module)
+    inputs = [torch.empty((int(custom), *shape)) for shape in in_shapes]  # a custom op runs on one real example
     if op.op == "add" and len({tuple(s) for s in in_shapes}) > 1:
         raise _fail(node, in_shapes, "the shapes differ", "an add needs equal shapes: match channels (conv `out`) "
                     "and size (stride/pooling) of its inputs, or use a shortcut node")
@@ -121,9 +127,19 @@ def _run(node: Node, module, in_shapes: tuple) -> tuple[int, ...]:
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"node '{node.name}' returns {type(out).__name__}, not a tensor", "a node must return one tensor",
                         node.pos)
-    if any(d <= 0 for d in out.shape):
+    if any(d <= 0 for d in out.shape[1:]):
         raise _fail(node, in_shapes, f"the output would be {tuple(out.shape[1:])}", _hint(op.op))
     return tuple(out.shape[1:])
+
+
+def _hollow(module: nn.Module) -> None:
+    """Swap a meta module's parameters and buffers for CPU tensors of their shapes that hold one number
+    (zero strides): enough for the CPU kernels' shape checks on an empty batch, which read no element."""
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    table[name] = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
 
 
 def _first_line(err: Exception) -> str:

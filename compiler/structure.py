@@ -101,12 +101,15 @@ def changes(old: dict, new: dict, head: str, limit: int = 3) -> str:
             said.append(f"{who}was from {', '.join(a['inputs'])}, now from {', '.join(b['inputs'])}")
         if a["op"] != b["op"]:
             said.append(f"{name}: {_op_diff(json.loads(a['op']), json.loads(b['op']))}")
-    added = [n for n in after if n not in before]
-    removed = [n for n in before if n not in after]
-    if added:
-        said.append(f"new node{'s' * (len(added) > 1)} {', '.join(added[:4])}" + (", ..." if len(added) > 4 else ""))
-    if removed:
-        said.append(f"no longer has {', '.join(removed[:4])}" + (", ..." if len(removed) > 4 else ""))
+    joined = [n for n in after if n not in before]
+    left = [n for n in before if n not in after]
+    for names, what in (([n for n in joined if n not in old["nodes"]], "new node{s}"),
+                        ([n for n in joined if n in old["nodes"]], "now also reads {nodes} (it moved deeper)"),
+                        ([n for n in left if n in new["nodes"]], "no longer reads {nodes} (it moved shallower)"),
+                        ([n for n in left if n not in new["nodes"]], "no longer has {nodes}")):
+        if names:
+            listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            said.append(what.format(s="s" * (len(names) > 1), nodes=listed) + ("" if "{nodes}" in what else f" {listed}"))
     if not said:
         said.append("its graph differs")
     return "; ".join(said[:limit]) + ("; ..." if len(said) > limit else "")

@@ -1,6 +1,7 @@
 """Pass 9, summarise: per node op, shape, params, FLOPs; per head its depth and losses; train vs deploy totals."""
 from __future__ import annotations
 
+from netspec.errors import plural
 from netspec.ops import ParamOp, multipliers
 from netspec.spec import MAIN_HEAD, CrossEntropyLoss, SynergyLoss
 from netspec.compiler.ir import Network
@@ -108,8 +109,9 @@ def format_summary(s: dict, max_nodes: int = 400) -> str:
         else:
             lines.append(f"  {l['name']:<12} synergy {l['direction']}, β {l['beta']}, T {l['temperature']}, "
                          f"ε {l.get('smoothing', 0):g}, schedule "
-                         f"{l['schedule']}: {len(l['pairs'])} pairs ({', '.join(l['pairs'])})")
+                         f"{l['schedule']}: {plural(len(l['pairs']), 'pair')} ({', '.join(l['pairs'])})")
     for key, label in (("train", "training graph"), ("deploy", "deployed graph (branches pruned)")):
         t = s[key]
-        lines.append(f"{label:<34} {t['nodes']:>5} nodes  {human(t['params']):>9} params  {human(t['flops']):>9} FLOPs")
+        lines.append(f"{label:<34} {plural(t['nodes'], 'node ', 'nodes'):>11}  {human(t['params']):>9} params  "
+                     f"{human(t['flops']):>9} FLOPs")
     return "\n".join(lines)

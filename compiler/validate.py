@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 
 from netspec.errors import Pos, SpecError, SpecErrors, did_you_mean
 from netspec.ops import REGISTRY
+from netspec.schema_base import Mistyped
 from netspec.spec import Node, Spec
 
 MAX_REPORTED = 10
@@ -67,6 +68,10 @@ def spec_errors(err: ValidationError, raw: Any, model: Any = Spec, root: str = "
     for item in err.errors():
         found = _locate(raw, model, item["loc"])
         grouped.setdefault((tuple(found.path), item["type"] == "unknown_key"), []).append((item, found))
+    paths = [path for path, _ in grouped]
+    for (path, unknown), entries in list(grouped.items()):  # a list whose item is a Mistyped: the item's error says it
+        if _holds_mistyped(entries[0][0].get("input")) and any(p[:len(path)] == path and len(p) > len(path) for p in paths):
+            del grouped[(path, unknown)]
     out = []
     for entries in list(grouped.values())[:MAX_REPORTED]:
         item, found = entries[0]
@@ -79,6 +84,11 @@ def spec_errors(err: ValidationError, raw: Any, model: Any = Spec, root: str = "
             fix = f"{found.field}: {found.help}"
         out.append(SpecError(what, fix or "see the spec reference in docs/spec.md", found.pos))
     return SpecErrors(out)
+
+
+def _holds_mistyped(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return any(isinstance(item, Mistyped) or _holds_mistyped(item) for item in items)
 
 
 class _Found:

@@ -16,6 +16,11 @@ def shorten(text: str, limit: int = MAX_TOKEN) -> str:
     return re.sub(r"\S{%d,}" % (limit + 1), lambda m: m.group()[:keep] + "..." + m.group()[-keep // 2:], str(text))
 
 
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """`1 epoch`, `2 epochs`: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 @dataclass(frozen=True)
 class Pos:
     """Where something was written: a file (or `<override>`) and a 1-based line."""

@@ -196,6 +196,10 @@ class TrainSpec(Strict):
     decay_mult: Multiplier | None = Field(default=None, description="default weight-decay multiplier: a number or "
                                           "{weight: x, bias: y} (CNDS: {weight: 1, bias: 0}); a node's own decay_mult wins")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seed for init, shuffling and augmentation")
+    threads: int | Literal["auto"] = Field(default="auto", description="CPU threads of this training process "
+                                           "(torch.set_num_threads). auto: OMP_NUM_THREADS when it is set, else "
+                                           "the cores not busy with other processes right now (at least 1) — on a "
+                                           "shared machine, more threads than idle cores make every step wait")
     device: str = Field(default="auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     amp: Literal["none", "bf16"] = Field(default="none", description="bf16 autocast of the forward (fast on recent "
                                          "GPUs; also runs on CPU); losses stay fp32")
@@ -207,6 +211,14 @@ class TrainSpec(Strict):
                                   "max_iter); `epochs` then becomes as many as that takes")
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between writes of last.pt (best.pt is written "
                                                                "whenever the main exit's top-1 improves)")
+    tensorboard: bool | None = Field(default=None, description="write the logged scalars as TensorBoard event files "
+                                     "(<run>/tensorboard/; the extra `pip install netspec[tensorboard]`): true asks "
+                                     "for them (one line when the package is missing), false never; default: when "
+                                     "the package is installed")
+    keep_snapshots: int = Field(default=0, ge=0, le=10_000, description="also keep the last N snapshots (every "
+                                "write of last.pt) as checkpoints/step-<step>.pt, listed in checkpoints.json, as "
+                                "Caffe's _iter_N files and mmengine's max_keep_ckpts; older ones are deleted, best.pt "
+                                "never; 0: last.pt and best.pt only")
     out: Annotated[str, AfterValidator(check_run_path)] | None = Field(default=None, description="folder of this spec's runs (each in <out>/<run name>/, "
                                                      "with a `latest` link); defaults to runs/<spec name>")
     run_name: str | None = Field(default=None, description="this run's folder name (default: the start time, "
@@ -226,6 +238,13 @@ class TrainSpec(Strict):
         if self.log_gradients and not self.log_every_steps:
             raise ValueError("log_gradients needs step records: set train.log_every_steps too (e.g. 10)")
         return self
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value):
+        if isinstance(value, bool) or (isinstance(value, int) and not 1 <= value <= 1024):
+            raise ValueError(f"train.threads is a count from 1 to 1024 or auto, not {value!r}")
+        return value
 
     @field_validator("device")
     @classmethod

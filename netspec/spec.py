@@ -162,6 +162,11 @@ class Spec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec, description="the solver and the run: epochs, batch, optimizer, "
                              "lr_schedule, logging, evaluation (every key in docs/spec.md, section train)")
 
+    @model_validator(mode="after")
+    def _data_knows_the_classes(self) -> "Spec":
+        self.data._class_count = self.classes  # `data.source: synthetic` draws its labels from them
+        return self
+
     @field_validator("losses", mode="before")
     @classmethod
     def _loss_type_default(cls, value):

@@ -7,8 +7,11 @@ come from the environment; gloo is used on CPU, nccl on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -60,6 +63,36 @@ def pick_device(option: str, local_rank: int = 0, what: str = "train.device") ->
         raise UserError(f"{what} is '{device}' but this machine has {torch.cuda.device_count()} CUDA device(s)",
                         "use cuda:0 .. cuda:N-1, or cuda (one device per process under torchrun)")
     return device
+
+
+def set_threads(setting: int | str) -> int:
+    """train.threads for this process (torch.set_num_threads); `auto`: OMP_NUM_THREADS when it is set (the
+    launcher sets it for each rank), else the cores no other process is keeping busy now. Returns the count."""
+    if setting == "auto":
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        setting = int(env) if env.isdigit() and int(env) > 0 else idle_cores()
+    torch.set_num_threads(setting)
+    return setting
+
+
+def idle_cores(window: float = 0.25) -> int:
+    """The cores of this process's CPU set that other processes leave idle, measured over `window` seconds from
+    /proc/stat (at least 1; all of them where /proc/stat cannot be read). Our choice: with more threads than idle
+    cores, every parallel region of a step waits for a thread the kernel has not scheduled."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values[:8]), values[3] + values[4]  # total (without guest time), idle + iowait
+
+    try:
+        (total0, idle0), _ = sample(), time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return cores
+    busy = (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or cores)
+    return max(1, min(cores, round((os.cpu_count() or cores) - busy)))
 
 
 def setup(device_option: str) -> Context:
@@ -136,23 +169,62 @@ def wrap(model: nn.Module, ctx: Context, sync_bn: bool) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
+@contextlib.contextmanager
+def _handlers(handler):
+    """SIGINT/SIGTERM go to `handler` while the block runs (torchrun installs its own only if none is set)."""
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun): the process that prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, netspec_args: list[str]) -> int:
+def launch(nproc: int, netspec_args: list[str], threads: int | None = None) -> int:
     """Run `netspec <netspec_args>` in `nproc` processes on this machine through torchrun; their exit status.
 
     torchrun runs in this process so that a failed rank ends with its own message and status, not torchrun's
-    traceback."""
+    traceback. Each rank gets OMP_NUM_THREADS (`threads`, default the idle cores shared out), which also keeps
+    torchrun from warning about it. SIGTERM/SIGINT to this process reach every rank (torchrun forwards them):
+    each rank stops at the same step, rank 0 saves and says so; this process then exits 128 + the first signal's
+    number, a second signal keeping the first one's status."""
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # torchrun's own warnings: the ranks say what happened
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(threads or max(1, idle_cores() // nproc))
     argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "netspec.cli", *netspec_args]
-    print("launching: torchrun", " ".join(argv), file=sys.stderr, flush=True)
+    print(f"launching: torchrun {' '.join(argv)} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)",
+          file=sys.stderr, flush=True)
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGHUP,SIGQUIT")  # SIGTERM/SIGINT: `stop` below
+    first = []
+
+    def stop(signum, frame):
+        """As torchrun's handler (its agent then sends the signal to every rank and waits for them), once: a second
+        signal while the ranks save is ignored, so the status stays the first one's."""
+        if not first:
+            first.append(signum)
+            raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+
     try:
-        run(parse_args(argv))
+        parser = get_args_parser()
+        parser.allow_abbrev = False  # netspec's own options (--run) are no abbreviations of torchrun's (--run-path)
+        with _handlers(stop):
+            run(parser.parse_args(argv))
+    except SignalException as e:
+        return 128 + (first[0] if first else int(e.sigval))
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
-        return code if code > 0 else 1
+        return code if code > 0 else 128 - code if code < 0 else 1
     return 0

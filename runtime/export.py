@@ -22,7 +22,8 @@ import netspec
 from netspec.compiler import Compiled
 from netspec.errors import UserError
 from netspec.project import atomic_write
-from netspec.runtime.checkpoint import best_checkpoint, check_heads, load_checkpoint, load_weights
+from netspec.compiler.checkpoint_format import load_checkpoint
+from netspec.runtime.checkpoint import check_heads, load_weights
 from netspec.runtime.data import load_dataset
 from netspec.runtime.predict import META
 from netspec.runtime.verify import check_batches, compare_with_torch
@@ -110,13 +111,10 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
         if checkpoint:
             raise UserError("--checkpoint and --random-init exclude each other", "give one of them")
         return "random-init"
-    if checkpoint:
-        path = Path(checkpoint)
-    else:
-        try:
-            path = best_checkpoint(compiled.spec)
-        except UserError as err:
-            raise UserError(err.what, err.fix + ", or pass --random-init to export untrained weights (a smoke test)") from None
+    if not checkpoint:
+        raise UserError(f"no checkpoint of {compiled.spec.name} to export", "train first (`netspec train`), give "
+                        "--checkpoint PATH or --run DIR, or pass --random-init to export untrained weights (a smoke test)")
+    path = Path(checkpoint)
     state = load_checkpoint(path)
     check_heads(state, compiled, list(model.meta.get("heads") or compiled.heads), path, "export")
     trained_from = f"spec '{state.get('spec_name')}' (hash {state.get('spec_hash')})"

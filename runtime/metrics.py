@@ -5,8 +5,8 @@ Metrics are one flat record per epoch (`epoch`, `step`, `lr`, `seconds`, `exampl
 `top5/<exit>`), written to `metrics.jsonl` and `metrics.csv` in the run directory; with
 `train.log_every_steps`, one record every N steps (`step`, fractional `epoch`, the same loss keys, `lr`,
 `examples_per_second`; with `train.log_gradients`, `grad/<node>`) to `steps.jsonl`. Epochs skipped by
-`train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable, both also go to
-TensorBoard event files in `<run>/tensorboard/`.
+`train.eval_every` have no `top1/` / `top5/` keys. When the `tensorboard` package is importable (`pip install
+'netspec[tensorboard]'`), both also go to TensorBoard event files in `<run>/tensorboard/`.
 """
 from __future__ import annotations
 
@@ -125,23 +125,33 @@ def _read_jsonl(path: Path, key: str, appended: bool = False) -> list[dict]:
 
 
 class TensorBoard:
-    """Scalars to TensorBoard event files (`<run>/tensorboard/`) when `torch.utils.tensorboard` can be imported
-    (it needs the `tensorboard` package, not a dependency of netspec); otherwise nothing."""
+    """Scalars to TensorBoard event files (`<run>/tensorboard/`) through `torch.utils.tensorboard`, which needs the
+    `tensorboard` package (the extra `pip install netspec[tensorboard]`). `wanted`: None writes them when the
+    package is there and is silent otherwise; True (asked for) says in one line on `stream` how to get it when it
+    is missing; False writes nothing."""
 
-    def __init__(self, run: Path, step: int = 0):
+    INSTALL = "pip install 'netspec[tensorboard]'"
+
+    def __init__(self, run: Path, step: int = 0, wanted: bool | None = None, stream: TextIO | None = sys.stderr):
+        self.writer = None
+        if wanted is False:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            self.writer = None
+            if wanted and stream is not None:
+                stream.write(f"TensorBoard event files are not written: the tensorboard package is missing "
+                             f"({self.INSTALL})\n")
         else:
             self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=step or None)
 
     def scalars(self, record: dict, step: int, group: str) -> None:
-        """`record`'s numbers under `group/` ("epoch" or "step")."""
+        """`record`'s numbers under `group/` ("epoch" or "step"), except the step and the group's own counter
+        (TensorBoard's x axis already is the step; an `epoch/epoch` curve would be a straight line)."""
         if self.writer is None:
             return
         for key, value in record.items():
-            if key not in ("step",) and isinstance(value, (int, float)):
+            if key not in ("step", group) and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
@@ -149,18 +159,25 @@ class TensorBoard:
             self.writer.close()
 
 
-def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]]) -> list[dict]:
-    """One row per exit: depth, params and FLOPs of the model cut at that exit, and its test accuracy."""
+def exit_rows(summary: dict, accuracy: dict[str, tuple[float, float]],
+              val: dict[str, tuple[float, float]] | None = None) -> list[dict]:
+    """One row per exit: depth, params and FLOPs of the model cut at that exit, its test accuracy (`top1`, `top5`)
+    and, given `val`, its validation accuracy (`val_top1`, `val_top5`). Only the exits in `accuracy`."""
     return [{"exit": h["head"], "depth": h["depth"], "params": h["params"], "flops": h["flops"],
-             "top1": accuracy[h["head"]][0], "top5": accuracy[h["head"]][1]}
-            for h in sorted(summary["heads"], key=lambda h: h["depth"])]
+             "top1": accuracy[h["head"]][0], "top5": accuracy[h["head"]][1],
+             **({"val_top1": val[h["head"]][0], "val_top5": val[h["head"]][1]} if val else {})}
+            for h in sorted(summary["heads"], key=lambda h: h["depth"]) if h["head"] in accuracy]
 
 
 def format_exit_table(rows: list[dict]) -> str:
-    """MW-BP's "several compact models at once": every exit as a model of its own."""
+    """MW-BP's "several compact models at once": every exit as a model of its own (validation columns when the
+    rows have them)."""
     width = max(4, *(len(r["exit"]) for r in rows))
-    lines = [f"{'exit':<{width}}  {'depth':>5}  {'params':>9}  {'FLOPs':>9}  {'top-1':>7}  {'top-5':>7}"]
+    val = all("val_top1" in r for r in rows)
+    lines = [f"{'exit':<{width}}  {'depth':>5}  {'params':>9}  {'FLOPs':>9}  "
+             + ("val top-1  val top-5  " if val else "") + "test top-1  test top-5"]
     for r in rows:
         lines.append(f"{r['exit']:<{width}}  {r['depth']:>5}  {human(r['params']):>9}  {human(r['flops']):>9}  "
-                     f"{100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%")
+                     + (f"{100 * r['val_top1']:>8.2f}%  {100 * r['val_top5']:>8.2f}%  " if val else "")
+                     + f"{100 * r['top1']:>9.2f}%  {100 * r['top5']:>9.2f}%")
     return "\n".join(lines)

@@ -443,7 +443,7 @@ def _die_with_parent() -> None:
 
 def wait_unlocked(run: Path, seconds: float = 120) -> None:
     """Wait until no process holds the run's lock (a training child of a killed worker still saving)."""
-    from netspec.runtime.checkpoint import LOCK
+    from netspec.runtime.run import LOCK
 
     lock = run / LOCK
     end = time.monotonic() + seconds

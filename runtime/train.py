@@ -1,9 +1,11 @@
-"""Training and evaluation (`netspec train`, `netspec eval`). The training loop reads top to bottom:
+"""Training and evaluation (`netspec train`, `netspec eval`). `_train` reads top to bottom:
 
-process group and device → model (init.from, torch.compile, DDP) → data → optimiser and per-step
-LR schedule → resume → epochs of [train on every loss term, evaluate every exit (every train.eval_every epochs), log,
-checkpoint]
-→ the per-exit table (exit, depth, params, FLOPs, top-1, top-5).
+start or resume (the run, its record, the model, the data, the solver) → epochs → steps → a snapshot when due
+(a signal, train.checkpoint_every_steps) → evaluate every exit on the validation and test splits → log and
+checkpoint → the per-exit table.
+
+The runtime prints progress lines through `say` (rank 0 only) and returns results; the commands
+(netspec/commands/train.py) turn `Interrupted` into its message, the resume command and the exit status.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import itertools
 import json
 import math
 import random
-import shlex
 import signal
 import sys
 import threading
@@ -27,51 +28,70 @@ import torch.nn.functional as F
 from torch import nn
 
 from netspec.compiler import Compiled
+from netspec.compiler.checkpoint_format import load_checkpoint
 from netspec.compiler.lower import param_groups
 from netspec.compiler.summary import summarise
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.project import atomic_write
 from netspec.solver import LRPolicy
 from netspec.spec import MAIN_HEAD, Spec
 from netspec.runtime import checkpoint as ckpt
-from netspec.runtime import distributed, runs
+from netspec.runtime import distributed
 from netspec.runtime.data import Batches, Dataset
 from netspec.runtime.data.stream import StreamData, load_data, stream_batches
 from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows, format_exit_table
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
+from netspec.runtime.run import Run, make_record, resume_changes, runs_root, spec_yaml
 
 
 @dataclass
 class Result:
-    """What a finished run leaves: the trained model (unwrapped, on its device), the per-exit rows, the run dir."""
+    """What a finished run leaves: the trained model (unwrapped, on its device), the per-exit rows, the run."""
 
     model: nn.Module
     rows: list[dict]
-    run: Path
+    run: Run
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM during training: a checkpoint was saved at the current step (the message says which)."""
+    """SIGINT or SIGTERM during training: every rank stopped at the same step and rank 0 saved it."""
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, signum: int, run: Run, epoch: int, batch: int, steps: int, step: int):
+        self.signum, self.run, self.epoch, self.batch, self.steps, self.step = signum, run, epoch, batch, steps, step
+        super().__init__(f"{signal.Signals(signum).name}: saved {run.checkpoints / ckpt.LAST} (epoch {epoch + 1}, "
+                         f"step {batch} of {steps}; {plural(step, 'step')} so far)")
 
 
-def train(compiled: Compiled, *, resume: bool = False, overrides: list[str] = (), command: list[str] | None = None,
-          allow_change: bool = False) -> Result:
+def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, allow_change: bool = False,
+          command: list[str] = (), say: Callable[[str], None] | None = None) -> Result:
     """Train a compiled spec with all its losses, in this process or as one rank of a torchrun job.
 
-    A new run gets a directory of its own (`<train.out or runs/NAME>/<train.run_name or start time>/`); `resume`
-    continues the newest run (or `train.run_name`) from its last checkpoint, or starts afresh in it when nothing
-    was saved. `overrides` and `command` (the netspec command line, without `netspec`) go into the run's record
-    and the resume hint; `allow_change` lets a resume change schedule settings (logged in the run)."""
+    A new run gets a directory of its own (`<train.out or runs/NAME>/<train.run_name or start time>/`). `run`
+    (or `resume`: the latest run of the spec, or train.run_name) continues from its last checkpoint, or starts
+    afresh in it when nothing was saved; a spec that differs from the run's record is refused unless
+    `allow_change` accepts the change (recorded in the run, and applied: the solver is set from the spec at every
+    resume). The spec file, its overrides and `command` go into the run's record. `say` prints progress (rank 0 only)."""
+    say = say or functools.partial(print, file=sys.stderr, flush=True)
+    if resume and run is None:
+        run = Run.latest(compiled.spec)
+        if run is None:
+            say(f"--resume: no run in {runs_root(compiled.spec)} yet: starting a new one")
+        else:
+            for line in run.check():
+                say(f"{run}: {line}")
+    changes = resume_changes(run, compiled.spec, allow_change) if run is not None and run.saved else []
+    threads = distributed.set_threads(compiled.spec.train.threads)
     ctx = distributed.setup(compiled.spec.train.device)
+    say = say if ctx.is_main else _silent
     opened = None
     try:
-        opened = _open_run(compiled, ctx, resume, list(overrides), command, allow_change)
-        return _train(compiled, ctx, opened, list(overrides), command)
+        opened = _open(compiled, ctx, run, say)
+        return _train(compiled, ctx, opened, list(changes), list(command), threads, say)
+    except BaseException:
+        if opened is not None and opened.fresh and ctx.is_main and not opened.run.saved:
+            opened.run.remove_unused()  # a start that failed before its first checkpoint leaves no empty run
+        raise
     finally:
         if opened is not None and opened.lock is not None:
             opened.lock.release()
@@ -80,178 +100,101 @@ def train(compiled: Compiled, *, resume: bool = False, overrides: list[str] = ()
 
 @dataclass
 class Opened:
-    """The run directory a training process works in, what it resumes from, and its lock (rank 0)."""
+    """The run a training process works in, its lock (rank 0), and the checkpoint it resumes from."""
 
-    run: Path
+    run: Run
+    lock: object
     start: dict | None
-    lock: ckpt.RunLock | None
-    changes: list[str]
-    fresh_record: bool
+    fresh: bool  # a new record is written (a new run, or a resume of a run that saved nothing)
 
 
-def _open_run(compiled: Compiled, ctx: distributed.Context, resume: bool, overrides: list[str],
-              command: list[str] | None, allow_change: bool) -> Opened:
-    """Rank 0 picks (or makes) the run directory and locks it; every rank gets its path and the checkpoint."""
-    say = functools.partial(print, file=sys.stderr, flush=True)
-    choice: list = [None, False, [], True]  # run path, has a checkpoint, settings changes, write a new record
-    lock = None
-    try:
-        if ctx.is_main:
-            lock = _pick_run(compiled, resume, allow_change, choice, say)
-    except UserError as err:
-        distributed.broadcast(ctx, ["error", str(err)])
-        raise
-    run_path, has_start, changes, fresh = distributed.broadcast(ctx, choice)
-    if run_path == "error":
-        raise UserError(has_start.removeprefix("netspec: "))
-    run = Path(run_path)
-    start = ckpt.load_checkpoint(ckpt.checkpoint_dir(run) / ckpt.LAST, resume=True) if has_start else None
+def _open(compiled: Compiled, ctx: distributed.Context, run: Run | None, say) -> Opened:
+    """Rank 0 makes (or locks) the run directory and repairs what a kill left; every rank gets the run and its
+    last checkpoint. An error on rank 0 is raised on every rank."""
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            run = run or Run.create(compiled.spec)
+            lock = run.lock()
+            run.point_latest()
+            stale = ckpt.remove_stale_temps(run.checkpoints) + ckpt.remove_stale_temps(run.path)
+            if stale:
+                say(f"removed {len(stale)} temp file(s) of interrupted writes in {run}")
+            if run.saved:
+                for line in ckpt.verify(run.checkpoints):
+                    say(f"repaired {run.checkpoints / ckpt.INDEX}: {line}")
+        except UserError as err:
+            error = err
+            if lock is not None:
+                lock.release()
+    path, problem = distributed.broadcast(ctx, (str(run.path) if run else "", error and (error.what, error.fix)))
+    if problem:
+        raise error or UserError(*problem)
+    run = Run(path)
+    start = load_checkpoint(run.checkpoints / ckpt.LAST, resume=True) if run.saved else None
     try:
         if start is not None:
-            ckpt.check_heads(start, compiled, list(compiled.heads), ckpt.checkpoint_dir(run) / ckpt.LAST, "resume")
-            check_logs(run)  # a damaged log is an error before anything is loaded or written
+            ckpt.check_heads(start, compiled, list(compiled.heads), run.checkpoints / ckpt.LAST, "resume")
+            check_logs(run.path)  # a damaged log is an error before anything is loaded or written
     except UserError:
         if lock is not None:
             lock.release()
         raise
-    return Opened(run, start, lock, changes, fresh)
+    return Opened(run, lock, start, start is None)
 
 
-def _pick_run(compiled: Compiled, resume: bool, allow_change: bool, choice: list, say) -> ckpt.RunLock:
-    """Rank 0: the run directory (new, or the one to resume), locked; fills `choice` for the other ranks."""
-    spec = compiled.spec
-    run = ckpt.latest_run(spec) if resume else None
-    if resume and run is None:
-        say(f"--resume: no run in {ckpt.runs_root(spec)} yet: starting a new one")
-        resume = False
-    run = run or ckpt.new_run(spec)
-    lock = ckpt.RunLock(run)
-    try:
-        ckpt.point_latest(run)
-        folder = ckpt.checkpoint_dir(run)
-        stale = ckpt.remove_stale_temps(folder) + ckpt.remove_stale_temps(run)
-        if stale:
-            say(f"removed {len(stale)} temp file(s) of interrupted writes in {run}")
-        if resume:
-            for line in ckpt.verify(folder):
-                say(f"repaired {folder / ckpt.INDEX}: {line}")
-            if (folder / ckpt.LAST).is_file():
-                recorded = runs.read_spec(run)
-                changes = runs.settings_changes(recorded, spec) if recorded else []
-                if changes and not allow_change:
-                    raise UserError(f"--resume: this run was started with other settings: {'; '.join(changes)}",
-                                    "these change the run's schedule: add --allow-change to continue with them "
-                                    "(they are logged in the run), or start a new run without --resume")
-                choice[1:] = [True, changes, False]
-            else:
-                say(f"--resume: nothing saved yet in {run}: starting afresh in it")
-    except BaseException:
-        lock.release()
-        raise
-    choice[0] = str(run)
-    return lock
-
-
-def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrides: list[str],
-           command: list[str] | None) -> Result:
+def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes: list[str], command: list[str],
+           threads: int, say) -> Result:
     spec, cfg = compiled.spec, compiled.spec.train
-    say = functools.partial(print, file=sys.stderr, flush=True) if ctx.is_main else _silent
-    run, start = opened.run, opened.start
-    folder = ckpt.checkpoint_dir(run)
-    heads = list(compiled.heads)
+    run, start, heads = opened.run, opened.start, list(compiled.heads)
 
-    # --- model: the compiled GraphModule, parameters named as in the spec
+    # --- data: this rank's shard of every global batch; validation and test splits
+    data = distributed.main_first(ctx, lambda: load_data(spec, sys.stderr if ctx.is_main else None))
+    _check_classes(spec, data)
+    train_batches, val_batches, test_batches = make_batches(spec, data, ctx)
+    steps = _steps_per_epoch(spec, data, train_batches, ctx)
+    if cfg.max_steps:  # Caffe's max_iter: as many epochs as the steps take, the last one cut short
+        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.max_steps / steps)})
+    selection = "val_top1/main" if val_batches is not None else "top1/main"
+
+    # --- the record: written when a run starts; a resume with --allow-change records what it changed
+    if ctx.is_main:
+        record = make_record(compiled, command, data, ctx.world_size, threads)
+        if opened.fresh:
+            run.start({**record, "run": run.path.name}, spec_yaml(spec))
+        elif changes:
+            run.change(start["step"], changes, command, {**run.record(), "spec": record["spec"],
+                                                         "overrides": record["overrides"],
+                                                         "spec_hash": compiled.spec_hash}, spec_yaml(spec))
+            say(f"--allow-change: from step {start['step']} on, {'; '.join(changes)} (recorded in {run.path})")
+        if val_batches is None:
+            say("note: no validation split (data.val_split): best.pt is selected on the test split")
+
+    # --- model, objective, solver: set from the spec; a resume restores weights, solver state and generators
     raw = compiled.module.to(ctx.device)
     if start is None and spec.init.from_:
-        source = Path(spec.init.from_)
-        copied, new, changed = ckpt.copy_unchanged(raw, ckpt.load_checkpoint(source), compiled, source)
-        why = "".join(f"; {node} changed ({what})" for node, what in changed.items())
-        say(f"init.from {source}: copied {ckpt.layers(copied) or 'nothing'}; new: {ckpt.layers(new) or 'none'}{why}")
+        _init_from(raw, Path(spec.init.from_), say)
     net = torch.compile(raw) if cfg.compile else raw
     model = distributed.wrap(net, ctx, cfg.sync_bn)
     objective = Objective(compiled.network)
+    objective.epochs = cfg.epochs
     autocast = _autocast(ctx, cfg.amp)
-
-    # --- data: whole splits in memory, each rank its shard of every global batch
-    if cfg.batch_size % ctx.world_size:
-        raise UserError(f"train.batch_size {cfg.batch_size} does not split evenly over {ctx.world_size} processes",
-                        f"use a multiple of {ctx.world_size}")
-    data = distributed.main_first(ctx, lambda: load_data(spec, sys.stderr if ctx.is_main else None))
-    _check_classes(spec, data)
-    train_batches, test_batches = make_batches(spec, data, ctx)
-    steps = min(len(train_batches), cfg.steps_per_epoch or len(train_batches))
-    if steps == 0:
-        raise UserError(f"the training split ({len(data.train_y)} examples) is smaller than one batch of "
-                        f"{cfg.batch_size}", "lower train.batch_size, or raise data.train_limit")
-    if cfg.max_steps:  # Caffe's max_iter: as many epochs as the steps take, the last one cut short
-        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.max_steps / steps)})
-        objective.epochs = cfg.epochs
-
-    # --- the run's record: written when it starts; a resume that changed settings logs them
-    if ctx.is_main:
-        if opened.fresh_record:
-            runs.write_record(run, compiled, overrides, command, data, ctx.world_size)
-        else:
-            recorded = (runs.read_record(run) or {}).get("data", {})
-            identity = runs.data_identity(spec, data)
-            if recorded.get("checksum") not in (None, identity["checksum"]) and not opened.changes:
-                say(f"note: the data differ from those {run.name} started with ({recorded.get('path')}, "
-                    f"{recorded.get('train')}/{recorded.get('test')} examples → {identity['path']}, "
-                    f"{identity['train']}/{identity['test']})")
-            if opened.changes:
-                runs.log_changes(run, opened.changes, command)
-                runs.write_record(run, compiled, overrides, command, data, ctx.world_size)
-                say(f"--allow-change: continuing with {'; '.join(opened.changes)} (logged in {run / runs.CHANGES})")
-
-    # --- optimiser and learning rate, set every step
-    optimizer = cfg.optimizer.build(param_groups(compiled.network, raw))  # lr_mult / decay_mult groups
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.lr_schedule, cfg.optimizer.lr,
-                                                                         cfg.epochs, steps))
-
-    def base_lr() -> float:
-        """The learning rate the schedule gives now (each group's is this × its lr_mult)."""
-        return cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
-
-    # --- resume, or start afresh
-    epoch, step, done, best = 0, 0, 0, -1.0  # done: steps already taken in `epoch` (a mid-epoch snapshot)
-    sums = np.zeros(len(objective.names) + len(heads))
-    seconds = 0.0
-    if start is not None:
-        ckpt.load_weights(raw, start["model"], folder / ckpt.LAST)
-        try:
-            optimizer.load_state_dict(start["optimizer"])
-        except (KeyError, ValueError):
-            say("note: the optimizer changed: its state (momentum, moments) starts afresh")
-        scheduler.load_state_dict(start["scheduler"])
-        epoch, step, best = start["epoch"], start["step"], start["best"]
-        done = start.get("batch", 0)
-        if done and "epoch_sums" in start and len(start["epoch_sums"]) == len(sums):
-            sums, seconds = start["epoch_sums"].numpy().copy(), float(start.get("epoch_seconds", 0.0))
-        if len(start["rng"]) == ctx.world_size:
-            ckpt.set_rng_state(start["rng"][ctx.rank])
-        else:
-            _seed(cfg.seed, ctx.rank, epoch)
-            say(f"note: the checkpoint was written by {len(start['rng'])} process(es), this run has "
-                f"{ctx.world_size}: random draws (dropout) differ from an uninterrupted run")
-        at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {cfg.epochs} epochs done"
-        say(f"resuming {folder / ckpt.LAST}: {at} (step {step})")
-    else:
-        _seed(cfg.seed, ctx.rank, 0)
+    optimizer, scheduler = _solver(compiled, raw, cfg, steps, start, say)
+    epoch, step, done, best, sums, seconds = _resume(raw, run, start, ctx, cfg, selection, len(objective.names)
+                                                     + len(heads), steps, say)
 
     # --- epochs
-    log = MetricsLog(run, keep_until_epoch=epoch, keep_until_step=step)
-    board = TensorBoard(run, step) if ctx.is_main else None
+    log = MetricsLog(run.path, keep_until_epoch=epoch, keep_until_step=step)
+    board = TensorBoard(run.path, step, wanted=cfg.tensorboard) if ctx.is_main else None
     progress = Progress(cfg.epochs * steps, epoch * steps + done, sys.stderr if ctx.is_main else None)
-    accuracy = None
-    term_heads = {t.name: t.student for t in objective.terms}
-    resume_hint = _resume_command(compiled, overrides, command, run, ctx.world_size)
-    say(f"training {spec.name} for {cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size} on "
-        f"{ctx.world_size} × {ctx.device}; run directory {run}")
+    accuracy = val = None
+    say(f"training {spec.name} for {plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')}, batch {cfg.batch_size} on "
+        f"{ctx.world_size} × {ctx.device} ({threads} thread{'s' * (threads > 1)}); run directory {run}")
 
     def snapshot(epoch: int, batch: int, sums: np.ndarray, seconds: float) -> dict:
-        return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": cfg.optimizer.type,
                 "scheduler": scheduler.state_dict(), "rng": distributed.all_gather(ctx, ckpt.rng_state()),
-                "epoch": epoch, "step": step, "batch": batch, "best": best,
+                "epoch": epoch, "step": step, "batch": batch, "best": best, "metric": selection,
                 "epoch_sums": torch.from_numpy(sums.copy()), "epoch_seconds": seconds,
                 "spec_name": spec.name, "spec_hash": compiled.spec_hash,
                 "structure": ckpt.compiled_structure(compiled)}
@@ -268,10 +211,12 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
                     logits = model(x)
                 loss, terms = objective(logits, y, epoch + i / steps)
                 raw_ce = torch.stack([F.cross_entropy(logits[h].detach().float(), y) for h in heads])
-                stats = torch.cat([terms, raw_ce, torch.tensor([float(signals.caught)], device=terms.device)])
+                flags = [float(signals.caught == signal.SIGINT), float(signals.caught == signal.SIGTERM)]
+                stats = torch.cat([terms, raw_ce, torch.tensor(flags, device=terms.device)])
                 stats = (distributed.all_sum(ctx, stats) / ctx.world_size).tolist()  # same on every rank
-                values, stop = stats[:len(sums)], stats[-1] > 0
-                _stop_if_diverged(objective.names, values[:len(objective.names)], epoch, step, folder)
+                values = stats[:len(sums)]
+                caught = signal.SIGTERM if stats[-1] > 0 else signal.SIGINT if stats[-2] > 0 else 0
+                _stop_if_diverged(objective.names, values[:len(objective.names)], epoch, step, run.checkpoints)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 log_step = cfg.log_every_steps and (step + 1) % cfg.log_every_steps == 0 and ctx.is_main
@@ -284,40 +229,34 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
                 if log_step:
                     now = time.perf_counter()
                     speed = (step - window[1]) * cfg.batch_size / max(now - window[0], 1e-9)
-                    record = {**_step_record(objective, heads, values, epoch + i / steps, step, base_lr(), speed),
-                              **grads}
+                    record = {**_step_record(objective, heads, values, epoch + i / steps, step, scheduler, cfg),
+                              "examples_per_second": round(speed, 1), **grads}
                     log.append_step(record)
                     board.scalars(record, step, "step")
                     window = (now, step)
                 snap_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and i + 1 < steps
-                if stop or snap_due:
-                    _check_finite(raw, epoch, step, folder)
+                if caught or snap_due:
+                    _check_finite(raw, epoch, step, run.checkpoints)
                     state = snapshot(epoch, i + 1, sums, seconds + time.perf_counter() - started)
                     if ctx.is_main:
-                        ckpt.save(folder, state, best=False)
-                    if stop:
-                        name = signal.Signals(signals.caught or signal.SIGTERM).name
-                        message = (f"netspec: {name}: saved {folder / ckpt.LAST} (epoch {epoch + 1}, step {i + 1} of "
-                                   f"{steps}; {step} steps in all); resume with: {resume_hint}")
-                        raise Interrupted(message, signals.caught or signal.SIGTERM)
+                        ckpt.save(run.checkpoints, state, best=False, keep=cfg.keep_snapshots)
+                    if caught:
+                        raise Interrupted(caught, run, epoch, i + 1, steps, step)
             seconds += time.perf_counter() - started
-            _check_finite(raw, epoch, step, folder)
+            _check_finite(raw, epoch, step, run.checkpoints)
 
             distributed.sync_buffers(ctx, raw)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-            accuracy = evaluate(net, test_batches, heads, ctx, autocast) if evaluated else None
-            means = sums / steps
-            record = {"epoch": epoch + 1, "step": step, "lr": base_lr(), "seconds": round(seconds, 3),
-                      "examples_per_second": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
-                      "loss": float(means[:len(objective.names)].sum()),
-                      **{f"loss/{k}": float(v) for k, v in zip(objective.names, means)},
-                      **{f"ce/{h}": float(v) for h, v in zip(heads, means[len(objective.names):])},
-                      **{f"alpha/{t.name}": t.factor(epoch + 1 - 1e-9, cfg.epochs) for t in objective.terms},
-                      **{f"top{k}/{h}": accuracy[h][j] for h in heads for j, k in enumerate((1, 5)) if evaluated}}
-            progress.end_epoch(_epoch_line(record, cfg.epochs, dict(zip(objective.names, means.tolist())), accuracy))
+            if evaluated:
+                val = evaluate(net, val_batches, heads, ctx, autocast) if val_batches is not None else None
+                accuracy = evaluate(net, test_batches, heads, ctx, autocast)
+            record = _epoch_record(objective, heads, sums / steps, epoch, step, steps, seconds, scheduler, cfg,
+                                   accuracy if evaluated else None, val if evaluated else None)
+            progress.end_epoch(_epoch_line(record, cfg.epochs, objective.names, heads, evaluated))
 
-            improved = evaluated and accuracy[MAIN_HEAD][0] > best
-            best = max(best, accuracy[MAIN_HEAD][0]) if evaluated else best
+            chosen = record.get(selection)
+            improved = chosen is not None and chosen > best
+            best = max(best, chosen) if chosen is not None else best
             due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
             done, sums, seconds = 0, np.zeros_like(sums), 0.0
             if due or improved:
@@ -325,35 +264,129 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, overrid
             if ctx.is_main:
                 log.append(record)
                 board.scalars(record, step, "epoch")
-                plot_curves(log.records, run, term_heads=term_heads, heads=heads)
+                plot_curves(log.records, run.path, term_heads={t.name: t.student for t in objective.terms},
+                            heads=heads)
                 if due or improved:
-                    ckpt.save(folder, state, best=improved)
+                    ckpt.save(run.checkpoints, state, best=improved, keep=cfg.keep_snapshots)
     if board is not None:
         board.close()
 
     # --- the per-exit table: every exit as a compact model of its own (MW-BP)
     if accuracy is None:  # resumed a finished run
+        val = evaluate(net, val_batches, heads, ctx, autocast) if val_batches is not None else None
         accuracy = evaluate(net, test_batches, heads, ctx, autocast)
-    rows = exit_rows(summarise(compiled.network), accuracy)
+    rows = exit_rows(summarise(compiled.network), accuracy, val)
     if ctx.is_main:
-        atomic_write(run / "exits.json", json.dumps({"epoch": cfg.epochs, "exits": rows}, indent=1) + "\n")
-        print(f"\n{spec.name}: test accuracy of every exit after {cfg.epochs} epochs (best main top-1 "
-              f"{100 * best:.2f}%, run {run})")
+        atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": selection,
+                                                          "exits": rows}, indent=1) + "\n")
+        print(f"\n{spec.name}: every exit after {plural(cfg.epochs, 'epoch')} (best {selection} "
+              f"{100 * best:.2f}% → best.pt; run {run})")
         print(format_exit_table(rows))
     return Result(raw, rows, run)
 
 
-def make_batches(spec: Spec, data: Dataset | StreamData, ctx: distributed.Context) -> tuple[Batches, Batches]:
-    """This rank's training batches (shuffled, augmented, batch_size / world_size each) and test batches:
-    decoded on the fly by DataLoader workers for streamed data (data.stream), from memory otherwise."""
+def _steps_per_epoch(spec: Spec, data, train_batches, ctx: distributed.Context) -> int:
+    cfg = spec.train
+    if cfg.batch_size % ctx.world_size:
+        raise UserError(f"train.batch_size {cfg.batch_size} does not split evenly over {ctx.world_size} processes",
+                        f"use a multiple of {ctx.world_size}")
+    steps = min(len(train_batches), cfg.steps_per_epoch or len(train_batches))
+    if steps == 0:
+        raise UserError(f"the training split ({len(data.train_y)} examples) is smaller than one batch of "
+                        f"{cfg.batch_size}", "lower train.batch_size, or raise data.train_limit")
+    return steps
+
+
+def _init_from(model: nn.Module, source: Path, say) -> None:
+    """init.from: copy every tensor whose name and shape match (a netspec checkpoint or a plain state dict), as
+    Caffe's CopyTrainedLayersFrom copies layers by name; say what was copied, what is new and what changed."""
+    copied, new, changed = ckpt.copy_matching(model, ckpt.read_weights(source))
+    why = "".join(f"; {node} changed ({what})" for node, what in changed.items())
+    say(f"init.from {source}: copied {ckpt.layers(copied) or 'nothing'}; new: {ckpt.layers(new) or 'none'}{why}")
+
+
+def _solver(compiled: Compiled, raw: nn.Module, cfg, steps: int, start: dict | None, say):
+    """The optimizer and per-step lr schedule, set from the spec. A resume restores the optimizer's state
+    (momentum, moments) when its type is unchanged, then sets every hyperparameter from the spec (so a change
+    accepted with --allow-change is applied; lr_mult/decay_mult kept); the schedule is rebuilt at the current
+    step for the spec's epochs and policy."""
+    optimizer = cfg.optimizer.build(param_groups(compiled.network, raw))  # lr_mult / decay_mult groups
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    if start is not None:
+        was = start.get("optimizer_type")
+        saved = start["optimizer"]["param_groups"]
+        same = was == cfg.optimizer.type if was else all(set(g) - {"params", "initial_lr"} == set(f)
+                                                         for g, f in zip(saved, fresh))
+        if same and len(saved) == len(fresh):
+            optimizer.load_state_dict(start["optimizer"])
+            for group, values in zip(optimizer.param_groups, fresh):
+                group.update(values)
+        else:
+            say(f"train.optimizer is now {cfg.optimizer.type}" + (f" (was {was})" if was else "")
+                + ": a fresh optimizer, its state (momentum, moments) starts afresh")
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    factor = lr_factor(cfg.lr_schedule, cfg.optimizer.lr, cfg.epochs, steps)
+    at = start["step"] if start is not None else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=at - 1)
+    return optimizer, scheduler
+
+
+def _resume(raw: nn.Module, run: Run, start: dict | None, ctx: distributed.Context, cfg, selection: str,
+            n_sums: int, steps: int, say) -> tuple[int, int, int, float, np.ndarray, float]:
+    """Where training starts: (epoch, step, steps done in that epoch, best, the epoch's loss sums, its seconds);
+    a resume restores the weights and every generator."""
+    sums = np.zeros(n_sums)
+    if start is None:
+        _seed(cfg.seed, ctx.rank, 0)
+        return 0, 0, 0, -1.0, sums, 0.0
+    ckpt.load_weights(raw, start["model"], run.checkpoints / ckpt.LAST)
+    epoch, step, done, best, seconds = start["epoch"], start["step"], start.get("batch", 0), start["best"], 0.0
+    if start.get("metric", "top1/main") != selection:
+        best = -1.0  # selected on another split before: the selection starts afresh
+    if done and "epoch_sums" in start and len(start["epoch_sums"]) == len(sums):
+        sums, seconds = start["epoch_sums"].numpy().copy(), float(start.get("epoch_seconds", 0.0))
+    if len(start["rng"]) == ctx.world_size:
+        ckpt.set_rng_state(start["rng"][ctx.rank])
+    else:
+        _seed(cfg.seed, ctx.rank, epoch)
+        say(f"note: the checkpoint was written by {len(start['rng'])} process(es), this run has "
+            f"{ctx.world_size}: random draws (dropout) differ from an uninterrupted run")
+    at = f"epoch {epoch + 1}, step {done} of {steps}" if done else f"{epoch} of {plural(cfg.epochs, 'epoch')} done"
+    say(f"resuming {run.checkpoints / ckpt.LAST}: {at} (step {step})")
+    return epoch, step, done, best, sums, seconds
+
+
+def _epoch_record(objective: Objective, heads: list[str], means: np.ndarray, epoch: int, step: int, steps: int,
+                  seconds: float, scheduler, cfg, accuracy: dict | None, val: dict | None) -> dict:
+    """One epoch's log: lr, time, speed, each term's mean, each head's raw CE, each term's schedule factor, and
+    when evaluated top-1/top-5 of every exit on the test split (`top1/<exit>`) and the validation split
+    (`val_top1/<exit>`)."""
+    n = len(objective.names)
+    return {"epoch": epoch + 1, "step": step, "lr": cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),
+            "seconds": round(seconds, 3), "examples_per_second": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
+            "loss": float(means[:n].sum()),
+            **{f"loss/{k}": float(v) for k, v in zip(objective.names, means)},
+            **{f"ce/{h}": float(v) for h, v in zip(heads, means[n:])},
+            **{f"alpha/{t.name}": t.factor(epoch + 1 - 1e-9, cfg.epochs) for t in objective.terms},
+            **{f"{prefix}top{k}/{h}": acc[h][j] for prefix, acc in (("", accuracy), ("val_", val)) if acc
+               for h in heads for j, k in enumerate((1, 5))}}
+
+
+def make_batches(spec: Spec, data: Dataset | StreamData, ctx: distributed.Context
+                 ) -> tuple[Batches, Batches | None, Batches]:
+    """This rank's training batches (shuffled, augmented, batch_size / world_size each), validation batches (None
+    without data.val_split) and test batches: decoded on the fly by DataLoader workers for streamed data
+    (data.stream), from memory otherwise."""
     if isinstance(data, StreamData):
         return stream_batches(spec, data, ctx.device, ctx.rank, ctx.world_size)
     common = dict(mean=spec.input.mean, std=spec.input.std, device=ctx.device, seed=spec.train.seed,
                   rank=ctx.rank, world_size=ctx.world_size)
     train_batches = Batches(data.train_x, data.train_y, spec.train.batch_size // ctx.world_size, train=True,
                             augment=spec.data.augment, **common)
-    test_batches = Batches(data.test_x, data.test_y, spec.train.eval_batch_size, train=False, **common)
-    return train_batches, test_batches
+    val_batches, test_batches = (Batches(x, y, spec.train.eval_batch_size, train=False, **common) if y is not None
+                                 else None for x, y in ((data.val_x, data.val_y), (data.test_x, data.test_y)))
+    return train_batches, val_batches, test_batches
 
 
 def lr_factor(policy: LRPolicy, base_lr: float, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -387,23 +420,57 @@ def evaluate(model: nn.Module, batches: Batches, heads: list[str], ctx: distribu
     return {head: (hits[2 * i] / count, hits[2 * i + 1] / count) for i, head in enumerate(heads)}
 
 
-def evaluate_checkpoint(compiled: Compiled, path: str | None = None) -> list[dict]:
-    """`netspec eval`: load a checkpoint (default: the run's best) and print the per-exit table on the test split."""
+@dataclass
+class Evaluation:
+    """`netspec eval`: the per-exit rows of one checkpoint, and the size of each split they were measured on."""
+
+    path: Path
+    epoch: int | None
+    rows: list[dict]
+    examples: dict[str, int]
+
+
+def evaluate_checkpoint(compiled: Compiled, path: Path, exits: list[str] | None = None) -> Evaluation:
+    """Every exit (or only `exits`, each as the module cut at it, so exits whose structure is unchanged can be
+    evaluated after a branch moved) of a checkpoint, on the validation split (when the spec has one) and the
+    test split."""
     spec = compiled.spec
-    path = Path(path) if path else ckpt.best_checkpoint(spec)
-    state = ckpt.load_checkpoint(path)
-    ckpt.check_heads(state, compiled, list(compiled.heads), path, "evaluate")
+    state = load_checkpoint(path)
+    heads = exits or list(compiled.heads)
+    ckpt.check_heads(state, compiled, heads, path, "evaluate")
     ctx = distributed.Context(0, 1, 0, distributed.pick_device(spec.train.device))
     model = compiled.module.to(ctx.device)
-    ckpt.load_weights(model, state["model"], path)
-    if state.get("spec_hash") != compiled.spec_hash and not state.get("structure"):
-        print(f"note: {path} was written for another version of the spec '{state.get('spec_name')}'", file=sys.stderr)
-    _, test_batches = make_batches(spec, load_data(spec), ctx)
+    if exits:
+        modules = {h: _OneExit(compiled.exit_module(h), h) for h in exits}
+        for module in modules.values():
+            ckpt.load_weights(module.module, state["model"], path, unused_ok=True)
+    else:
+        ckpt.load_weights(model, state["model"], path)
+        modules = {None: model}
+    _, val_batches, test_batches = make_batches(spec, load_data(spec, None), ctx)
     autocast = _autocast(ctx, spec.train.amp)
-    rows = exit_rows(summarise(compiled.network), evaluate(model, test_batches, list(compiled.heads), ctx, autocast))
-    print(f"{spec.name}: {path} (epoch {state.get('epoch')}), test split")
-    print(format_exit_table(rows))
-    return rows
+
+    def accuracy(batches) -> dict:
+        out = {}
+        for head, module in modules.items():
+            out.update(evaluate(module, batches, [head] if head else heads, ctx, autocast))
+        return out
+
+    val = accuracy(val_batches) if val_batches is not None else None
+    rows = exit_rows(summarise(compiled.network), accuracy(test_batches), val)
+    examples = {"test": len(test_batches.y)} | ({"val": len(val_batches.y)} if val_batches is not None else {})
+    return Evaluation(path, state.get("epoch"), rows, examples)
+
+
+class _OneExit(nn.Module):
+    """A one-exit module whose output is `{head: logits}`, as the training module's."""
+
+    def __init__(self, module: nn.Module, head: str):
+        super().__init__()
+        self.module, self.head = module, head
+
+    def forward(self, x):
+        return {self.head: self.module(x)}
 
 
 def _autocast(ctx: distributed.Context, amp: str) -> Callable[[], torch.autocast]:
@@ -459,29 +526,28 @@ def grad_magnitudes(model: nn.Module) -> dict[str, float]:
     return {f"grad/{name}": value for (name, _), value in zip(named, means)}
 
 
-def _step_record(objective: Objective, heads: list[str], values: list[float], epoch: float, step: int, lr: float,
-                 speed: float) -> dict:
-    """One step's log: each weighted term, each head's raw cross-entropy, each term's schedule factor, lr, speed."""
+def _step_record(objective: Objective, heads: list[str], values: list[float], epoch: float, step: int, scheduler,
+                 cfg) -> dict:
+    """One step's log: each weighted term, each head's raw cross-entropy, each term's schedule factor, lr."""
     n = len(objective.names)
-    return {"step": step, "epoch": round(epoch, 4), "lr": lr, "examples_per_second": round(speed, 1),
+    return {"step": step, "epoch": round(epoch, 4), "lr": cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),
             "loss": sum(values[:n]), **{f"loss/{k}": v for k, v in zip(objective.names, values)},
             **{f"ce/{h}": v for h, v in zip(heads, values[n:])},
             **{f"alpha/{t.name}": t.factor(epoch, objective.epochs) for t in objective.terms}}
 
 
-def _resume_command(compiled: Compiled, overrides: list[str], command: list[str] | None, run: Path,
-                    world_size: int) -> str:
-    """The command that continues this run: the one that started it, pinned to the run, with --resume."""
-    words = list(command) if command is not None else ["train", str(compiled.path), *overrides]
-    words = [w for w in words if w not in ("--resume", "--allow-change") and not w.startswith("train.run_name=")]
-    if world_size > 1 and not any(w.startswith("--nproc-per-node") for w in words):
-        words += ["--nproc-per-node", str(world_size)]
-    return "netspec " + shlex.join([*words, f"train.run_name={run.name}", "--resume"])
+class Aborted(Exception):
+    """A second SIGINT/SIGTERM while the first was being handled: stopped at once, without saving this step."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} again: stopped at once, without saving this step")
 
 
 class _Signals:
     """While training, SIGINT and SIGTERM (what schedulers send before preemption) only set `caught`: the loop
-    saves a checkpoint at the end of the step and stops. A second signal stops at once."""
+    saves a checkpoint at the end of the step and stops. A second signal stops at once (`Aborted`, with the first
+    signal's number, so the exit status stays the first one's)."""
 
     def __enter__(self) -> "_Signals":
         self.caught, self.old = 0, {}
@@ -492,7 +558,7 @@ class _Signals:
 
     def _catch(self, signum, frame) -> None:
         if self.caught:
-            raise KeyboardInterrupt
+            raise Aborted(self.caught)
         self.caught = signum
 
     def __exit__(self, *exc) -> None:
@@ -500,11 +566,12 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _epoch_line(record: dict, epochs: int, means: dict[str, float],
-                accuracy: dict[str, tuple[float, float]] | None) -> str:
-    terms = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-    exits = ("top-1/top-5 % " + ", ".join(f"{h} {100 * a[0]:.2f}/{100 * a[1]:.2f}" for h, a in accuracy.items())
-             if accuracy is not None else "(not evaluated: train.eval_every)")
+def _epoch_line(record: dict, epochs: int, names: list[str], heads: list[str], evaluated: bool) -> str:
+    terms = ", ".join(f"{k} {record[f'loss/{k}']:.4f}" for k in names)
+    splits = [(p, label) for p, label in (("val_", "val"), ("", "test")) if f"{p}top1/{heads[0]}" in record]
+    exits = ("  ".join(f"{label} top-1/top-5 % " + ", ".join(
+        f"{h} {100 * record[f'{p}top1/{h}']:.2f}/{100 * record[f'{p}top5/{h}']:.2f}" for h in heads)
+        for p, label in splits) if evaluated else "(not evaluated: train.eval_every)")
     return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  {exits}  "
             f"lr {record['lr']:.3g}  {record['seconds']:.1f}s")
 

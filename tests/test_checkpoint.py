@@ -12,6 +12,7 @@ from netspec.compiler import compile_spec
 from netspec import cli
 from netspec.errors import UserError
 from netspec.runtime import checkpoint as ckpt
+from netspec.runtime.run import Run
 from netspec.runtime import objective
 from netspec.runtime.train import train
 from test_train import tiny_spec
@@ -23,8 +24,8 @@ def interrupt_after_first_checkpoint(monkeypatch):
     """Make `save` raise KeyboardInterrupt once it has written epoch 1, as a Ctrl-C would."""
     save = ckpt.save
 
-    def save_then_stop(folder, state, *, best):
-        save(folder, state, best=best)
+    def save_then_stop(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt, "save", save_then_stop)
@@ -56,7 +57,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     state = ckpt.load_checkpoint(result.run / "checkpoints" / "best.pt")
     assert {"model", "optimizer", "scheduler", "rng", "epoch", "step", "best", "spec_name", "spec_hash"} <= set(state)
     assert state["spec_name"] == "tiny" and state["epoch"] == 1 and len(state["rng"]) == 1
-    assert ckpt.best_checkpoint(compile_spec(tiny_spec(tmp_path)).spec) == result.run / "checkpoints" / "best.pt"
+    assert Run.latest(compile_spec(tiny_spec(tmp_path)).spec).best_checkpoint() == result.run / "checkpoints/best.pt"
     assert not [p for p in (result.run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -102,8 +103,8 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path, monke
     poisoned = {"on": False}
     save, synergy = ckpt.save, objective.synergy
 
-    def save_then_poison(folder, state, *, best):
-        save(folder, state, best=best)
+    def save_then_poison(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         poisoned["on"] = True
 
     monkeypatch.setattr(ckpt, "save", save_then_poison)
@@ -116,7 +117,7 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path, monke
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def test_init_from_copies_the_unchanged_nodes_and_says_why_the_rest_is_new(tmp_path, capsys):
+def test_init_from_copies_every_layer_whose_name_and_shape_match(tmp_path, capsys):
     source = train(compile_spec(tiny_spec(tmp_path), ["train.epochs=1"])).run / "checkpoints" / "last.pt"
     capsys.readouterr()
     renamed = tiny_spec(tmp_path, "renamed.yaml", extra=f"init: {{from: {source}}}\n")
@@ -130,9 +131,17 @@ def test_init_from_copies_the_unchanged_nodes_and_says_why_the_rest_is_new(tmp_p
     spec = compile_spec(tiny_spec(tmp_path, "changed.yaml", extra=f"init: {{from: {source}}}\n"),
                         ["nodes.conv2.out=6", f"train.out={tmp_path / 'changed'}", "train.epochs=1",
                          "train.steps_per_epoch=1", "train.optimizer.lr=1e-9"])
-    result = train(spec)  # copies what is unchanged (its whole ancestry), says which, and why the rest is new
-    assert (f"init.from {source}: copied conv1, aux1.fc; new: conv2, fc; conv2 changed (out 8 → 6); "
-            "fc changed (depends on conv2)") in capsys.readouterr().err
+    result = train(spec)  # copies by name and shape (as Caffe), says what is new and what changed shape
+    err = capsys.readouterr().err
+    assert (f"init.from {source}: copied conv1, aux1.fc; new: none; conv2 changed (weight (8, 4, 3, 3) → "
+            "(6, 4, 3, 3)); fc changed (weight (4, 8) → (4, 6))") in err, err
+    torch.testing.assert_close(result.model.state_dict()["aux1.fc.weight"], before["aux1.fc.weight"], atol=1e-6,
+                               rtol=0)
+    torch.save({"state_dict": before}, tmp_path / "plain.pth")  # a plain PyTorch state dict (as trainers save it)
+    spec = compile_spec(tiny_spec(tmp_path, "plain.yaml", extra=f"init: {{from: {tmp_path / 'plain.pth'}}}\n"),
+                        [f"train.out={tmp_path / 'plain'}", "train.epochs=1", "train.steps_per_epoch=1"])
+    train(spec)
+    assert f"init.from {tmp_path / 'plain.pth'}: copied conv1, conv2, fc, aux1.fc; new: none" in capsys.readouterr().err
     torch.testing.assert_close(result.model.state_dict()["aux1.fc.weight"], before["aux1.fc.weight"], atol=1e-6,
                                rtol=0)
     assert torch.equal(ckpt.load_checkpoint(source)["model"]["conv1.weight"], before["conv1.weight"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -65,3 +67,32 @@ def test_nproc_per_node_launches_torchrun(tmp_path):
     assert "on 2 × cpu" in done.stderr and done.stdout.count("\nexit ") == 1
     assert load_checkpoint(tmp_path / "run/latest/checkpoints/last.pt")["epoch"] == 1
     assert len((tmp_path / "run/latest/metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_sigterm_twice_to_the_launcher_saves_once_and_exits_143_without_traceback(tmp_path):
+    """SIGTERM to `netspec train --nproc-per-node 2` reaches every rank: they stop at the same step, rank 0 saves
+    and alone says so; the launcher exits 143, a second SIGTERM keeping that status; the printed command resumes."""
+    spec = tiny_spec(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "netspec.cli", "train", "--nproc-per-node", "2", str(spec),
+                              "train.epochs=30", "train.run_name=r1", "train.log_every_steps=1"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = tmp_path / "run/r1/steps.jsonl"
+    deadline = time.monotonic() + 180
+    while not (steps.is_file() and steps.read_text().count("\n") >= 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=180)
+    assert child.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "Warning" not in err and "warning" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("netspec: SIGTERM")]
+    assert len(said) == 1 and said[0].endswith(f"resume with: netspec train --resume --run {tmp_path / 'run/r1'} "
+                                               "--nproc-per-node 2"), err[-3000:]
+    state = load_checkpoint(tmp_path / "run/r1/checkpoints/last.pt")
+    assert 0 < state["step"] and len(state["rng"]) == 2
+    resumed = subprocess.run([sys.executable, "-m", "netspec.cli", *said[0].split("resume with: netspec ")[1].split()],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "run/r1/checkpoints/last.pt")["epoch"] == 30

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from netspec.compiler import compile_spec
+from netspec.runtime.run import Run, spec_yaml
 from netspec.compiler.lower import lower
 from netspec.compiler.prune import unbranched_overrides
 from netspec.cli import main
@@ -73,6 +74,8 @@ class Project:
         self.printed: dict[str, str] = {}
         self.save_checkpoint(self.checkpoint, self.compiled.spec_hash)
         (root / "run" / "latest").symlink_to("r1")
+        Run(root / "run" / "r1").start({"run": "r1", "spec_name": "tiny", "spec": str(self.spec), "overrides": [],
+                                        "command": ["train"], "seed": 0}, spec_yaml(self.compiled.spec))
 
     def save_checkpoint(self, path: Path, spec_hash: str, misfit: bool = False) -> None:
         """`misfit`: the main classifier has another shape (a checkpoint of another spec)."""
@@ -164,7 +167,7 @@ def test_pruned_model_is_the_never_branched_net(main_model, project):
 
 
 def test_exit_accuracy_in_onnxruntime_equals_netspec_eval(aux_model, project, capsys):
-    rows = {row["exit"]: row for row in evaluate_checkpoint(project.compiled, str(project.checkpoint))}
+    rows = {row["exit"]: row for row in evaluate_checkpoint(project.compiled, project.checkpoint).rows}
     x, y = real_test_split(project)
     (logits,) = run_onnx(aux_model, x)
     assert [o.name for o in onnx.load(aux_model).graph.output] == ["aux1"]

@@ -62,7 +62,7 @@ def test_grad_scale_is_a_node_in_the_graph_summary_and_drawing(tmp_path):
     line = next(line for line in text.splitlines() if line.startswith("aux1.grad_scale"))
     assert "grad_scale" in line and "∇×0.0629" in line
     dot = to_dot(c.network)
-    assert '"pool1" -> "aux1.gap" [label="4×4×4\n∇×0.063", color=red]' in dot
+    assert '"pool1" -> "aux1.gap" [label="  ∇×0.063", color=red]' in dot
     assert '"aux1.grad_scale" [' not in dot  # drawn on the edge, not as a box
 
 

@@ -13,6 +13,7 @@ from netspec.cli import main
 from netspec.compiler import compile_spec
 from netspec.errors import UserError
 from netspec.runtime import checkpoint as ckpt
+from netspec.runtime.run import Run, spec_yaml
 from conftest import MINI, write
 
 WRONG = {"list": [1, 2], "str": "x", "int": 7, "none": None, "dict": {"a": 1}, "tensor": torch.zeros(3),
@@ -90,21 +91,19 @@ def _digest(folder):
 
 @pytest.mark.parametrize("index", ["", "[]", "{", "null", '{"last": 3}', '{"spec_name": 5}', "\xff\xfe\x00",
                                    '{"best": []}'])
-def test_a_damaged_index_stops_training_before_anything_is_written(tmp_path, monkeypatch, capsys, state, index):
+def test_a_damaged_index_is_rebuilt_from_the_checkpoint_files(tmp_path, monkeypatch, state, index):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, MINI)
     folder = _run_folder(tmp_path)
     torch.save(state, folder / "last.pt")
     (folder / "checkpoints.json").write_bytes(index.encode("latin-1"))
-    before = _digest(folder)
-    for resume in (["--resume"],):  # a fresh run gets a directory of its own and never reads this index
-        assert main(["train", "spec.yaml", *resume]) == 2
-        err = capsys.readouterr().err
-        assert "checkpoints.json" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
-        assert _digest(folder) == before
     with pytest.raises(UserError, match="checkpoints.json"):
         ckpt.save(folder, state, best=False)  # save itself checks the index before writing last.pt
-    assert _digest(folder) == before
+    notes = Run(folder.parent).check(repair=False)
+    assert "checkpoints.json was damaged" in notes[0] and "rebuilt it from the checkpoint files" in notes[0]
+    rebuilt = json.loads((folder / "checkpoints.json").read_text())
+    assert rebuilt["last"]["epoch"] == state["epoch"] and "best" not in rebuilt
+    assert Run(folder.parent).check() == []  # vouched again: the next reader finds nothing to repair
 
 
 @pytest.mark.parametrize("metrics", ["{", "[]", '{"epoch": "1"}', "1\n2", '{"loss": 1}'])
@@ -131,8 +130,12 @@ def test_weights_only_resume_through_the_cli(tmp_path, monkeypatch, capsys, stat
 
 
 def _run_folder(root: Path) -> Path:
-    """The checkpoint folder of a run `r1` of spec `mini`, made the latest run (runs/mini/r1/checkpoints)."""
+    """The checkpoint folder of a run `r1` of spec `mini` with its record, made the latest run
+    (runs/mini/r1/checkpoints)."""
     folder = root / "runs" / "mini" / "r1" / "checkpoints"
     folder.mkdir(parents=True)
     (root / "runs" / "mini" / "latest").symlink_to("r1")
+    spec = compile_spec(root / "spec.yaml").spec
+    Run(folder.parent).start({"run": "r1", "spec_name": "mini", "spec": str(root / "spec.yaml"), "overrides": [],
+                              "command": ["train"], "seed": 0}, spec_yaml(spec))
     return folder

@@ -1,13 +1,15 @@
 """Pass 7, lower: a torch.fx GraphModule named after the spec's nodes; init; moving a branch keeps the backbone."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import fx
 
 from netspec.compiler import analyse, compile_spec
-from netspec.compiler.lower import lower
+from netspec.compiler.lower import lower, lower_graph
 from conftest import MINI, SPECS, WITH_BRANCH, error_of
 
 
@@ -83,3 +85,65 @@ def test_moving_a_branch_by_override(write_spec):
     g = analyse(path, ["branches.aux1.from=relu4_2"])[1]
     assert g0.nodes["aux1.pool"].inputs == ("relu3_2",) and g.nodes["aux1.pool"].inputs == ("relu4_2",)
     assert g.depth["aux1"] == g0.depth["aux1"] + 2  # conv4_1 and conv4_2 now come first
+
+
+# sha256 (first 16 hex digits) over each state_dict entry's name and float32 bytes, and the next `torch.rand(1)`
+# after building: what `compile_spec(spec).module` gave at commit c53d750, before lowering became lazy.
+INIT_BEFORE = {"cnds8_fmnist.yaml": ("c5dae7c10defbd83", 0.6896851062774658),
+               "dks_resnet20_fmnist.yaml": ("dd0f9d6f7c8b0445", 0.2864948511123657),
+               "mwbp_fmnist.yaml": ("607c6ec9166bf128", 0.7238398790359497)}
+
+
+def _digest(state: dict) -> str:
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("spec", sorted(INIT_BEFORE))
+def test_lazy_lowering_keeps_the_initial_weights_and_the_generator_bit_for_bit(spec):
+    torch.manual_seed(1234)  # whatever state the generator is in before, the weights do not depend on it
+    compiled = compile_spec(SPECS / spec)
+    torch.rand(7)  # draws between compiling and lowering change nothing either
+    digest, next_draw = INIT_BEFORE[spec]
+    assert _digest(compiled.module.state_dict()) == digest
+    assert torch.rand(1).item() == next_draw  # the generator is left where the eager lowering left it
+    assert compiled.module is compiled.module  # built once
+
+
+def test_compile_summary_and_drawing_build_no_module_and_draw_no_random_number(tmp_path):
+    from netspec.compiler.artifacts import write_build
+    from netspec.compiler.draw import default_view, to_dot
+    from netspec.compiler.summary import summarise
+
+    before = torch.get_rng_state()
+    compiled = compile_spec(SPECS / "cnds8.yaml")  # 60 M parameters
+    summary = summarise(compiled.network)
+    write_build(compiled, [], summary, tmp_path)
+    to_dot(default_view(compiled.network)[0])
+    assert "module" not in vars(compiled)  # the cached property was never read
+    assert torch.equal(torch.get_rng_state(), before)
+    assert (tmp_path / "model.py").read_text().endswith(compiled.graph.python_code(root_module="self").src)
+
+
+@pytest.mark.parametrize("spec", ["mwbp_fmnist.yaml", "cnds8_fmnist.yaml", "dks_resnet20_fmnist.yaml"])
+def test_graph_without_weights_is_the_modules_graph(spec):
+    """lower_graph (model.py's code) is node for node the graph of the lowered module, calls (flatten, add,
+    grad_scale) and all, for every head set and for a single exit."""
+    net = analyse(SPECS / spec)[1]
+    for heads, single in ((None, False), (["main"], True), ([list(net.heads)[-1]], False)):
+        graph = lower_graph(net, heads, single)
+        module = lower(net, heads, single)
+        assert graph.python_code(root_module="self").src == module.code
+
+
+def test_graph_without_weights_leaves_custom_ops_unbuilt(write_spec, monkeypatch):
+    from netspec.ops import Custom
+
+    monkeypatch.setattr(Custom, "allowed", True)
+    text = MINI.replace("  - {name: relu1, op: relu}", "  - {name: relu1, op: custom, target: 'torch.nn:ReLU'}")
+    net = analyse(write_spec(text))[1]
+    monkeypatch.setattr(Custom, "build", lambda self, shapes: pytest.fail("a custom op was built"))
+    assert lower_graph(net).python_code(root_module="self").src.count("self.relu1(") == 1

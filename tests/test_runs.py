@@ -68,7 +68,8 @@ def test_a_kill_between_the_best_and_last_writes_is_repaired_on_resume(tmp_path,
             train(compile_spec(spec, ["train.epochs=3", f"train.out={tmp_path / 'b'}"]))
     folder = tmp_path / "b/latest/checkpoints"
     index = json.loads((folder / ckpt.INDEX).read_text())
-    assert written == [ckpt.BEST, ckpt.LAST, ckpt.INDEX, ckpt.BEST, ckpt.LAST]
+    # the record (spec.yaml, run.json, the manifest's `record`), then epoch 1's best, last, manifest; epoch 2's best
+    assert written == ["spec.yaml", "run.json", ckpt.INDEX, ckpt.BEST, ckpt.LAST, ckpt.INDEX, ckpt.BEST, ckpt.LAST]
     assert ckpt.load_checkpoint(folder / ckpt.BEST)["epoch"] == 2 and index["best"]["epoch"] == 1  # never older
     capsys.readouterr()
 
@@ -134,7 +135,8 @@ def test_disk_full_is_one_line_and_stale_temp_files_go(tmp_path, monkeypatch, ca
         m.setattr(ckpt, "_write", full)
         assert cli.main(["train", str(spec), *SHORT, "train.epochs=2", "--resume", "--allow-change"]) == 2
     err = capsys.readouterr().err
-    assert "disk full while writing a checkpoint" in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("netspec: disk full while writing ") and "Traceback" not in err, err
     assert (folder / ckpt.LAST).read_bytes() == before
 
     (folder / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
@@ -166,7 +168,9 @@ def test_sigterm_saves_the_step_and_the_printed_command_resumes_exactly(tmp_path
     assert 0 < state["step"] < 24
 
     command = line.split("resume with: netspec ")[1].split()
-    assert command[-2:] == ["train.run_name=r1", "--resume"]
+    assert command[:3] == ["train", "--resume", "--run"] and command[3:] == [str(tmp_path / "run/r1")]  # the run
+    (tmp_path / "other").mkdir()
+    assert cli.main(["compile", str(tiny_spec(tmp_path / "other"))]) == 0  # another current build in between
     assert cli.main(command) == 0
     straight = train(compile_spec(spec, [*words[1:2], f"train.out={tmp_path / 'straight'}"]))
     same_weights(ckpt.load_checkpoint(tmp_path / "run/r1/checkpoints/last.pt")["model"], straight.model.state_dict())
@@ -178,8 +182,8 @@ def test_mid_epoch_snapshot_resumes_exactly(tmp_path, monkeypatch):
     straight = train(compile_spec(spec, [*every, f"train.out={tmp_path / 'a'}"]))
     save = ckpt.save
 
-    def stop_after_snapshot_at_step_6(folder, state, *, best):
-        save(folder, state, best=best)
+    def stop_after_snapshot_at_step_6(folder, state, **kwargs):
+        save(folder, state, **kwargs)
         if state["step"] == 6:
             raise KeyboardInterrupt
 
@@ -204,20 +208,21 @@ def test_mid_epoch_snapshot_resumes_exactly(tmp_path, monkeypatch):
 def test_each_run_is_a_record_and_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
-    first = train(compile_spec(spec, SHORT), overrides=SHORT, command=["train", str(spec), *SHORT])
+    first = train(compile_spec(spec, SHORT), command=["train", str(spec), *SHORT])
     second = train(compile_spec(spec, SHORT))
-    assert first.run != second.run and first.run.parent == second.run.parent == tmp_path / "run"
-    assert (tmp_path / "run/latest").resolve() == second.run.resolve()
-    assert (first.run / "checkpoints/last.pt").is_file()
-    record = json.loads((first.run / "run.json").read_text())
+    first, second = first.run.path, second.run.path
+    assert first != second and first.parent == second.parent == tmp_path / "run"
+    assert (tmp_path / "run/latest").resolve() == second.resolve()
+    assert (first / "checkpoints/last.pt").is_file()
+    record = json.loads((first / "run.json").read_text())
     assert record["overrides"] == SHORT and record["command"] == ["train", str(spec), *SHORT]
     assert record["seed"] == 0 and record["versions"]["torch"] == torch.__version__ and "python" in record["versions"]
     assert record["data"]["source"] == "npz" and record["data"]["train"] == 64 and len(record["data"]["checksum"]) == 32
     assert record["data"]["bytes"] == (tmp_path / "data.npz").stat().st_size and "git" in record
-    assert yaml.safe_load((first.run / "spec.yaml").read_text())["train"]["epochs"] == 1
+    assert yaml.safe_load((first / "spec.yaml").read_text())["train"]["epochs"] == 1
 
     with pytest.raises(UserError, match="exists already .*continue it with --resume"):
-        train(compile_spec(spec, [*SHORT, f"train.run_name={first.run.name}"]))
+        train(compile_spec(spec, [*SHORT, f"train.run_name={first.name}"]))
 
 
 def test_resume_keeps_the_recorded_settings_unless_a_change_is_allowed(tmp_path, monkeypatch, capsys):
@@ -226,22 +231,23 @@ def test_resume_keeps_the_recorded_settings_unless_a_change_is_allowed(tmp_path,
     assert cli.main(["train", str(spec), *SHORT, "train.batch_size=8"]) == 0
     capsys.readouterr()
     assert cli.main(["train", str(spec), "--resume"]) == 0  # the recorded overrides come back by themselves
-    assert "1 of 1 epochs done" in capsys.readouterr().err
+    assert "1 of 1 epoch done" in capsys.readouterr().err
     assert cli.main(["train", str(spec), "--resume", "train.epochs=2", "train.optimizer.lr=0.01"]) == 2
     err = capsys.readouterr().err
-    assert "started with other settings: train.epochs: 1 → 2; train.optimizer.lr: 0.1 → 0.01" in err
+    assert "differs from the one the run was started with: train.epochs: 1 → 2; train.optimizer.lr: 0.1 → 0.01" in err
     assert "--allow-change" in err and "Traceback" not in err
     assert cli.main(["train", str(spec), "--resume", "train.epochs=2", "--allow-change", "train.device=cpu"]) == 0
     run = tmp_path / "run/latest"
-    assert json.loads((run / "changes.jsonl").read_text())["changes"] == ["train.epochs: 1 → 2"]
+    change = json.loads((run / "changes.jsonl").read_text())
+    assert change["changes"] == ["train.epochs: 1 → 2"] and change["step"] == 1
     assert ckpt.load_checkpoint(run / "checkpoints/last.pt")["epoch"] == 2
 
 
 def test_step_and_epoch_logs_carry_raw_ce_weighted_terms_factors_lr_and_speed(tmp_path):
     result = train(compile_spec(tiny_spec(tmp_path), ["train.log_every_steps=2"]))
-    steps = [json.loads(line) for line in (result.run / "steps.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (result.run.path / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 4, 6, 8]
-    epoch = json.loads((result.run / "metrics.jsonl").read_text().splitlines()[0])
+    epoch = json.loads((result.run.path / "metrics.jsonl").read_text().splitlines()[0])
     for record in (steps[0], epoch):
         assert {"ce/main", "ce/aux1", "loss/aux1", "alpha/aux1", "alpha/main", "lr", "examples_per_second"} <= set(record)
         assert record["alpha/main"] == 1.0 and 0 < record["alpha/aux1"] <= 0.3
@@ -252,7 +258,7 @@ def test_step_and_epoch_logs_carry_raw_ce_weighted_terms_factors_lr_and_speed(tm
 def test_tensorboard_event_files_when_the_package_is_present(tmp_path):
     pytest.importorskip("tensorboard")
     result = train(compile_spec(tiny_spec(tmp_path), [*SHORT, "train.log_every_steps=1"]))
-    assert list((result.run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((result.run.path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 # --- §1 a checkpoint knows its graph -------------------------------------------------------
@@ -267,11 +273,16 @@ def test_a_moved_branch_is_never_loaded_onto_the_new_attach_point(tmp_path, monk
     capsys.readouterr()
     moved = "branches.aux1.from=relu1"  # the same shapes: only the structure tells the heads apart
     for words in (["eval", str(spec), moved], ["export", str(spec), moved, "--exit", "aux1", str(tmp_path / "a.onnx")],
-                  ["export", str(spec), moved, str(tmp_path / "b.onnx")], ["train", str(spec), moved, "--resume"]):
+                  ["export", str(spec), moved, str(tmp_path / "b.onnx")]):
         assert cli.main(words) == 2, words
         err = capsys.readouterr().err
         assert "aux1: was from pool1, now from relu1" in err and "Traceback" not in err, err
         assert "`--exit main` / `--prune-aux` still work (main unchanged)" in err and "retrain" in err
+    assert cli.main(["train", str(spec), moved, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the network (branches) changed: a resume continues the same network" in err and len(err.splitlines()) == 1
+    assert cli.main(["eval", str(spec), moved, "--exit", "main"]) == 0  # the unchanged exit still evaluates
+    assert "test split: 24 examples" in capsys.readouterr().out
     assert not (tmp_path / "a.onnx").exists()
     assert cli.main(["export", str(spec), moved, "--prune-aux", str(tmp_path / "main.onnx")]) == 0
     changed = "nodes.conv2.kernel=1"

@@ -1,5 +1,8 @@
-"""Pass 6 (shapes, params, FLOPs on the meta device) checked against a real forward, and pass 8 (summary)."""
+"""Pass 6 (shapes, params, FLOPs: built on the meta device, run on an empty CPU batch) checked against a real forward, and pass 8 (summary)."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,3 +85,57 @@ def test_meta_inference_allocates_nothing():
     g = analyse(SPECS / "cnds8.yaml")[1]
     assert g.nodes["fc6"].params == 4096 * torch.Size(g.nodes["pool5"].shape).numel() + 4096
     assert not hasattr(g.nodes["fc6"], "module")  # real modules are built by lowering, not by shape inference
+
+
+def test_shape_inference_imports_neither_sympy_nor_dynamo():
+    """The meta device's Python kernels (conv, linear) import sympy and torch._dynamo, 1-2 s per process; shapes
+    come from the CPU kernels on an empty batch instead (every op and spec is checked by the tests above)."""
+    code = ("import sys; from netspec.compiler import compile_spec; from netspec.compiler.artifacts import model_source;"
+            f"model_source(compile_spec({str(SPECS / 'cnds8.yaml')!r})); model_source(compile_spec("
+            f"{str(SPECS / 'mwbp_fmnist.yaml')!r})); print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+VARIANTS = {"conv": [{"out": 6, "kernel": 3}, {"out": 6, "kernel": 3, "stride": 2, "pad": 1},
+                     {"out": 4, "kernel": 3, "dilation": 2, "groups": 4}],
+            "fc": [{"out": 5}], "grad_scale": [{"scale": 0.5}],
+            "maxpool": [{"kernel": 2}, {"kernel": 3, "stride": 2, "ceil": True}, {"kernel": 3, "stride": 2, "pad": 1}],
+            "avgpool": [{"kernel": 3, "stride": 2, "ceil": True}, {"kernel": 3, "stride": 2, "pad": 1, "ceil": True}],
+            "shortcut": [{"out": 8, "stride": 2}, {"out": 4}],
+            "eltwise": [{}, {"operation": "max"}, {"operation": "prod"}]}
+
+
+def _op_cases():
+    from netspec.ops import REGISTRY
+
+    for op, cls in REGISTRY.items():
+        if op != "custom":
+            for params in VARIANTS.get(op, [{}]):
+                yield pytest.param(op, cls.arity[0], params, id=f"{op}-{'-'.join(f'{k}{v}' for k, v in params.items())}")
+
+
+class _Record(torch.fx.Interpreter):
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n.name] = tuple(out.shape[1:])
+        return out
+
+
+@pytest.mark.parametrize("op, arity, params", list(_op_cases()))
+def test_every_op_infers_the_shape_a_real_forward_gives(write_spec, op, arity, params):
+    """Shapes come from an empty CPU batch with weightless parameters: every op of the registry, odd sizes, strides,
+    padding and ceil mode, against the lowered module run on two real examples."""
+    fields = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+    source = "[a, b]" if arity > 1 else "a"
+    second = "  - {name: b, op: conv, out: 4, kernel: 1, from: data}\n" if arity > 1 else ""
+    text = ("name: every_op\ninput: {shape: [4, 9, 9]}\nclasses: 3\nnodes:\n  - {name: a, op: conv, out: 4, kernel: 1}\n"
+            f"{second}  - {{name: t, op: {op}, from: {source}{', ' + fields if fields else ''}}}\n"
+            "  - {name: f, op: flatten}\n  - {name: fc, op: fc, out: 3}\n")
+    compiled = compile_spec(write_spec(text))
+    recorder = _Record(compiled.module.eval())
+    recorder.shapes = {}
+    recorder.run(torch.randn(2, 4, 9, 9))
+    assert {name: compiled.network.nodes[name].shape for name in compiled.network.nodes} == \
+        {name: recorder.shapes[name] for name in compiled.network.nodes}

@@ -231,7 +231,7 @@ def test_sibling_trains_streaming_with_workers_paths_only(folder, tmp_path, caps
     compiled = compile_spec(spec)
     data = load_data(compiled.spec, progress=None)
     assert isinstance(data, StreamData)
-    train_b, _ = make_batches(compiled.spec, data, Context(0, 1, 0, torch.device("cpu")))
+    train_b, _, _ = make_batches(compiled.spec, data, Context(0, 1, 0, torch.device("cpu")))
     assert isinstance(train_b, StreamBatches) and train_b.workers == 2
     # the reader holds paths and labels only: under 40 bytes an image here, nothing like 3×32×32 decoded
     assert isinstance(train_b.dataset, ImageFiles)
@@ -239,7 +239,7 @@ def test_sibling_trains_streaming_with_workers_paths_only(folder, tmp_path, caps
     assert not any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in vars(train_b.dataset).values())
     assert cli.main(["train", str(spec), "train.eval_batch_size=100", "data.test_limit=200"]) == 0
     out, err = capsys.readouterr()
-    assert "training cnds8_sibling for 1 epochs" in err and "main" in out
+    assert "training cnds8_sibling for 1 epoch of" in err and "main" in out
 
 
 def test_indexing_prints_progress_on_large_folders(folder, monkeypatch):

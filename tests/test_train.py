@@ -103,7 +103,7 @@ def test_train_writes_metrics_plots_checkpoints_and_the_exit_table(tmp_path, cap
     assert {"last.pt", "best.pt", "checkpoints.json"} <= {p.name for p in (run / "checkpoints").iterdir()}
     assert err.count("epoch ") >= 3 and "ETA" in err
     table = out[out.index("\nexit ") + 1:].splitlines()
-    assert table[0].split() == ["exit", "depth", "params", "FLOPs", "top-1", "top-5"]
+    assert table[0].split() == ["exit", "depth", "params", "FLOPs", "test", "top-1", "test", "top-5"]
     assert [line.split()[0] for line in table[1:3]] == ["aux1", "main"]
     exits = json.loads((run / "exits.json").read_text())["exits"]
     assert exits[1]["top1"] == records[-1]["top1/main"]

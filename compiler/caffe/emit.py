@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from netspec.errors import UserError
+from netspec.errors import Pos
 from netspec.ops import REGISTRY
 from netspec.spec import MAIN_HEAD
 from netspec.compiler.caffe.layers import Loss, Net, NetNode, most_common, spec_name
+from netspec.compiler.caffe.textformat import CaffeError, one_line
 
 HAS_MULTIPLIERS = "lr_mult" in REGISTRY["conv"].model_fields  # the schema's per-parameter multipliers
 
@@ -60,7 +61,7 @@ def structure(net: Net) -> Structure:
     losses = list(net.losses)
     if not losses:  # a deploy net: the last layer is the output (without its softmax: netspec's heads are logits)
         if not net.nodes:
-            raise UserError(f"{net.file}: the net has no layers after its input", "give it some layers")
+            raise CaffeError(f"{net.file}: the net has no layers after its input", "give it some layers")
         last = net.nodes[-1]
         while last.spec["op"] == "softmax" and last.inputs[0] in by_name:
             last = by_name[last.inputs[0]]
@@ -80,7 +81,7 @@ def structure(net: Net) -> Structure:
         own = _ancestry(loss.logits, by_name) - trunk
         for node in own:
             if node in owner:
-                raise UserError(f"layer '{by_name[node].caffe}' feeds two auxiliary losses ('{owner[node]}' and "
+                raise CaffeError(f"layer '{by_name[node].caffe}' feeds two auxiliary losses ('{owner[node]}' and "
                                 f"'{loss.caffe}')", "netspec branches do not share layers: give each loss its own "
                                 "layers", by_name[node].pos)
             owner[node] = loss.caffe
@@ -96,7 +97,7 @@ def structure(net: Net) -> Structure:
     dropped = [f"'{n.caffe}' ({n.type}, line {n.pos.line})" for n in net.nodes if n.name not in used]
     last = by_name.get(main.logits)
     if last is None or len(last.shape) != 1:
-        raise UserError(f"the net's output '{main.logits}' is not a vector of class scores",
+        raise CaffeError(f"the net's output '{main.logits}' is not a vector of class scores",
                         "end the main path in an InnerProduct (fc) layer", main.pos)
     return Structure(backbone, heads, last.shape[0], dropped)
 
@@ -186,9 +187,13 @@ def node_line(node: NetNode, previous: str, classes: int, is_head: bool, d: Defa
 
 
 def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[str, Any],
-            train_comments: list[str], extra_notes: list[str]) -> str:
+            train_comments: list[str], extra_notes: list[str], data: dict[str, Any] | None = None,
+            data_comments: list[str] = ()) -> tuple[str, dict[int, Pos]]:
+    """The spec's text, and where in the prototxt each generated line comes from (by line number, 1-based):
+    an error in the spec is reported at the prototxt's line."""
     d = defaults(s.backbone + [n for h in s.heads for n in h.nodes])
     info = net.input
+    origin: dict[int, Pos] = {}
     out = [f"# Imported from {' + '.join(sources)} by `netspec import-caffe`.",
            "# Caffe layer names are kept (characters a netspec name cannot have became '_'); every loss but the",
            "# deepest is a branch. Edit freely: this file is yours now."]
@@ -198,7 +203,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
         out.append(f"# dropped (they feed no loss): {', '.join(s.dropped)}")
     out.append(f"name: {flow(name)}")
     if net.name:
-        out.append(f"description: {flow('Caffe net ' + net.name)}")
+        out.append(f"description: {flow('Caffe net ' + one_line(net.name))}")
     inp: dict[str, Any] = {"shape": list(info.shape)}
     if info.pos and (info.mean or info.scale != 1.0 or info.crop_size or info.batch_size):
         # Caffe feeds (pixel - mean_value) * scale on 0..255 pixels; netspec (pixel/255 - mean) / std
@@ -209,6 +214,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
     for comment in info.comments:
         out.append(f"# {comment}")
     out.append(f"input: {flow(inp)}")
+    origin[len(out)] = info.pos
     out.append(f"classes: {s.classes}")
     init = {}
     if d.weight is not None:
@@ -223,6 +229,7 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
     main = s.heads[0]
     for node in s.backbone:
         out.append("  " + node_line(node, previous, s.classes, node.name == main.loss.logits, d, []))
+        origin[len(out)] = node.pos
         previous = node.name
     if len(s.heads) > 1:
         out.append("")
@@ -235,20 +242,23 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
             previous = head.attach
             for node in head.nodes:
                 out.append("      " + node_line(node, previous, s.classes, node.name == head.loss.logits, d, []))
+                origin[len(out)] = node.pos
                 previous = node.name
     out.append("")
     out.append("losses:")
     for head in s.heads:
         where = f"  # {head.loss.type} '{head.loss.caffe}', line {head.loss.pos.line}" if head.loss.caffe else ""
         out.append(f"  {head.name}: {flow({'head': head.name, 'weight': head.loss.weight})}{where}")
-    data: dict[str, Any] = {}
-    if info.mirror:
-        data["augment"] = {"flip": True}
+        origin[len(out)] = head.loss.pos
+    if not data and info.mirror:
+        data = {"augment": {"flip": True}}
     if info.comments or data:
         out.append("")
-        if info.comments:
-            out.append("# data: the Caffe net's database is not readable by netspec: set data.source and data.path")
-        out.append(f"data: {flow(data)}")
+        out.extend(f"# {c}" for c in data_comments)
+        if info.comments and not (data or {}).get("source"):
+            out.append("# data: the Caffe net's database is not here: set data.source and data.path")
+        out.append(f"data: {flow(data or {})}")
+        origin[len(out)] = info.pos
     if HAS_MULTIPLIERS:
         if d.lr_mult != 1.0:
             train = {**train, "lr_mult": d.lr_mult}
@@ -264,4 +274,4 @@ def to_yaml(net: Net, s: Structure, name: str, sources: list[str], train: dict[s
         out.append("train:")
         for key, value in train.items():
             out.append(f"  {key}: {flow(value)}")
-    return "\n".join(out) + "\n"
+    return "\n".join(one_line(line) for line in out) + "\n", origin

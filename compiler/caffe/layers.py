@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from netspec.errors import Pos, UserError, did_you_mean
-from netspec.ops import RESERVED_NAMES
-from netspec.compiler.caffe.textformat import Message
+from netspec.errors import Pos, did_you_mean
+from netspec.ops import MAX_NAME, RESERVED_NAMES
+from netspec.compiler.caffe.textformat import CaffeError, Message
 
 Shape = tuple[int, ...]
 LABEL = object()  # the label blob of a data layer: read by loss and accuracy layers only
@@ -119,44 +119,54 @@ class Net:
     notes: list[str]
 
 
-class CaffeError(UserError):
-    """A prototxt netspec cannot import."""
-
-
 # --- names -----------------------------------------------------------------------------------
 
 def spec_name(caffe: str, taken: set[str]) -> str:
-    """A netspec node name for a Caffe name: `/`, `-`, `.` → `_`; unique; not a reserved word."""
+    """A netspec node name for a Caffe name: `/`, `-`, `.` and every other character a name cannot have → `_`; at
+    most MAX_NAME characters; unique; not a reserved word. The node keeps the Caffe name (weights match by it)."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", caffe) or "layer"
     if name[0].isdigit():
         name = "l" + name
     if name in RESERVED_NAMES or name == "input":
         name += "_"
-    base, i = name, 2
+    base, i = name[:MAX_NAME], 2
+    name = base
     while name in taken:
-        name, i = f"{base}_{i}", i + 1
+        suffix = f"_{i}"
+        name, i = base[:MAX_NAME - len(suffix)] + suffix, i + 1
     taken.add(name)
     return name
 
 
 # --- the layers' parameters ------------------------------------------------------------------
 
-def _pair(layer: Layer, param: str, key: str, default: int | None) -> tuple[int, int] | None:
-    """Caffe's `key` (repeated, 1 or 2 values) or `key_h`/`key_w` → (h, w)."""
+def _pair(layer: Layer, param: str, key: str, field: str, default: int | None, low: int) -> tuple[int, int] | None:
+    """Caffe's `field` (1 or 2 values) or `key_h`/`key_w` → (h, w), with the checks Caffe's LayerSetUp makes: not
+    both forms, `_h` and `_w` together, every value at least `low`."""
     p = layer.param(param)
     h, w = p.get(f"{key}_h"), p.get(f"{key}_w")
+    values = p.all(field)
     if h is not None or w is not None:
+        at = layer.at(param, f"{key}_h" if h is not None else f"{key}_w")
+        if values:
+            raise CaffeError(f"layer '{layer.name}' gives both {field} and {key}_h/{key}_w, which Caffe refuses "
+                             f"(\"either {field} or {key}_h/w, not both\")", f"keep {field} or {key}_h and {key}_w",
+                             at)
         if h is None or w is None:
             raise CaffeError(f"layer '{layer.name}' gives {key}_h or {key}_w alone", f"give both {key}_h and {key}_w",
-                             layer.at(param, f"{key}_h" if h is not None else f"{key}_w"))
-        return h, w
-    values = p.all(key)
-    if not values:
+                             at)
+        pair, at = (h, w), layer.at(param, f"{key}_h" if h < low else f"{key}_w")
+    elif not values:
         return None if default is None else (default, default)
-    if len(values) > 2:
-        raise CaffeError(f"layer '{layer.name}' has {len(values)} values of {key}: netspec's layers are 2-D",
-                         f"give one or two values of {key}", layer.at(param, key))
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+    elif len(values) > 2:
+        raise CaffeError(f"layer '{layer.name}' has {len(values)} values of {field}: netspec's layers are 2-D",
+                         f"give one or two values of {field}", layer.at(param, field))
+    else:
+        pair, at = (values[0], values[-1]), layer.at(param, field)
+    if min(pair) < low:
+        raise CaffeError(f"layer '{layer.name}' has {key} {min(pair)}; Caffe needs {key} ≥ {low}",
+                         f"give {field} a value ≥ {low}", at)
+    return pair
 
 
 def _value(pair: tuple[int, int]) -> int | list[int]:
@@ -231,14 +241,17 @@ def convolution(layer, shapes, node):
     if p.get("axis", 1) != 1:
         raise CaffeError(f"convolution '{layer.name}' has axis {p.get('axis')}", "netspec convolves over axis 1",
                          layer.at("convolution_param", "axis"))
-    kernel = _pair(layer, "convolution_param", "kernel", None) or _pair(layer, "convolution_param", "kernel_size", None)
+    kernel = _pair(layer, "convolution_param", "kernel", "kernel_size", None, 1)
     if kernel is None:
         raise CaffeError(f"convolution '{layer.name}' has no kernel_size", "add kernel_size: K", layer.pos)
-    stride = _pair(layer, "convolution_param", "stride", 1)
-    pad = _pair(layer, "convolution_param", "pad", 0)
-    dilation = _pair(layer, "convolution_param", "dilation", 1)
-    group = p.get("group", 1)
-    out = p.get("num_output")
+    stride = _pair(layer, "convolution_param", "stride", "stride", 1, 1)
+    pad = _pair(layer, "convolution_param", "pad", "pad", 0, 0)
+    dilation = _pair(layer, "convolution_param", "dilation", "dilation", 1, 1)
+    group, out = p.get("group", 1), p.get("num_output")
+    for key, value in (("num_output", out), ("group", group)):
+        if value < 1:
+            raise CaffeError(f"convolution '{layer.name}' has {key} {value}; Caffe needs {key} ≥ 1",
+                             f"give {key} a value ≥ 1", layer.at("convolution_param", key))
     if c % group or out % group:
         raise CaffeError(f"convolution '{layer.name}': group {group} does not divide its {c} input and {out} output "
                          "channels", "use a group that divides both", layer.at("convolution_param", "group"))
@@ -288,14 +301,22 @@ def pooling(layer, shapes, node):
         raise CaffeError(f"pooling '{layer.name}' is STOCHASTIC, which netspec does not have",
                          "the closest netspec op is maxpool (pool: MAX)", layer.at("pooling_param", "pool"))
     op = "maxpool" if method == "MAX" else "avgpool"
+    kernel = _pair(layer, "pooling_param", "kernel", "kernel_size", None, 1)
+    stride = _pair(layer, "pooling_param", "stride", "stride", 1, 1)
+    pad = _pair(layer, "pooling_param", "pad", "pad", 0, 0)
     if p.get("global_pooling", False):
+        if kernel is not None:  # Caffe's PoolingLayer::LayerSetUp
+            raise CaffeError(f"pooling '{layer.name}' has global_pooling and a kernel size, which Caffe refuses "
+                             "(\"with global_pooling: true filter size cannot be specified\")",
+                             "drop kernel_size (the window is the whole input)", layer.at("pooling_param", "global_pooling"))
+        if pad != (0, 0) or stride != (1, 1):
+            raise CaffeError(f"pooling '{layer.name}' has global_pooling with a pad or stride, which Caffe refuses "
+                             "(\"only pad = 0 and stride = 1\")", "drop pad and stride",
+                             layer.at("pooling_param", "global_pooling"))
         return {"op": op, "kernel": _value((h, w))}, (c, 1, 1)
-    kernel = _pair(layer, "pooling_param", "kernel", None) or _pair(layer, "pooling_param", "kernel_size", None)
     if kernel is None:
         raise CaffeError(f"pooling '{layer.name}' has no kernel_size", "add kernel_size: K, or global_pooling: true",
                          layer.pos)
-    stride = _pair(layer, "pooling_param", "stride", 1)
-    pad = _pair(layer, "pooling_param", "pad", 0)
     ceil = p.get("round_mode", "CEIL") == "CEIL"
     size = []
     for n, k, s, pd in zip((h, w), kernel, stride, pad):
@@ -324,6 +345,9 @@ def inner_product(layer, shapes, node):
     if p.get("num_output") is None:
         raise CaffeError(f"inner product '{layer.name}' has no num_output", "add num_output: N to inner_product_param",
                          layer.pos)
+    if p.get("num_output") < 1:
+        raise CaffeError(f"inner product '{layer.name}' has num_output {p.get('num_output')}",
+                         "give num_output a value ≥ 1", layer.at("inner_product_param", "num_output"))
     if p.get("axis", 1) != 1:
         raise CaffeError(f"inner product '{layer.name}' has axis {p.get('axis')}",
                          "netspec's fc flattens from axis 1", layer.at("inner_product_param", "axis"))
@@ -377,6 +401,10 @@ def lrn(layer, shapes, node):
         raise CaffeError(f"LRN '{layer.name}' normalises WITHIN_CHANNEL, which netspec does not have",
                          "the closest netspec op is lrn (across channels: norm_region: ACROSS_CHANNELS)",
                          layer.at("lrn_param", "norm_region"))
+    if p.get("local_size", 5) % 2 == 0:
+        raise CaffeError(f"LRN '{layer.name}' has local_size {p.get('local_size')}; Caffe's LRN takes an odd size "
+                         "(\"LRN only supports odd values for local_size\")", "give an odd local_size (e.g. 5)",
+                         layer.at("lrn_param", "local_size"))
     spec = {"op": "lrn", "size": p.get("local_size", 5), "alpha": p.get("alpha", 1.0), "beta": p.get("beta", 0.75)}
     if p.get("k", 1.0) != 1.0:
         spec["k"] = p.get("k")
@@ -463,10 +491,10 @@ DROPPED = {"Accuracy": "the per-exit accuracy table replaces it", "Silence": "it
 
 # --- the net ---------------------------------------------------------------------------------
 
-def _included(msg: Message) -> bool:
-    """Caffe's NetStateRule for the TRAIN net (phase TRAIN, level 0, no stages)."""
+def _included(msg: Message, phase: str) -> bool:
+    """Caffe's NetStateRule for the net of `phase` (TRAIN or TEST; level 0, no stages)."""
     def meets(rule: Message) -> bool:
-        if rule.get("phase", "TRAIN") != "TRAIN":
+        if rule.has("phase") and rule.get("phase") != phase:
             return False
         if rule.get("min_level", 0) > 0 or rule.get("max_level", 0) < 0:
             return False
@@ -477,15 +505,15 @@ def _included(msg: Message) -> bool:
     return not any(meets(r) for r in exclude)
 
 
-def layers_of(net: Message) -> list[Layer]:
-    """The net's layers (V2 `layer` or V1 `layers`), TRAIN phase only, normalised."""
+def layers_of(net: Message, phase: str = "TRAIN") -> list[Layer]:
+    """The net's layers (V2 `layer` or V1 `layers`) of one phase, normalised."""
     v2, v1 = net.all("layer"), net.all("layers")
     if v2 and v1:
         raise CaffeError("the net mixes `layer` (V2) and `layers` (V1)", "upgrade it with Caffe's "
                          "upgrade_net_proto_text, or use one kind", v1[0].pos())
     out = []
     for msg in v2 or v1:
-        if not _included(msg):
+        if not _included(msg, phase):
             continue
         name = msg.get("name", "")
         if v1:
@@ -505,38 +533,102 @@ def layers_of(net: Message) -> list[Layer]:
     return out
 
 
+Value = tuple[int, int]  # (index of the producing layer, index of its top); the net's inputs are (-1, k)
+
+
+def blob_values(layers: list[Layer], inputs: list[str]) -> tuple[list[list[Value | None]], dict[Value, list[int]]]:
+    """Which value each layer's bottoms read (a blob written in place is a new value; a Split's tops are its
+    bottom's value) and the layers that read each value; refuses a top produced twice, as Caffe's Net::Init does."""
+    current: dict[str, Value] = {name: (-1, k) for k, name in enumerate(inputs)}
+    writer: dict[str, Layer | None] = {name: None for name in inputs}
+    reads: list[list[Value | None]] = []
+    readers: dict[Value, list[int]] = {}
+    for i, layer in enumerate(layers):
+        values = [current.get(b) for b in layer.bottoms]
+        reads.append(values)
+        if layer.type != "Split":
+            for v in values:
+                if v is not None:
+                    readers.setdefault(v, []).append(i)
+        for j, top in enumerate(layer.tops):
+            in_place = j < len(layer.bottoms) and layer.bottoms[j] == top
+            if top in writer and not in_place:
+                first = writer[top]
+                where = f"layer '{first.name}' (line {first.pos.line})" if first else "the net's `input:`"
+                raise CaffeError(f"top '{top}' of layer '{layer.name}' is also produced by {where}; Caffe refuses a "
+                                 "blob produced by two layers (\"produced by multiple sources\")",
+                                 "rename one of the tops, or write it in place (the same blob as bottom and top, at "
+                                 "the same position)", layer.msg.pos("top"))
+            writer[top] = layer
+            current[top] = values[0] if layer.type == "Split" and values and values[0] else (i, j)
+    return reads, readers
+
+
+@dataclass
+class DataParams:
+    """What a data layer says of its data: data_param / image_data_param and transform_param (Caffe's old
+    data_param copies of scale, crop_size, mirror and mean_file count when transform_param lacks them)."""
+
+    layer: Layer
+    source: str | None
+    backend: str | None  # as written: LMDB, LEVELDB, or None (Caffe's default, LEVELDB)
+    batch_size: int | None
+    crop: int
+    mean: list[float]
+    mean_file: str | None
+    scale: float
+    mirror: bool
+    param: str | None  # the layer's parameter message
+
+    def pos(self, key: str) -> Pos:
+        for param in ("transform_param", self.param):
+            if param and self.layer.msg.get(param) is not None and self.layer.msg.get(param).has(key):
+                return self.layer.at(param, key)
+        return self.layer.pos
+
+
+def data_params(layer: Layer) -> DataParams:
+    t = layer.param("transform_param")
+    param = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param"}.get(layer.type)
+    p = layer.param(param) if param else Message("*", layer.pos.file, layer.pos.line)
+    out = DataParams(layer, p.get("source"), p.get("backend"), p.get("batch_size"),
+                     t.get("crop_size", 0) or p.get("crop_size", 0), t.all("mean_value"),
+                     t.get("mean_file", p.get("mean_file")), t.get("scale", p.get("scale", 1.0)),
+                     t.get("mirror", False) or p.get("mirror", False), param)
+    if out.mean_file and out.mean:  # Caffe's DataTransformer constructor
+        raise CaffeError(f"data layer '{layer.name}' gives both mean_file and mean_value, which Caffe refuses "
+                         "(\"cannot specify mean_file and mean_value at the same time\")", "keep one of them",
+                         out.pos("mean_value"))
+    return out
+
+
+def data_layer(net: Message, phase: str) -> Layer | None:
+    """The first data layer of the net of `phase`."""
+    return next((layer for layer in layers_of(net, phase) if layer.type in DATA_TYPES), None)
+
+
 def _data_input(layer: Layer, info: InputInfo) -> None:
     """A data layer's shape (crop_size, mean_value → channels) and the training settings it carries."""
-    t = layer.param("transform_param")
-    params = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param"}.get(layer.type)
-    p = layer.param(params) if params else Message("*", layer.pos.file, layer.pos.line)
-    crop = t.get("crop_size", 0) or p.get("crop_size", 0)
-    mean = t.all("mean_value")
-    info.mean, info.scale = mean, t.get("scale", p.get("scale", 1.0))
-    info.mirror = t.get("mirror", False) or p.get("mirror", False)
-    info.crop_size = crop
-    info.batch_size = p.get("batch_size")
-    channels = len(mean) if len(mean) > 1 else (1 if layer.type == "ImageData" and not p.get("is_color", True)
-                                                else None)
-    size = (crop, crop) if crop else (p.get("new_height"), p.get("new_width")) if p.get("new_height") else None
+    d = data_params(layer)
+    p = layer.param(d.param) if d.param else Message("*", layer.pos.file, layer.pos.line)
+    info.mean, info.scale, info.mirror, info.crop_size, info.batch_size = d.mean, d.scale, d.mirror, d.crop, d.batch_size
+    channels = len(d.mean) if len(d.mean) > 1 else (1 if layer.type == "ImageData" and not p.get("is_color", True)
+                                                    else None)
+    size = (d.crop, d.crop) if d.crop else (p.get("new_height"), p.get("new_width")) if p.get("new_height") else None
     if channels and size:
         info.shape = (channels, *size)
-    if len(mean) == 3:
-        info.comments.append("Caffe reads images as BGR: input.mean and conv weights keep Caffe's channel order; "
-                             "netspec's readers give RGB")
-    where = f"{layer.pos}"
-    source = p.get("source")
-    if source:
-        backend = f" ({p.get('backend', 'LEVELDB')})" if layer.type == "Data" else ""
-        info.comments.append(f"Caffe's {layer.type} layer '{layer.name}' ({where}) reads {source}{backend}")
-    mean_file = t.get("mean_file", p.get("mean_file"))
-    if mean_file:
-        info.comments.append(f"it subtracts the mean image {mean_file}: netspec subtracts a per-channel mean "
-                             "(set input.mean)")
-    if crop:
-        info.comments.append(f"it crops {crop}x{crop} windows at random and "
+    if len(d.mean) == 3:
+        info.comments.append("Caffe reads images as BGR: input.mean and conv weights keep Caffe's channel order "
+                             "(source lmdb keeps it; netspec's image-file readers give RGB)")
+    if d.source:
+        backend = f" ({d.backend or 'LEVELDB'})" if layer.type == "Data" else ""
+        info.comments.append(f"Caffe's {layer.type} layer '{layer.name}' ({layer.pos}) reads {d.source}{backend}")
+    if d.mean_file:
+        info.comments.append(f"it subtracts the mean image {d.mean_file} (data.mean_file, for source lmdb)")
+    if d.crop:
+        info.comments.append(f"it crops {d.crop}x{d.crop} windows at random and "
                              f"{'mirrors them' if info.mirror else 'does not mirror'}: netspec's input is the "
-                             "crop's size (data.augment: crop_pad pads and crops instead)")
+                             "crop's size (data.crop: caffe, for source lmdb)")
 
 
 def _network_input(net: Message, info: InputInfo) -> str | None:
@@ -561,6 +653,28 @@ def _network_input(net: Message, info: InputInfo) -> str | None:
     return names[0]
 
 
+def _fold_scale(layer: Layer, bn: NetNode, readers: list[int], layers: list[Layer], index: int) -> None:
+    """Fold the Scale `layer` into the BatchNorm node `bn` it reads — only when it is the one reader of the
+    BatchNorm's output: any other reader would get the scaled values, and netspec has no standalone Scale."""
+    others = [layers[i] for i in readers if i != index]
+    if others:
+        other = others[0]
+        raise CaffeError(f"scale '{layer.name}' follows BatchNorm '{bn.caffe}', whose output '{other.name}' "
+                         f"(line {other.pos.line}) also reads: folding the Scale into the BatchNorm would give "
+                         f"'{other.name}' scaled values, and netspec has no standalone Scale",
+                         f"let '{other.name}' read the Scale's output, or drop the Scale", layer.pos)
+    p = layer.param("scale_param")
+    if p.get("axis", 1) != 1 or p.get("num_axes", 1) != 1:
+        raise CaffeError(f"scale '{layer.name}' after a BatchNorm scales axes other than the channels",
+                         "netspec folds only a per-channel Scale (axis 1, num_axes 1)", layer.pos)
+    bn.spec["affine"] = True
+    bn.scale_layer = layer.name
+    bn.mults = layer.mults
+    bn.notes.append(f"Caffe's BatchNorm '{bn.caffe}' + Scale '{layer.name}' (line {layer.pos.line})")
+    if not p.get("bias_term", False):
+        bn.notes.append("the Scale has no bias: netspec's batchnorm learns one (starts at 0)")
+
+
 def read_net(net: Message, input_shape: Shape | None = None) -> Net:
     """The TRAIN net of a parsed NetParameter as netspec nodes, losses and input."""
     file = net.file
@@ -578,7 +692,8 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
     layers = layers_of(net)
     if not layers:
         raise CaffeError("the net has no layers (in the TRAIN phase)", "give `layer { ... }` entries", net.pos())
-    for layer in layers:
+    reads, readers = blob_values(layers, net.all("input"))
+    for index, layer in enumerate(layers):
         if layer.type in DATA_TYPES:
             if any(b is not LABEL and b == info.name for b in blobs.values()):
                 raise CaffeError(f"data layer '{layer.name}' is a second input", "netspec networks have one input",
@@ -586,7 +701,12 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
             if not layer.tops:
                 raise CaffeError(f"data layer '{layer.name}' has no top", 'add top: "data"', layer.pos)
             if layer.type == "Input":
-                shape = layer.param("input_param").sub("shape").all("dim")
+                shapes_given = layer.param("input_param").all("shape")
+                if len(shapes_given) not in (0, 1, len(layer.tops)):  # Caffe's InputLayer::LayerSetUp
+                    raise CaffeError(f"Input layer '{layer.name}' has {len(shapes_given)} shapes for "
+                                     f"{len(layer.tops)} tops", "give one shape, or one per top (Caffe: \"must "
+                                     "specify 'shape' once, once per top blob, or not at all\")", layer.pos)
+                shape = shapes_given[0].all("dim") if shapes_given else []
                 if len(shape) == 4:
                     info.shape = tuple(shape[1:])
             else:
@@ -623,28 +743,18 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
         if layer.type in DROPPED:
             notes.append(f"dropped {layer.type} layer '{layer.name}' ({layer.pos}): {DROPPED[layer.type]}")
             continue
-        if any(s is LABEL for s in sources):
-            raise CaffeError(f"layer '{layer.name}' ({layer.type}) reads the labels", "only loss and accuracy "
-                             "layers may read the label blob", layer.pos)
         if layer.type == "Split":
+            if len(sources) != 1:
+                raise CaffeError(f"split '{layer.name}' has {len(sources)} bottoms", "a Split copies one bottom",
+                                 layer.pos)
             for top in layer.tops:
                 blobs[top] = sources[0]
             continue
         if layer.type == "Scale" and len(sources) == 1 and sources[0] in nodes \
                 and nodes[sources[0]].type == "BatchNorm" and nodes[sources[0]].scale_layer is None:
-            bn = nodes[sources[0]]
-            p = layer.param("scale_param")
-            if p.get("axis", 1) != 1 or p.get("num_axes", 1) != 1:
-                raise CaffeError(f"scale '{layer.name}' after a BatchNorm scales axes other than the channels",
-                                 "netspec folds only a per-channel Scale (axis 1, num_axes 1)", layer.pos)
-            bn.spec["affine"] = True
-            bn.scale_layer = layer.name
-            bn.mults = layer.mults
-            bn.notes.append(f"Caffe's BatchNorm '{bn.caffe}' + Scale '{layer.name}' (line {layer.pos.line})")
-            if not p.get("bias_term", False):
-                bn.notes.append("the Scale has no bias: netspec's batchnorm learns one (starts at 0)")
+            _fold_scale(layer, nodes[sources[0]], readers.get(reads[index][0], []), layers, index)
             for top in layer.tops:
-                blobs[top] = bn.name
+                blobs[top] = sources[0]
             continue
         fn = CONVERTERS.get(layer.type)
         if fn is None:
@@ -653,6 +763,9 @@ def read_net(net: Message, input_shape: Shape | None = None) -> Net:
                              f"closest netspec op: {closest}" if closest else
                              (did_you_mean(layer.type, [*CONVERTERS, *LOSSES, *DROPPED, "Split", "Scale", *DATA_TYPES])
                               + "; see docs/caffe.md for what is supported"), layer.msg.pos("type"))
+        if any(s is LABEL for s in sources):
+            raise CaffeError(f"layer '{layer.name}' ({layer.type}) reads the labels", "only loss and accuracy "
+                             "layers may read the label blob", layer.pos)
         if len(layer.tops) != 1:
             raise CaffeError(f"layer '{layer.name}' has {len(layer.tops)} tops", "netspec's layers have one output",
                              layer.pos)

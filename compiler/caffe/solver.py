@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from netspec.errors import UserError
-from netspec.compiler.caffe.textformat import Message
+from netspec.compiler.caffe.textformat import CaffeError, Message
 
 OPTIMIZERS = {"SGD": "sgd", "NESTEROV": "sgd", "NESTEROV'": "sgd", "ADAM": "adam"}
 
@@ -20,12 +19,12 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
     notes: list[str] = []
     kind = str(solver.get("type", solver.get("solver_type", "SGD"))).upper()
     if kind not in OPTIMIZERS:
-        raise UserError(f"solver type '{kind}' has no netspec counterpart",
+        raise CaffeError(f"solver type '{kind}' has no netspec counterpart",
                         "netspec's optimizers are sgd (Caffe SGD, Nesterov) and adam",
                         solver.pos("type") if solver.has("type") else solver.pos("solver_type"))
     lr = solver.get("base_lr")
     if lr is None:
-        raise UserError("the solver has no base_lr", "add base_lr: 0.01", solver.pos())
+        raise CaffeError("the solver has no base_lr", "add base_lr: 0.01", solver.pos())
     optimizer: dict[str, Any] = {"type": OPTIMIZERS[kind], "lr": lr}
     if kind == "ADAM":
         optimizer["betas"] = [solver.get("momentum", 0.9), solver.get("momentum2", 0.999)]
@@ -36,7 +35,7 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
         if kind.startswith("NESTEROV"):
             optimizer["nesterov"] = True
     if solver.get("regularization_type", "L2") != "L2":
-        raise UserError(f"regularization_type {solver.get('regularization_type')} is not supported",
+        raise CaffeError(f"regularization_type {solver.get('regularization_type')} is not supported",
                         "netspec's weight decay is L2", solver.pos("regularization_type"))
     if solver.get("clip_gradients", -1) >= 0:
         notes.append(f"clip_gradients {solver.get('clip_gradients')} dropped: netspec does not clip gradients")
@@ -47,7 +46,7 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
     steps_per_epoch = None
     if train_size is not None:
         if not batch_size:
-            raise UserError("--train-size needs the batch size, and the net's data layer gives none",
+            raise CaffeError("--train-size needs the batch size, and the net's data layer gives none",
                             "give the data layer a batch_size", solver.pos())
         steps_per_epoch = train_size / batch_size
     policy_name = solver.get("lr_policy", "fixed")
@@ -55,7 +54,7 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
 
     def epochs(iterations: int, what: str) -> int:
         if steps_per_epoch is None:
-            raise UserError(f"the solver's {what} counts iterations ({iterations}); netspec's schedules count "
+            raise CaffeError(f"the solver's {what} counts iterations ({iterations}); netspec's schedules count "
                             "epochs", "give --train-size N (training examples in one epoch) to convert",
                             solver.pos(what.split()[0]))
         value = max(1, round(iterations / steps_per_epoch))
@@ -65,7 +64,7 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
 
     def per_epoch(value: float, what: str, power: bool) -> float:
         if steps_per_epoch is None:
-            raise UserError(f"lr_policy '{policy_name}' is per iteration; netspec's schedules count epochs",
+            raise CaffeError(f"lr_policy '{policy_name}' is per iteration; netspec's schedules count epochs",
                             "give --train-size N (training examples in one epoch) to convert", solver.pos(what))
         return value ** steps_per_epoch if power else value * steps_per_epoch
 
@@ -85,7 +84,7 @@ def read_solver(solver: Message, batch_size: int | None, train_size: int | None)
     elif policy_name == "exp":
         policy = {"type": "exp", "gamma": per_epoch(gamma if gamma is not None else 1.0, "gamma", True)}
     else:
-        raise UserError(f"lr_policy '{policy_name}' has no netspec counterpart",
+        raise CaffeError(f"lr_policy '{policy_name}' has no netspec counterpart",
                         "netspec converts fixed, step, multistep, poly, inv and exp", solver.pos("lr_policy"))
     if max_iter:
         if steps_per_epoch is not None:

@@ -2,7 +2,8 @@
 
 The messages are declared here with only the fields needed, numbered as in BVLC caffe's caffe.proto
 (NetParameter.layer = 100 and V1 `layers` = 2; LayerParameter name 1, type 2, blobs 7; V1LayerParameter name 4,
-type 5, blobs 6; BlobProto num/channels/height/width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1).
+type 5, blobs 6; BlobProto num/channels/height/width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1; Datum
+channels 1, height 2, width 3, data 4, label 5, float_data 6, encoded 7 — the records of Caffe's LMDB databases).
 Every other field of the file is skipped by the protobuf parser.
 """
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     message("V1LayerParameter", [("name", 4, F.TYPE_STRING, opt, None, False),
                                  ("type", 5, F.TYPE_INT32, opt, None, False),  # an enum on the wire: a varint
                                  ("blobs", 6, F.TYPE_MESSAGE, rep, "BlobProto", False)])
+    message("Datum", [("channels", 1, F.TYPE_INT32, opt, None, False), ("height", 2, F.TYPE_INT32, opt, None, False),
+                      ("width", 3, F.TYPE_INT32, opt, None, False), ("data", 4, F.TYPE_BYTES, opt, None, False),
+                      ("label", 5, F.TYPE_INT32, opt, None, False),
+                      ("float_data", 6, F.TYPE_FLOAT, rep, None, False),  # not packed in caffe.proto
+                      ("encoded", 7, F.TYPE_BOOL, opt, None, False)])
     message("NetParameter", [("name", 1, F.TYPE_STRING, opt, None, False),
                              ("layer", 100, F.TYPE_MESSAGE, rep, "LayerParameter", False),
                              ("layers", 2, F.TYPE_MESSAGE, rep, "V1LayerParameter", False)])

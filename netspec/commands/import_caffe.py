@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--weights", metavar="W.caffemodel", help="trained weights: written as a netspec checkpoint")
     parser.add_argument("--checkpoint", metavar="OUT.pt", help="where to write the checkpoint (default: SPEC.pt)")
     parser.add_argument("--input-shape", metavar="C,H,W", help="the input's shape when the prototxt does not say "
-                        "(a data layer reading a database)")
+                        "(default for a Data layer: its LMDB database's first record and crop_size)")
     parser.add_argument("--train-size", type=int, metavar="N", help="training examples per epoch: converts the "
-                        "solver's iterations to epochs")
+                        "solver's iterations to epochs (default: the TRAIN LMDB database's record count)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     heads = ", ".join(h.name for h in result.structure.heads)
     print(f"wrote {result.spec_path}: {len(result.compiled.network.nodes)} nodes, heads {heads}, "
           f"{params:,} parameters; it compiles")
+    plan = result.data
+    if plan.section:
+        test = f" and {plan.section['test_path']}" if "test_path" in plan.section else ""
+        print(f"data: source lmdb, {plan.section['path']} ({plan.train_size:,} records){test}; input "
+              f"{'x'.join(map(str, plan.shape))} from its first record")
     if result.checkpoint:
         print(f"wrote {result.checkpoint} (weights of {args.weights}); use it with --checkpoint "
               f"{result.checkpoint}, or init: {{from: {result.checkpoint}}}")

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from netspec.data_spec import DataSpec
-from netspec.errors import UserError
+from netspec.data_spec import SYNTHETIC_SIZES, DataSpec
+from netspec.errors import UserError, plural
 from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
@@ -34,13 +34,16 @@ FASHION_MNIST_CLASSES = [
 
 @dataclass
 class Dataset:
-    """A whole data set in memory: images uint8 (N, C, H, W), labels int64 (N)."""
+    """A whole data set in memory: images uint8 (N, C, H, W), labels int64 (N). `val_x`/`val_y` hold the
+    validation split (data.val_split), None without one."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -53,12 +56,27 @@ def cache_dir(source: str) -> Path:
 
 
 def data_root(spec: DataSpec) -> Path:
-    """The directory (or file) a spec's data is read from."""
-    if spec.path:
+    """The directory (or file) a spec's data is read from (synthetic data reads none: data.path is not used)."""
+    if spec.path and spec.source != "synthetic":
         return Path(spec.path).expanduser()
     if spec.source == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return DEBIAN_FASHION_MNIST
     return cache_dir(spec.source)
+
+
+def hold_out(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """data.val_split: (validation indices, training indices) of a training set of `n` examples, each sorted, drawn
+    by a permutation seeded with data.val_seed; data.train_limit then keeps the first of the training indices.
+    None without a validation split."""
+    if spec.val_split is None:
+        return None
+    count = spec.val_split if isinstance(spec.val_split, int) else round(spec.val_split * n)
+    if not 0 < count < n:
+        raise UserError(f"data.val_split {spec.val_split} holds out {count} of the {n} training examples: "
+                        "nothing would be left to " + ("validate on" if count < 1 else "train on"),
+                        f"give a count between 1 and {n - 1}, or a fraction such as 0.1", spec.where("val_split"))
+    order = np.random.default_rng(spec.val_seed).permutation(n)
+    return np.sort(order[:count]), np.sort(order[count:])[:spec.train_limit]
 
 
 def load_dataset(spec: DataSpec, input_shape: tuple[int, int, int]) -> Dataset:
@@ -94,7 +112,13 @@ def _finish(spec: DataSpec, shape: tuple[int, ...], train: Split, test: Split, c
 
     (tx, ty), (vx, vy) = train, test
     lt, lv = spec.train_limit, spec.test_limit
-    return Dataset(tensor(tx, lt, np.uint8), tensor(ty, lt, np.int64), tensor(vx, lv, np.uint8), tensor(vy, lv, np.int64), list(names))
+    test_x, test_y = tensor(vx, lv, np.uint8), tensor(vy, lv, np.int64)
+    split = hold_out(len(ty), spec)
+    if split is None:
+        return Dataset(tensor(tx, lt, np.uint8), tensor(ty, lt, np.int64), test_x, test_y, list(names))
+    held, kept = split
+    return Dataset(tensor(tx[kept], None, np.uint8), tensor(ty[kept], None, np.int64), test_x, test_y, list(names),
+                   tensor(tx[held], None, np.uint8), tensor(ty[held], None, np.int64))
 
 
 def _fmt(shape: Any) -> str:
@@ -110,7 +134,13 @@ def _missing(spec: DataSpec, root: Path, what: str) -> UserError:
         fix = f"set data.download: true to fetch it into {root}, or {where}"
     else:
         fix = where
-    return UserError(f"no {spec.source} data at {root}: {what} not found", fix, spec.at)
+    return UserError(f"no {spec.source} data at {root}: {what} not found", f"{fix}; {without_data(spec)}", spec.at)
+
+
+def without_data(spec: DataSpec) -> str:
+    """The end of every missing-data error: how to run the spec anyway."""
+    fmnist = " or a specs/*_fmnist.yaml spec (Fashion-MNIST)" if spec.source != "fashion-mnist" else ""
+    return f"to try the spec without the data: data.source=synthetic (random images of its shape){fmnist}"
 
 
 
@@ -184,7 +214,8 @@ def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     for images, labels in IDX_FILES.values():
         x, y = read_idx(find(images), 3), read_idx(find(labels), 1)
         if len(x) != len(y):
-            raise UserError(f"{find(images)} has {len(x)} images but {find(labels)} has {len(y)} labels", CORRUPT)
+            raise UserError(f"{find(images)} has {plural(len(x), 'image')} but {find(labels)} has {plural(len(y), 'label')}",
+                            CORRUPT)
         splits.append((x[:, None], y))
     classes = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": [str(d) for d in range(10)]}.get(spec.source)
     return splits[0], splits[1], classes
@@ -251,7 +282,7 @@ def _cifar_batch(path: Path, labels_key: str) -> Split:
         raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", CORRUPT)
     y = _labels(y, path, labels_key)
     if y.shape != (len(x),):
-        raise UserError(f"{path} has {len(x)} images but {y.size} labels", CORRUPT)
+        raise UserError(f"{path} has {plural(len(x), 'image')} but {plural(y.size, 'label')}", CORRUPT)
     return x.reshape(-1, 3, 32, 32), y
 
 
@@ -314,7 +345,7 @@ def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Spl
     """Decode, convert to L or RGB and resize every image to `shape` (C, H, W)."""
     c, h, w = shape
     if len(files) * h * w * c > data_limit():
-        raise too_large(files[0][0].parent.parent, f"{len(files)} images of {_fmt(shape)} take", len(files) * h * w * c)
+        raise too_large(files[0][0].parent.parent, f"{plural(len(files), 'image')} of {_fmt(shape)} take", len(files) * h * w * c)
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, (f, _) in enumerate(files):
         x[i] = read_image(f, shape)
@@ -377,3 +408,37 @@ def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
     classes = [str(c) for c in names] if names is not None else None
     return splits[0], splits[1], classes
 
+
+
+# ---------------------------------------------------------------- synthetic (no files)
+
+SYNTHETIC_SEED = 0  # ours: every run of a spec sees the same synthetic data
+
+
+@reader("synthetic")
+def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+    """Random uint8 images of the input's shape and uniform random labels over the spec's classes (Caffe's
+    DummyData, seeded): data.train_limit / data.test_limit of each, default SYNTHETIC_SIZES (plus the validation
+    split's images, when the spec holds one out of the training set)."""
+    count = spec._class_count or (len(spec.classes) if spec.classes else None)
+    if count is None:
+        raise UserError("data.source: synthetic needs the number of classes", "use it in a spec (its `classes:` "
+                        "sets it), or give data.classes", spec.at)
+    sizes = [limit or default for limit, default in zip((spec.train_limit, spec.test_limit), SYNTHETIC_SIZES)]
+    held = spec.val_split  # a validation split is drawn from the training images: make it on top
+    if held:
+        sizes[0] = sizes[0] + held if isinstance(held, int) else math.ceil(sizes[0] / (1 - held)) + 1
+    if sum(sizes) * math.prod(shape) > data_limit():
+        raise too_large("data.source: synthetic", f"{sizes[0]:,} + {plural(sizes[1], 'image')} of {_fmt(shape)} take",
+                        sum(sizes) * math.prod(shape))
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    splits = [(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, count, n, np.int64)) for n in sizes]
+    return splits[0], splits[1], [str(i) for i in range(count)]
+
+
+# ---------------------------------------------------------------- Caffe LMDB, whole (calibrate, probe, export)
+
+@reader("lmdb")
+def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+    from netspec.runtime.data.caffe_lmdb import read_whole  # the streaming reader's module builds on this one
+    return read_whole(spec, root, shape)

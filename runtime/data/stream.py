@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
-from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, load_dataset
+from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, hold_out, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
 from netspec.runtime.images import IMAGE_SUFFIXES
+from netspec.runtime.data.sources import without_data
 
 LAYOUTS = "root/train/<class>/* and root/test/<class>/*, or root/<class>/* (split 90/10)"
 PROGRESS_EVERY = 2.0  # seconds between progress lines while indexing
@@ -42,6 +43,8 @@ class StreamData:
     test_y: torch.Tensor
     classes: list[str]
     root: Path
+    val_files: np.ndarray | None = None  # the validation split (data.val_split), None without one
+    val_y: torch.Tensor | None = None
 
 
 def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> StreamData:
@@ -49,7 +52,7 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     train_root = root / "train" if (root / "train").is_dir() else root
     if not train_root.is_dir():
         raise UserError(f"no imagefolder data at {root}: the directory is not there",
-                        f"set data.path to a directory laid out as {LAYOUTS}", spec.at)
+                        f"set data.path to a directory laid out as {LAYOUTS}; {without_data(spec)}", spec.at)
     classes = sorted(e.name for e in os.scandir(train_root) if e.is_dir())
     if not classes:
         raise UserError(f"no class directories in {train_root}",
@@ -66,14 +69,20 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
     if not train:
         raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class directories of {train_root}",
                         f"lay the images out as {LAYOUTS}", spec.at)
-    train, test = train[:spec.train_limit], test[:spec.test_limit]
+    held = hold_out(len(train), spec)
+    val = None
+    if held is None:
+        train = train[:spec.train_limit]
+    else:
+        val, train = [train[i] for i in held[0]], [train[i] for i in held[1]]
+    test = test[:spec.test_limit]
 
     def split(files):
         paths = np.array([os.fsencode(os.path.relpath(p, root)) for p, _ in files]) if files else np.zeros(0, "S1")
         return paths, torch.tensor([label for _, label in files], dtype=torch.int64)
 
     (tf, ty), (vf, vy) = split(train), split(test)
-    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root)
+    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root, *(split(val) if val is not None else ()))
 
 
 class _Counter:
@@ -84,12 +93,12 @@ class _Counter:
         self.n += k
         now = time.monotonic()
         if self.out is not None and now - self.last > PROGRESS_EVERY:
-            print(f"\rindexing {self.root}: {self.n} files", end="", file=self.out, flush=True)
+            print(f"\rindexing {self.root}: {plural(self.n, 'file')}", end="", file=self.out, flush=True)
             self.last, self.shown = now, True
 
     def done(self, n: int) -> None:
         if self.shown:
-            print(f"\rindexed {self.root}: {n} files", file=self.out, flush=True)
+            print(f"\rindexed {self.root}: {plural(n, 'file')}", file=self.out, flush=True)
 
 
 def _list(root: Path, classes: list[str], counter: _Counter, spec: DataSpec) -> list[tuple[str, int]]:
@@ -129,6 +138,9 @@ def streams(spec) -> bool | None:
 
 def load_data(spec, progress=sys.stderr) -> Dataset | StreamData:
     """The spec's data: file lists for streaming (data.stream), else the whole set decoded in memory."""
+    if spec.data.source == "lmdb":  # Caffe's databases: always streamed
+        from netspec.runtime.data.caffe_lmdb import index_lmdb
+        return index_lmdb(spec, progress)
     choice = streams(spec)
     if choice is not False:
         data = index_imagefolder(spec.data, data_root(spec.data), progress)
@@ -182,17 +194,21 @@ class StreamBatches:
     """One epoch of a split of image files as (float32 normalised images, int64 labels) batches on `device`.
 
     The order, the sharding, `drop_last`, `set_epoch(epoch, skip)` and the device-side augmentation are those of
-    `Batches`; the images come decoded and cropped from `workers` DataLoader processes."""
+    `Batches`; the images come decoded and cropped from `workers` DataLoader processes (from `dataset`, items
+    (index, epoch) → (image, label, error), when given: ImageFiles of `files` otherwise)."""
+
+    BAD_ITEM = "replace or delete the file (PNG, JPG, ... expected), or re-index the folder"
 
     def __init__(self, files: np.ndarray, y: torch.Tensor, batch_size: int, *, train: bool, transform: Transform,
                  mean: list[float], std: list[float], augment: Augment | None = None,
                  device: torch.device | str = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4, root: str | Path = ""):
+                 drop_last: bool | None = None, workers: int = 2, prefetch: int = 4, root: str | Path = "",
+                 dataset: torch.utils.data.Dataset | None = None):
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of {world_size}")
         channels = transform.shape[0]
         self.y = y.to(torch.int64)
-        self.dataset = ImageFiles(files, self.y, transform, seed, root)
+        self.dataset = dataset if dataset is not None else ImageFiles(files, self.y, transform, seed, root)
         self.batch_size, self.train = batch_size, train
         self.augment = augment if train and augment and (augment.crop_pad or augment.flip) else None
         self.device = torch.device(device)
@@ -231,15 +247,19 @@ class StreamBatches:
         start = self.skip if self.train else 0
         for b, batch in enumerate(self.loader(), start=start):
             if isinstance(batch, str):
-                raise UserError(batch, "replace or delete the file (PNG, JPG, ... expected), or re-index the folder")
+                raise UserError(batch, self.BAD_ITEM)
             x, y = (t.to(self.device, non_blocking=True) for t in batch)
             if self.augment:
                 x = augment_batch(x, self.augment, _generator(self.seed, self.epoch, self.rank, b))
             yield x.to(torch.float32).mul_(self._scale).add_(self._shift), y
 
 
-def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: int = 1) -> tuple[StreamBatches, StreamBatches]:
-    """This rank's streamed training and test batches for a spec (what `train.make_batches` gives when streaming)."""
+def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: int = 1
+                   ) -> tuple[StreamBatches, StreamBatches | None, StreamBatches]:
+    """This rank's streamed training, validation (None without data.val_split) and test batches for a spec (what `train.make_batches` gives when streaming)."""
+    if spec.data.source == "lmdb":
+        from netspec.runtime.data.caffe_lmdb import lmdb_batches
+        return lmdb_batches(spec, data, device, rank, world_size)
     shape = tuple(int(d) for d in spec.input.shape)
     d = spec.data
     if d.crop == "none" and d.resize is not None and resize_hw(d.resize, shape) != shape[1:]:
@@ -255,9 +275,11 @@ def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: in
                   world_size=world_size, workers=d.workers, root=data.root)
     train = StreamBatches(data.train_files, data.train_y, spec.train.batch_size // world_size, train=True,
                           transform=Transform(shape, d.crop, d.resize, train=True), augment=d.augment, **common)
-    test = StreamBatches(data.test_files, data.test_y, spec.train.eval_batch_size, train=False,
-                         transform=Transform(shape, d.crop, d.resize, train=False), **common)
-    return train, test
+    test, val = (StreamBatches(files, y, spec.train.eval_batch_size, train=False,
+                               transform=Transform(shape, d.crop, d.resize, train=False), **common)
+                 if files is not None else None
+                 for files, y in ((data.test_files, data.test_y), (data.val_files, data.val_y)))
+    return train, val, test
 
 
 def resize_hw(resize, shape) -> tuple[int, int]:
