@@ -19,6 +19,10 @@ same command and `finished` is reused; one with the same command that was cut of
 (from its last epoch checkpoint); `--fresh` trains everything again; `--collect` only tabulates. The figures are
 the last epoch's (never the best epoch: picking it on the test split would flatter every method). Writes
 OUT/<table>/results.md, results.json and the plots (also into --plots DIR).
+
+The paired statistics are `netspec sweep`'s (netspec.runtime.sweep). New reproductions are sweep files run by
+that command (specs/sweeps/, docs/reproduction.md); this script keeps the three issue-15 tables, whose reports
+compare particular pairs of arms and plot gradient records.
 """
 from __future__ import annotations
 
@@ -35,10 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netspec.compiler.summary import human
+from netspec.runtime.sweep import fmt_paired, mean_std, paired, verdict  # the statistics `netspec sweep` reports
 
 ROOT = Path(__file__).resolve().parent.parent
-# two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (any statistics table)
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 
 
 @dataclass(frozen=True)
@@ -169,41 +172,6 @@ def read_run(out: Path) -> dict | None:
     steps = [json.loads(x) for x in steps_file.read_text().splitlines() if x.strip()] if steps_file.is_file() else []
     return {"records": records, "last": records[-1], "exits": exits, "steps": steps,
             "train_seconds": sum(r["seconds"] for r in records)}
-
-
-# --- statistics ----------------------------------------------------------------------------------------------
-
-def mean_std(values: list[float]) -> str:
-    """'mean ± sample std' of fractions, in % (epochs not evaluated, NaN, left out)."""
-    pct = [100 * v for v in values if not math.isnan(v)]
-    if not pct:
-        return "–"
-    return f"{pct[0]:.2f}" if len(pct) == 1 else f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
-
-
-def paired(a: list[float], b: list[float]) -> dict | None:
-    """The paired difference a − b (same seeds), in points: mean, sample std and the 95 % t confidence interval."""
-    d = [100 * (x - y) for x, y in zip(a, b)]
-    if len(d) < 2:
-        return None
-    mean, sd = statistics.mean(d), statistics.stdev(d)
-    half = T975[min(len(d) - 1, len(T975)) - 1] * sd / math.sqrt(len(d))
-    return {"n": len(d), "mean": mean, "std": sd, "ci95": [mean - half, mean + half], "per_seed": d}
-
-
-def fmt_paired(p: dict | None) -> str:
-    if p is None:
-        return "–"
-    lo, hi = p["ci95"]
-    return f"{p['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-
-def verdict(p: dict | None, favourable: str, unfavourable: str) -> str:
-    """What a paired difference says: its 95 % interval above 0, below 0, or across it."""
-    if p is None:
-        return "not measured"
-    lo, hi = p["ci95"]
-    return favourable if lo > 0 else unfavourable if hi < 0 else "no difference resolved (the interval contains 0)"
 
 
 # --- the tables ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("netspec.commands.train", "per-exit accuracy table on the test split"),
     "export": ("netspec.commands.export", "write an ONNX model (--prune-aux: without branches) and check it in onnxruntime"),
     "predict": ("netspec.commands.predict", "classify images or arrays with an ONNX model (onnxruntime only)"),
+    "sweep": ("netspec.commands.sweep", "train a spec moved N ways on paired seeds (grid or TPE, Optuna); table per exit"),
     "probe": ("netspec.commands.probe", "CNDS's gradient probe: where should a branch go?"),
     "calibrate": ("netspec.commands.calibrate", "an early-exit cascade's accuracy vs FLOPs curve; thresholds for a target"),
     "time": ("netspec.commands.time", "forward/backward time per node and branch, train step vs deploy (like caffe time)"),

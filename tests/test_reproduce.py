@@ -1,5 +1,6 @@
-"""bench/reproduce.py's bookkeeping: paired statistics, resumable runs, and each table's report, on fabricated
-run directories (the real runs take half an hour per table; docs/reproduction.md)."""
+"""bench/reproduce.py's bookkeeping: resumable runs and each table's report, on fabricated run directories (the
+real runs take half an hour per table; docs/reproduction.md). Its paired statistics are `netspec sweep`'s
+(netspec.runtime.sweep), tested in test_sweep.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,17 +16,6 @@ _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "re
 reproduce = importlib.util.module_from_spec(_spec)
 sys.modules["reproduce"] = reproduce
 _spec.loader.exec_module(reproduce)
-
-
-def test_paired_difference_and_its_t_interval():
-    p = reproduce.paired([0.80, 0.82, 0.84], [0.79, 0.80, 0.81])  # differences 1, 2, 3 points
-    assert p["per_seed"] == pytest.approx([1, 2, 3]) and p["mean"] == pytest.approx(2) and p["std"] == pytest.approx(1)
-    half = 4.303 / 3 ** 0.5  # t(0.975, 2 df) · s / √n
-    assert p["ci95"] == pytest.approx([2 - half, 2 + half])
-    assert reproduce.verdict(p, "up", "down").startswith("no difference")  # 2 − 2.48 < 0 < 2 + 2.48
-    assert reproduce.verdict(reproduce.paired([0.82, 0.83, 0.84], [0.8, 0.8, 0.8]), "up", "down") == "up"
-    assert reproduce.verdict(reproduce.paired([0.7, 0.71], [0.8, 0.8]), "up", "down") == "down"
-    assert reproduce.paired([0.8], [0.7]) is None
 
 
 def fake_run(out: Path, exits: dict[str, float], steps: list[dict] | None = None, finished: bool = True,
