@@ -146,7 +146,7 @@ def main() -> None:
     threads = f" --threads {args.threads}" if args.threads else ""
     print(f"command: python bench/bench_train.py --steps {args.steps} --batch {args.batch}{threads}   "
           f"({torch.get_num_threads()} threads, torch {torch.__version__})")
-    print(f"| measure | value | goal |\n|---|---|---|")
+    print("| measure | value | goal |\n|---|---|---|")
     print(f"| step time netspec / hand-written ({1e3 * t['netspec']:.1f} / {1e3 * t['hand']:.1f} ms) "
           f"| {t['netspec'] / t['hand']:.3f}× | ≤ 1.02× |")
     print(f"| step time with branch / without ({1e3 * t['netspec']:.1f} / {1e3 * t['no_branch']:.1f} ms) "

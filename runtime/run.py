@@ -121,7 +121,7 @@ class Run:
     @staticmethod
     def create(spec: Spec) -> Run:
         """Make the directory of a new run (never an existing one) and point `latest` at it."""
-        root = claim_dir(runs_root(spec), (LATEST,), "run directory (train.out)")  # absent, empty, or netspec's runs
+        root = claim_dir(runs_root(spec), (LATEST, "sweeps"), "run directory (train.out)")  # absent, empty, netspec's runs
         root.mkdir(parents=True, exist_ok=True)
         if spec.train.run_name:
             path = root / spec.train.run_name
