@@ -162,8 +162,8 @@ class Run:
             p.rmdir() if p.is_dir() else p.unlink()
         self.path.rmdir()
         link = self.path.parent / LATEST
-        others = sorted((p for p in self.path.parent.iterdir() if p.is_dir() and not p.is_symlink()),
-                        key=lambda p: p.stat().st_mtime)
+        others = sorted((p for p in self.path.parent.iterdir()
+                         if p.is_dir() and not p.is_symlink() and (p / RECORD).is_file()), key=lambda p: p.stat().st_mtime)
         if others:
             Run(others[-1]).point_latest()
         else:

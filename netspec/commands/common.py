@@ -56,8 +56,12 @@ def find_run(args: argparse.Namespace, checkpoint: str | None = None):
         path, overrides = resolve_spec(args.words)
         run = Run.latest(load_spec(path, overrides))
     if run is not None:
-        for line in run.check():
-            print(f"{run}: {line}", file=sys.stderr)
+        from netspec.runtime.distributed import is_main_process
+
+        main = is_main_process()  # under torchrun, rank 0 alone repairs and says so
+        for line in run.check(repair=main):
+            if main:
+                print(f"{run}: {line}", file=sys.stderr)
     return run
 
 
