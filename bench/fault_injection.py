@@ -4,7 +4,8 @@
 
 One uninterrupted run of a small cnds8_fmnist budget (dropout, flips, a validation split, a snapshot every 3
 steps), then runs stopped by kill -9 at random moments, by SIGTERM and by SIGINT, each resumed with
-`netspec train --resume --run DIR` (killed again when a kill lands before anything was saved) until it finishes;
+`netspec train SPEC ... train.run_name=NAME --resume` (a run stopped before its directory existed starts anew) until
+it finishes;
 the final last.pt of each is compared tensor by tensor with the uninterrupted run's. Prints one table row per run.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> int:
         texts += [line for line in err.splitlines() if line.startswith("netspec:")]
         while True:
             resumes += 1
-            again = netspec("train", "--resume", "--run", str(root / run))
+            again = netspec("train", str(SPEC), *BUDGET, f"train.out={root}", f"train.run_name={run}", "--resume")
             out, err = again.communicate()
             tracebacks += int("Traceback" in err)
             texts += [line for line in err.splitlines() if line.startswith("netspec:")]
