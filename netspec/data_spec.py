@@ -30,12 +30,10 @@ SOURCES = {
     "cifar100": SourceInfo("CIFAR-100 python-pickle batches", True),
     "imagefolder": SourceInfo("a tree of class directories of images (train/<class>/*, test/<class>/*)"),
     "npz": SourceInfo("arrays x_train, y_train, x_test, y_test (and optionally classes) in one .npz"),
-    "synthetic": SourceInfo("no files: random images of the input's shape and random labels of the spec's classes, "
-                            "the same every run (seed 0), like Caffe's DummyData; data.train_limit / data.test_limit "
-                            "images (default 256 / 64), for smoke runs without a data set (data.path, crop and resize "
-                            "are not used: `data.source=synthetic` on any spec's command line works)"),
-    "lmdb": SourceInfo("Caffe LMDB databases of Datum records (raw or encoded images, BGR as Caffe reads them): "
-                       "data.path the training database, data.test_path the test one; always streamed"),
+    "synthetic": SourceInfo("no files: seeded random images of the input's shape and labels of the spec's classes, "
+                            "data.train_limit / test_limit of them (default 256 / 64), like Caffe's DummyData"),
+    "lmdb": SourceInfo("Caffe LMDB databases of Datum records (BGR): data.path the training one, data.test_path "
+                       "the test one"),
 }
 SYNTHETIC_SIZES = (256, 64)  # training / test images of `source: synthetic` without limits (ours)
 STREAMED_SOURCES = ("imagefolder", "lmdb")

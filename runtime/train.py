@@ -81,6 +81,7 @@ def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, a
             for line in run.check():
                 say(f"{run}: {line}")
     changes = resume_changes(run, compiled.spec, allow_change) if run is not None and run.saved else []
+    previous_threads = torch.get_num_threads()
     threads = distributed.set_threads(compiled.spec.train.threads)
     ctx = distributed.setup(compiled.spec.train.device)
     say = say if ctx.is_main else _silent
@@ -96,6 +97,7 @@ def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, a
         if opened is not None and opened.lock is not None:
             opened.lock.release()
         distributed.teardown(ctx)
+        torch.set_num_threads(previous_threads)  # the caller's setting again (the Python API)
 
 
 @dataclass

@@ -74,11 +74,13 @@ def _no_custom_ops():
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one torch thread."""
+def one_thread(monkeypatch):
+    """Tiny models run fastest (and steadiest on a busy machine) on one torch thread; OMP_NUM_THREADS=1 makes
+    `train.threads: auto` choose it too, so runs compared bit for bit use the same thread count."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(threads)

@@ -274,7 +274,7 @@ def test_a_failed_start_leaves_no_empty_run_directory(tmp_path, monkeypatch, cap
 def test_threads_are_set_recorded_and_printed(tmp_path, capsys):
     result = train(compile_spec(tiny_spec(tmp_path), [*SHORT, "train.threads=1"]))
     assert json.loads((result.run / RECORD).read_text())["threads"] == 1
-    assert "(1 thread)" in capsys.readouterr().err and torch.get_num_threads() == 1
+    assert "(1 thread)" in capsys.readouterr().err
 
 
 def test_keep_snapshots_keeps_the_last_n_in_the_manifest_and_never_best(tmp_path):

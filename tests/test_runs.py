@@ -150,7 +150,7 @@ def test_sigterm_saves_the_step_and_the_printed_command_resumes_exactly(tmp_path
     the printed command continues to the same weights as an uninterrupted run."""
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path, dropout=True, flip=True)
-    words = [str(spec), "train.epochs=6", "train.log_every_steps=1", "train.run_name=r1"]
+    words = [str(spec), "train.epochs=6", "train.log_every_steps=1", "train.run_name=r1", "train.threads=1"]
     child = subprocess.Popen([sys.executable, "-m", "netspec.cli", "train", *words], cwd=tmp_path, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     steps = tmp_path / "run/r1/steps.jsonl"
@@ -172,7 +172,7 @@ def test_sigterm_saves_the_step_and_the_printed_command_resumes_exactly(tmp_path
     (tmp_path / "other").mkdir()
     assert cli.main(["compile", str(tiny_spec(tmp_path / "other"))]) == 0  # another current build in between
     assert cli.main(command) == 0
-    straight = train(compile_spec(spec, [*words[1:2], f"train.out={tmp_path / 'straight'}"]))
+    straight = train(compile_spec(spec, [*words[1:2], "train.threads=1", f"train.out={tmp_path / 'straight'}"]))
     same_weights(ckpt.load_checkpoint(tmp_path / "run/r1/checkpoints/last.pt")["model"], straight.model.state_dict())
 
 

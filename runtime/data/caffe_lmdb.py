@@ -30,7 +30,7 @@ from netspec.errors import UserError
 from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, entries, first_datum, open_lmdb,
                                              parse_datum, read_mean)
 from netspec.runtime.arrays import data_limit, too_large
-from netspec.runtime.data.sources import data_root, hold_out
+from netspec.runtime.data.sources import data_root, hold_out, without_data
 from netspec.runtime.data.stream import StreamBatches, StreamData, _Counter
 from netspec.runtime.data.transforms import caffe_window, rng
 
@@ -160,7 +160,7 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
     d = spec.data
     if not d.path or not d.test_path:
         raise UserError("source lmdb needs data.path (the training database) and data.test_path (the test one)",
-                        "set them to the sources of Caffe's TRAIN and TEST Data layers", d.at)
+                        f"set them to the sources of Caffe's TRAIN and TEST Data layers; {without_data(d)}", d.at)
     root, test_root = data_root(d), Path(d.test_path).expanduser()
     shape = tuple(int(v) for v in spec.input.shape)
     record, floats = None, False
