@@ -68,8 +68,8 @@ def save(folder: Path, state: dict, *, best: bool, keep: int = 0) -> None:
         name = f"step-{state['step']}.pt"
         write_run_file(folder / name, data)
         kept.append(describe(state, name))
-    gone, kept = kept[:max(len(kept) - keep, 0)], kept[max(len(kept) - keep, 0):]
-    index["snapshots"] = kept
+    cut = max(len(kept) - keep, 0)
+    gone, index["snapshots"] = kept[:cut], kept[cut:]
     write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
     for entry in gone:
         (folder / entry["file"]).unlink(missing_ok=True)
@@ -91,10 +91,10 @@ def remove_stale_temps(folder: Path) -> list[str]:
     return gone
 
 
-def verify(folder: Path, *, rebuild: bool = False) -> list[str]:
+def verify(folder: Path, *, rebuild: bool = False, write: bool = True) -> list[str]:
     """Check last.pt, best.pt and the manifest agree; rewrite the manifest from the files when they do not
-    (`rebuild`: the manifest is damaged, write it from the files alone). Returns what was repaired (one line each);
-    a damaged checkpoint is a UserError naming it."""
+    (`rebuild`: the manifest is damaged, write it from the files alone; `write=False`: say, write nothing).
+    Returns what was repaired (one line each); a damaged checkpoint is a UserError naming it."""
     index = {} if rebuild else read_index(folder)
     fixed = []
     for key, name in (("last", LAST), ("best", BEST)):
@@ -116,7 +116,7 @@ def verify(folder: Path, *, rebuild: bool = False) -> list[str]:
     if present != index.get("snapshots", present):
         fixed.append(f"{len(index['snapshots']) - len(present)} snapshot(s) it listed are gone")
         index["snapshots"] = present
-    if fixed or rebuild:
+    if (fixed or rebuild) and write:
         write_run_file(folder / INDEX, json.dumps(index, indent=1) + "\n")
     return fixed
 

@@ -190,11 +190,11 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, netspec_args: list[str], threads: int | None = None) -> int:
+def launch(nproc: int, netspec_args: list[str]) -> int:
     """Run `netspec <netspec_args>` in `nproc` processes on this machine through torchrun; their exit status.
 
     torchrun runs in this process so that a failed rank ends with its own message and status, not torchrun's
-    traceback. Each rank gets OMP_NUM_THREADS (`threads`, default the idle cores shared out), which also keeps
+    traceback. Each rank gets OMP_NUM_THREADS (unless set: the idle cores shared out), which also keeps
     torchrun from warning about it. SIGTERM/SIGINT to this process reach every rank (torchrun forwards them):
     each rank stops at the same step, rank 0 saves and says so; this process then exits 128 + the first signal's
     number, a second signal keeping the first one's status."""
@@ -203,7 +203,7 @@ def launch(nproc: int, netspec_args: list[str], threads: int | None = None) -> i
     from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(threads or max(1, idle_cores() // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, idle_cores() // nproc))
     argv = ["--standalone", f"--nproc-per-node={nproc}", "--signals-to-handle=SIGHUP,SIGQUIT",  # TERM/INT: `stop`
             "-m", "netspec.cli", *netspec_args]
     shown = " ".join(a for a in argv if not a.startswith("--signals"))

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -158,9 +159,7 @@ class Run:
         if any(p.name not in (LOCK, RECORD, SPEC_FILE, "checkpoints") for p in self.path.iterdir()) or (
                 self.checkpoints.is_dir() and any(p.suffix == ".pt" for p in self.checkpoints.iterdir())):
             return False
-        for p in sorted(self.path.rglob("*"), reverse=True):
-            p.rmdir() if p.is_dir() else p.unlink()
-        self.path.rmdir()
+        shutil.rmtree(self.path)
         link = self.path.parent / LATEST
         others = sorted((p for p in self.path.parent.iterdir()
                          if p.is_dir() and not p.is_symlink() and (p / RECORD).is_file()), key=lambda p: p.stat().st_mtime)
@@ -181,19 +180,19 @@ class Run:
                          f"restore it, or start a new run (`netspec train SPEC`); the checkpoints in {self.checkpoints} "
                          "are intact: `init.from` starts a new run from them")
 
-    def _vouched(self) -> tuple[dict | None, list[str]]:
+    def _vouched(self, repair: bool) -> tuple[dict | None, list[str]]:
         """The manifest's `record` hashes, and what was repaired to read them (a damaged manifest is rebuilt)."""
         try:
             return ckpt.read_index(self.checkpoints).get("record"), []
         except UserError as err:
-            lines = ckpt.verify(self.checkpoints, rebuild=True)
+            lines = ckpt.verify(self.checkpoints, rebuild=True, write=repair)
             return None, [f"{self.checkpoints / ckpt.INDEX} was damaged ({err.what.split('damaged')[-1].strip(': ')}); "
                           f"rebuilt it from the checkpoint files"] + lines
 
     def check(self, *, repair: bool = True) -> list[str]:
         """Check run.json, spec.yaml and changes.jsonl against the manifest (see the module docstring). Returns
         what was repaired, one line each (`repair=False`: what would be, nothing written); damage is a UserError."""
-        vouched, notes = self._vouched()
+        vouched, notes = self._vouched(repair)
         if not (self.path / RECORD).exists():
             if self.saved:
                 raise self._damaged(RECORD, "missing, though the run has checkpoints")
@@ -209,10 +208,10 @@ class Run:
                 self._write_record(pending["record"], pending["spec_yaml"])
             notes.append(f"completed the --allow-change of step {pending['step']} that was cut short "
                          f"({'; '.join(pending['changes'])})")
-        record = self._read_record()
+        record = self.record()
         if sha256(self._bytes(SPEC_FILE)) != record["spec_sha256"]:
             raise self._damaged(SPEC_FILE, f"cut short, emptied or edited: it no longer matches {RECORD}")
-        self._read_changes()
+        self.changes()
         if repair and (vouched is None or notes):
             self._vouch()
         return notes
@@ -229,11 +228,12 @@ class Run:
         except ValueError:
             return None
 
-    def _read_record(self) -> dict:
-        fix = "restore it, or start a new run (`netspec train SPEC`)"
-        return read_json(self.path / RECORD, RECORD_SHAPE, fix)
+    def record(self) -> dict:
+        """run.json (`check` vouches for it)."""
+        return read_json(self.path / RECORD, RECORD_SHAPE, "restore it, or start a new run (`netspec train SPEC`)")
 
-    def _read_changes(self) -> list[dict]:
+    def changes(self) -> list[dict]:
+        """changes.jsonl, one record per accepted change (`check` vouches for it)."""
         path = self.path / CHANGES
         if not path.exists():
             return []
@@ -248,16 +248,9 @@ class Run:
             out.append(entry)
         return out
 
-    def record(self) -> dict:
-        """run.json (call `check` first)."""
-        return self._read_record()
-
     def spec(self) -> dict:
-        """spec.yaml: the resolved spec the run uses (call `check` first)."""
+        """spec.yaml: the resolved spec the run uses (`check` vouches for it)."""
         return yaml.safe_load(self._bytes(SPEC_FILE))
-
-    def changes(self) -> list[dict]:
-        return self._read_changes()
 
     def _write_record(self, record: dict, spec_yaml: str) -> None:
         ckpt.write_run_file(self.path / SPEC_FILE, spec_yaml)
@@ -377,15 +370,15 @@ def data_identity(spec: Spec, dataset) -> dict:
             size += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
     digest = hashlib.blake2b(digest_size=16)
     streamed = hasattr(dataset, "train_files")  # streaming: the file lists stand for the pixels
-    splits = [("train", "train"), ("test", "test")] + [("val", "val")] * (dataset.val_y is not None)
-    for _, split in splits:
+    splits = ["train", "test"] + ["val"] * (dataset.val_y is not None)
+    for split in splits:
         pixels = getattr(dataset, f"{split}_files" if streamed else f"{split}_x")
         for tensor in (getattr(dataset, f"{split}_y"), pixels):
             array = tensor.contiguous().numpy() if isinstance(tensor, torch.Tensor) else tensor
             digest.update(str(tuple(array.shape)).encode())
             digest.update(array.tobytes())
     return {"source": spec.data.source, "path": str(root.resolve()) if root.exists() else str(root),
-            "bytes": size, **{name: len(getattr(dataset, f"{split}_y")) for name, split in splits},
+            "bytes": size, **{split: len(getattr(dataset, f"{split}_y")) for split in splits},
             "checksum": digest.hexdigest()}
 
 

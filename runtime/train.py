@@ -42,7 +42,7 @@ from netspec.runtime.data.stream import StreamData, load_data, stream_batches
 from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows, format_exit_table
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
-from netspec.runtime.run import Run, make_record, resume_changes, runs_root, spec_yaml
+from netspec.runtime.run import Run, data_identity, make_record, resume_changes, runs_root, spec_yaml
 
 
 @dataclass
@@ -116,9 +116,12 @@ def _open(compiled: Compiled, ctx: distributed.Context, run: Run | None, say) ->
     lock, error = None, None
     if ctx.is_main:
         try:
-            run = run or Run.create(compiled.spec)
-            lock = run.lock()
-            run.point_latest()
+            if run is None:
+                run = Run.create(compiled.spec)  # and points `latest` at it
+                lock = run.lock()
+            else:
+                lock = run.lock()
+                run.point_latest()
             stale = ckpt.remove_stale_temps(run.checkpoints) + ckpt.remove_stale_temps(run.path)
             if stale:
                 say(f"removed {len(stale)} temp file(s) of interrupted writes in {run}")
@@ -159,14 +162,16 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
         cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.max_steps / steps)})
     selection = "val_top1/main" if val_batches is not None else "top1/main"
 
-    # --- the record: written when a run starts; a resume with --allow-change records what it changed
+    # --- the record: written when a run starts; a resume says when the data differ, and records a change
     if ctx.is_main:
-        record = make_record(compiled, command, data, ctx.world_size, threads)
         if opened.fresh:
+            record = make_record(compiled, command, data, ctx.world_size, threads)
             run.start({**record, "run": run.path.name}, spec_yaml(spec))
-        elif changes:
-            run.change(start["step"], changes, command, {**run.record(), "spec": record["spec"],
-                                                         "overrides": record["overrides"],
+        else:
+            _note_other_data(run, spec, data, say)
+        if changes:
+            run.change(start["step"], changes, command, {**run.record(), "spec": str(compiled.path),
+                                                         "overrides": list(compiled.overrides),
                                                          "spec_hash": compiled.spec_hash}, spec_yaml(spec))
             say(f"--allow-change: from step {start['step']} on, {'; '.join(changes)} (recorded in {run.path})")
         if val_batches is None:
@@ -191,7 +196,8 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
     progress = Progress(cfg.epochs * steps, epoch * steps + done, sys.stderr if ctx.is_main else None)
     accuracy = val = None
     say(f"training {spec.name} for {plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')}, batch {cfg.batch_size} on "
-        f"{ctx.world_size} × {ctx.device} ({threads} thread{'s' * (threads > 1)}); run directory {run}")
+        f"{ctx.world_size} × {ctx.device} ({plural(threads, 'thread')}); run directory {run}")
+    structure = ckpt.compiled_structure(compiled)
 
     def snapshot(epoch: int, batch: int, sums: np.ndarray, seconds: float) -> dict:
         return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": cfg.optimizer.type,
@@ -199,7 +205,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
                 "epoch": epoch, "step": step, "batch": batch, "best": best, "metric": selection,
                 "epoch_sums": torch.from_numpy(sums.copy()), "epoch_seconds": seconds,
                 "spec_name": spec.name, "spec_hash": compiled.spec_hash,
-                "structure": ckpt.compiled_structure(compiled)}
+                "structure": structure}
 
     with _Signals() as signals:
         for epoch in range(epoch, cfg.epochs):
@@ -250,8 +256,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
             distributed.sync_buffers(ctx, raw)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated:
-                val = evaluate(net, val_batches, heads, ctx, autocast) if val_batches is not None else None
-                accuracy = evaluate(net, test_batches, heads, ctx, autocast)
+                val, accuracy = _evaluate_splits(net, val_batches, test_batches, heads, ctx, autocast)
             record = _epoch_record(objective, heads, sums / steps, epoch, step, steps, seconds, scheduler, cfg,
                                    accuracy if evaluated else None, val if evaluated else None)
             progress.end_epoch(_epoch_line(record, cfg.epochs, objective.names, heads, evaluated))
@@ -275,8 +280,7 @@ def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes
 
     # --- the per-exit table: every exit as a compact model of its own (MW-BP)
     if accuracy is None:  # resumed a finished run
-        val = evaluate(net, val_batches, heads, ctx, autocast) if val_batches is not None else None
-        accuracy = evaluate(net, test_batches, heads, ctx, autocast)
+        val, accuracy = _evaluate_splits(net, val_batches, test_batches, heads, ctx, autocast)
     rows = exit_rows(summarise(compiled.network), accuracy, val)
     if ctx.is_main:
         atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": selection,
@@ -359,13 +363,33 @@ def _resume(raw: nn.Module, run: Run, start: dict | None, ctx: distributed.Conte
     return epoch, step, done, best, sums, seconds
 
 
+def _base_lr(scheduler, cfg) -> float:
+    """The learning rate the schedule gives now (each group's is this × its lr_mult)."""
+    return cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+
+def _evaluate_splits(model: nn.Module, val_batches, test_batches, heads: list[str], ctx: distributed.Context,
+                     autocast) -> tuple[dict | None, dict]:
+    """(validation accuracy, None without a validation split; test accuracy) of every exit."""
+    val = evaluate(model, val_batches, heads, ctx, autocast) if val_batches is not None else None
+    return val, evaluate(model, test_batches, heads, ctx, autocast)
+
+
+def _note_other_data(run: Run, spec: Spec, data, say) -> None:
+    """A resume on data other than the run's (same settings, other files): said, not refused."""
+    was, now = run.record().get("data") or {}, data_identity(spec, data)
+    if was.get("checksum") not in (None, now["checksum"]):
+        say(f"note: the data differ from those {run.path.name} started with ({was.get('path')} → {now['path']}, "
+            f"checksum {was['checksum'][:8]} → {now['checksum'][:8]})")
+
+
 def _epoch_record(objective: Objective, heads: list[str], means: np.ndarray, epoch: int, step: int, steps: int,
                   seconds: float, scheduler, cfg, accuracy: dict | None, val: dict | None) -> dict:
     """One epoch's log: lr, time, speed, each term's mean, each head's raw CE, each term's schedule factor, and
     when evaluated top-1/top-5 of every exit on the test split (`top1/<exit>`) and the validation split
     (`val_top1/<exit>`)."""
     n = len(objective.names)
-    return {"epoch": epoch + 1, "step": step, "lr": cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),
+    return {"epoch": epoch + 1, "step": step, "lr": _base_lr(scheduler, cfg),
             "seconds": round(seconds, 3), "examples_per_second": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
             "loss": float(means[:n].sum()),
             **{f"loss/{k}": float(v) for k, v in zip(objective.names, means)},
@@ -532,7 +556,7 @@ def _step_record(objective: Objective, heads: list[str], values: list[float], ep
                  cfg) -> dict:
     """One step's log: each weighted term, each head's raw cross-entropy, each term's schedule factor, lr."""
     n = len(objective.names)
-    return {"step": step, "epoch": round(epoch, 4), "lr": cfg.optimizer.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),
+    return {"step": step, "epoch": round(epoch, 4), "lr": _base_lr(scheduler, cfg),
             "loss": sum(values[:n]), **{f"loss/{k}": v for k, v in zip(objective.names, values)},
             **{f"ce/{h}": v for h, v in zip(heads, values[n:])},
             **{f"alpha/{t.name}": t.factor(epoch, objective.epochs) for t in objective.terms}}

@@ -99,7 +99,7 @@ def test_a_damaged_index_is_rebuilt_from_the_checkpoint_files(tmp_path, monkeypa
     (folder / "checkpoints.json").write_bytes(index.encode("latin-1"))
     with pytest.raises(UserError, match="checkpoints.json"):
         ckpt.save(folder, state, best=False)  # save itself checks the index before writing last.pt
-    notes = Run(folder.parent).check(repair=False)
+    notes = Run(folder.parent).check()
     assert "checkpoints.json was damaged" in notes[0] and "rebuilt it from the checkpoint files" in notes[0]
     rebuilt = json.loads((folder / "checkpoints.json").read_text())
     assert rebuilt["last"]["epoch"] == state["epoch"] and "best" not in rebuilt

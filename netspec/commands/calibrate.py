@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.cascade)
     manifest = read_manifest(folder)
     run = find_run(args)  # the run's own spec: its data, validation split and limits
-    compiled = compile_recorded(run, [w for w in args.words if "=" in w])[0] if run is not None else load(args)[0]
+    compiled = compile_recorded(run, [w for w in args.words if "=" in w]) if run is not None else load(args)[0]
     spec = compiled.spec
     if manifest["spec_name"] != spec.name:
         raise UserError(f"{folder} is a cascade of spec '{manifest['spec_name']}', not of {compiled.path}",

@@ -65,9 +65,9 @@ def find_run(args: argparse.Namespace, checkpoint: str | None = None):
     return run
 
 
-def compile_recorded(run, given: list[str]) -> tuple[Compiled, list[str]]:
+def compile_recorded(run, given: list[str]) -> Compiled:
     """The spec a run was trained with, compiled once: its spec file with its overrides (and `given` on top) while
-    that file still resolves to the run's spec.yaml, else spec.yaml itself. Returns it and the overrides."""
+    that file still resolves to the run's spec.yaml, else spec.yaml itself."""
     from netspec.runtime.run import SPEC_FILE, resolved_spec
 
     record = run.record()
@@ -79,7 +79,7 @@ def compile_recorded(run, given: list[str]) -> tuple[Compiled, list[str]]:
         same = False
     if not same:
         path, overrides = run.path / SPEC_FILE, list(given)
-    return compile_spec(path, overrides), overrides
+    return compile_spec(path, overrides)
 
 
 def load_for_weights(args: argparse.Namespace, checkpoint: str | None = None):
@@ -90,5 +90,4 @@ def load_for_weights(args: argparse.Namespace, checkpoint: str | None = None):
     if run is None:
         compiled, _ = load(args)
         return compiled, None, Path(checkpoint) if checkpoint else None
-    compiled, _ = compile_recorded(run, given)
-    return compiled, run, Path(checkpoint) if checkpoint else run.best_checkpoint()
+    return compile_recorded(run, given), run, Path(checkpoint) if checkpoint else run.best_checkpoint()

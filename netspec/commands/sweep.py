@@ -93,12 +93,10 @@ def _is_sweep_file(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from netspec.ops import Custom
+    from netspec.commands.common import allow_custom
     from netspec.runtime import sweep as engine
 
-    Custom.allowed = args.allow_custom or os.environ.get("NETSPEC_ALLOW_CUSTOM") == "1"
+    allow_custom(args)
     sweep = build_sweep(args)
     engine.prepare(sweep)
     say = lambda text: print(f"sweep {sweep.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731

@@ -64,13 +64,15 @@ def train(args: argparse.Namespace) -> int:
                                                         str(args.nproc_per_node)] + _flags(args))
     main = distributed.is_main_process()
     run = find_run(args) if args.resume else None
-    if run is not None and run.saved:
+    if run is None:
+        compiled, _ = load(args, announce=main)
+    elif run.saved:
         compiled = _resumed(args, run)
     else:
-        compiled, _ = compile_recorded(run, split_args(args.words)[1]) if run is not None and \
-            (run.path / "run.json").is_file() else load(args, announce=main)
-        if run is not None and main:
+        if main:
             print(f"--resume: nothing saved yet in {run}: starting afresh in it", file=sys.stderr)
+        recorded = (run.path / "run.json").is_file()
+        compiled = compile_recorded(run, split_args(args.words)[1]) if recorded else load(args, announce=main)[0]
     command = ["train", *args.words] + _flags(args)
     try:
         train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, command=command)
