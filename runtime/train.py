@@ -31,7 +31,7 @@ from netspec.compiler import Compiled
 from netspec.compiler.checkpoint_format import load_checkpoint
 from netspec.compiler.lower import param_groups
 from netspec.compiler.summary import summarise
-from netspec.errors import UserError, plural
+from netspec.errors import UserError, did_you_mean, plural
 from netspec.project import atomic_write
 from netspec.solver import LRPolicy
 from netspec.spec import Spec
@@ -461,6 +461,9 @@ def evaluate_checkpoint(compiled: Compiled, path: Path, exits: list[str] | None 
     evaluated after a branch moved) of a checkpoint, on the validation split (when the spec has one) and the
     test split."""
     spec = compiled.spec
+    for name in exits or ():
+        if name not in compiled.heads:
+            raise UserError(f"there is no exit named '{name}'", did_you_mean(name, compiled.heads))
     state = load_checkpoint(path)
     heads = exits or list(compiled.heads)
     ckpt.check_heads(state, compiled, heads, path, "evaluate")

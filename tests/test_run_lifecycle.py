@@ -286,3 +286,13 @@ def test_keep_snapshots_keeps_the_last_n_in_the_manifest_and_never_best(tmp_path
     assert ckpt.load_checkpoint(folder / "step-12.pt", resume=True)["step"] == 12 and (folder / ckpt.BEST).is_file()
     (folder / "step-12.pt").unlink()
     assert "1 snapshot(s) it listed are gone" in ckpt.verify(folder)[0]
+
+
+def test_eval_of_an_exit_that_does_not_exist_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert cli.main(["train", str(spec), *SHORT]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(spec), "--exit", "axu1"]) == 2
+    err = capsys.readouterr().err
+    assert "there is no exit named 'axu1'" in err and "did you mean 'aux1'" in err and len(err.splitlines()) == 1
