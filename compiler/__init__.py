@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import fx
 
+from netspec.limits import Limits
 from netspec.spec import Spec
 from netspec.compiler.backbone import Traced
 from netspec.compiler.expand import expand
@@ -40,6 +41,7 @@ class Compiled:
     spec: Spec
     network: Network
     overrides: tuple[str, ...] = ()  # the `key=value` overrides it was compiled with
+    limits: Limits = Limits()  # what it was compiled within; its data are read within the same limits
 
     @cached_property
     def module(self) -> fx.GraphModule:
@@ -75,15 +77,16 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     return validate(raw)
 
 
-def analyse(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, Network]:
-    """All passes up to shape inference: the checked network with shapes, params and FLOPs."""
+def analyse(path: str | Path, overrides: list[str] = (), limits: Limits = Limits()) -> tuple[Spec, Network]:
+    """All passes up to shape inference: the checked network with shapes, params and FLOPs, within `limits`
+    (the commands read them from the environment; the default runs no code from the spec)."""
     raw, context = parse(path, overrides)
     spec = validate(raw)
-    network = check_graph(build_graph(spec, expand(spec, context)))
-    return spec, check_heads(infer_shapes(network))
+    network = check_graph(build_graph(spec, expand(spec, context, limits)))
+    return spec, check_heads(infer_shapes(network, limits))
 
 
-def compile_spec(path: str | Path, overrides: list[str] = ()) -> Compiled:
+def compile_spec(path: str | Path, overrides: list[str] = (), limits: Limits = Limits()) -> Compiled:
     """Every pass: a spec file (plus `key=value` overrides) to a training GraphModule (lowered on first use)."""
-    spec, network = analyse(path, overrides)
-    return Compiled(Path(path), spec, network, tuple(overrides))
+    spec, network = analyse(path, overrides, limits)
+    return Compiled(Path(path), spec, network, tuple(overrides), limits)

@@ -32,7 +32,8 @@ from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from netspec.errors import Pos, SpecError, did_you_mean
-from netspec.ops import OpNode, code_allowed
+from netspec.limits import Limits
+from netspec.ops import OpNode
 from netspec.spec import Backbone, Spec
 from netspec.compiler.ir import Node
 
@@ -300,10 +301,11 @@ def _measure(spec: Spec, device: str) -> tuple[nn.Module, _Trace, _Measure]:
     return module, tr, measure
 
 
-def trace_backbone(spec: Spec) -> TracedBackbone:
-    """The backbone's IR nodes with shapes, parameters and FLOPs (module built and run on the meta device)."""
+def trace_backbone(spec: Spec, limits: Limits) -> TracedBackbone:
+    """The backbone's IR nodes with shapes, parameters and FLOPs (module built and run on the meta device), when
+    `limits` allow a spec's code to run."""
     bb, pos = spec.backbone, spec.backbone.at
-    if not code_allowed():
+    if not limits.code:
         raise SpecError(f"`backbone: {{{bb_key(bb)}: {bb.target}}}` runs Python code",
                         "run with --allow-custom (or NETSPEC_ALLOW_CUSTOM=1) if you trust this spec", bb.where(bb_key(bb)))
     try:

@@ -6,12 +6,12 @@ the backbone's names. `from:` is resolved here, innermost scope first.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from netspec.errors import Pos, SpecError, did_you_mean
+from netspec.limits import Limits, env_name
 from netspec.ops import CopyOf, GradScale, OpNode
 from netspec.spec import MAIN_HEAD, BlockNode, Spec
 from netspec.compiler.backbone import TracedBackbone, copy_maker, trace_backbone
@@ -19,9 +19,6 @@ from netspec.compiler.ir import Node
 from netspec.compiler.template import scoped, substitute
 from netspec.compiler.tree import LineDict
 from netspec.compiler.validate import validate_node
-
-MAX_NODES = 20_000  # op nodes after unrolling blocks and repeats (ResNet-1202 has ~4,800); NETSPEC_MAX_NODES
-MAX_EXPAND_SECONDS = 60.0  # wall-clock bound on unrolling; NETSPEC_MAX_EXPAND_SECONDS
 
 
 GRAD_SCALE = "grad_scale"  # local name of a branch's gradient-scaling node: <branch>.grad_scale
@@ -76,20 +73,19 @@ class Expanded:
 
 
 class _Expander:
-    def __init__(self, spec: Spec, context: dict[str, Any]):
-        self.spec, self.context = spec, context
+    def __init__(self, spec: Spec, context: dict[str, Any], limits: Limits):
+        self.spec, self.context, self.limits = spec, context, limits
         self.nodes: list[_Pending] = []  # refs resolved once all names exist
         self.all_names: dict[str, str] = {}  # every qualified name and alias -> node name
         self.defined_at: dict[str, Pos | None] = {spec.input.name: spec.input.at}
         self.expanding: list[str] = []  # blocks being instantiated, innermost last (to refuse recursion)
-        self.max_nodes = int(_limit("NETSPEC_MAX_NODES", MAX_NODES))
-        self.deadline = time.monotonic() + _limit("NETSPEC_MAX_EXPAND_SECONDS", MAX_EXPAND_SECONDS)
+        self.deadline = time.monotonic() + limits.expand_seconds
 
     def run(self) -> Expanded:
         spec = self.spec
         root = Scope("", {spec.input.name: spec.input.name})
         self.all_names[spec.input.name] = spec.input.name
-        self.traced = trace_backbone(spec) if spec.backbone is not None else None
+        self.traced = trace_backbone(spec, self.limits) if spec.backbone is not None else None
         main = self.chain(spec.nodes, root, spec.input.name, None, "", spec.input.at) if self.traced is None \
             else self.backbone(self.traced, root)
         if spec.output:
@@ -223,16 +219,16 @@ class _Expander:
         return node.bind(copy_maker(self.spec, node.module))
 
     def _check_budget(self, node, via: str) -> None:
-        """The unrolled network stays within MAX_NODES op nodes and MAX_EXPAND_SECONDS (nested repeats multiply)."""
+        """The unrolled network stays within the limits' op nodes and seconds (nested repeats multiply)."""
         where = f" ({via.strip()})" if via else ""
-        if len(self.nodes) >= self.max_nodes:
-            raise SpecError(f"the network unrolls to more than {self.max_nodes:,} nodes at node '{node.name}'{where}",
+        if len(self.nodes) >= self.limits.nodes:
+            raise SpecError(f"the network unrolls to more than {self.limits.nodes:,} nodes at node '{node.name}'{where}",
                             "lower `repeat:` (repeats inside repeated blocks multiply), or raise the limit with "
-                            "NETSPEC_MAX_NODES", node.at)
+                            f"{env_name('nodes')}", node.at)
         if time.monotonic() > self.deadline:
-            raise SpecError(f"unrolling blocks took longer than {_limit('NETSPEC_MAX_EXPAND_SECONDS', MAX_EXPAND_SECONDS):g}"
+            raise SpecError(f"unrolling blocks took longer than {self.limits.expand_seconds:g}"
                             f" s (at node '{node.name}'{where})", "make the network smaller, or raise the limit with "
-                            "NETSPEC_MAX_EXPAND_SECONDS", node.at)
+                            f"{env_name('expand_seconds')}", node.at)
 
     def _claim(self, name: str, scope: Scope, pos: Pos | None) -> None:
         if name in scope.names and name != "input":
@@ -255,24 +251,10 @@ class _Expander:
         return found
 
 
-def _limit(name: str, default: float) -> float:
-    """A limit from the environment variable `name` (a positive number), else `default`."""
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise SpecError(f"{name}={text[:40]!r} is not a positive number", f"e.g. {name}={default:g}")
-    return value
-
-
 def _pos(raw: Any) -> Pos | None:
     return raw.pos if isinstance(raw, LineDict) else None
 
 
-def expand(spec: Spec, context: dict[str, Any]) -> Expanded:
-    """Unroll blocks and branches into flat, fully named nodes with resolved inputs."""
-    return _Expander(spec, context).run()
+def expand(spec: Spec, context: dict[str, Any], limits: Limits = Limits()) -> Expanded:
+    """Unroll blocks and branches into flat, fully named nodes with resolved inputs, within `limits`."""
+    return _Expander(spec, context, limits).run()

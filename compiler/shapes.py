@@ -7,7 +7,6 @@ Not the meta device for the run: its kernels for conv and linear are Python that
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import replace
 from types import MappingProxyType
@@ -17,38 +16,20 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from netspec.errors import SpecError
+from netspec.limits import Limits, env_name
 from netspec.ops import Call, CopyOf, Custom
 from netspec.compiler.backbone import Traced
 from netspec.compiler.ir import Network, Node
 
-# Bounds on what a spec may ask torch to allocate, checked here on the meta device before lowering builds the
-# real modules. Raise them with the environment variables when a network really is that large.
-MAX_PARAMS = 1 << 28  # parameters of the whole training graph (1 GiB in fp32); NETSPEC_MAX_PARAMS
-MAX_ACTIVATIONS = 1 << 28  # activation elements of one example, summed over the input and every node;
-# NETSPEC_MAX_ACTIVATIONS
+
+def _too_large(what: str, count: int, bound: int, field: str, pos) -> SpecError:
+    return SpecError(f"{what} {count:,}, more than the limit of {bound:,}", "make the network smaller, or raise the "
+                     f"limit: {env_name(field)}={count} (if the machine has the memory)", pos)
 
 
-def limit(name: str, default: int) -> int:
-    """A size limit: the environment variable `name` when it is set (a positive integer), else `default`."""
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise SpecError(f"{name}={text[:40]!r} is not a positive integer", f"e.g. {name}={default}")
-    return value
-
-
-def _too_large(what: str, count: int, bound: int, env: str, pos) -> SpecError:
-    return SpecError(f"{what} {count:,}, more than the limit of {bound:,}",
-                     f"make the network smaller, or raise the limit: {env}={count} (if the machine has the memory)", pos)
-
-
-def infer_shapes(net: Network) -> Network:
-    """The network with each node's input shapes, `shape` (C,H,W or F), `params` and `flops` (for one example).
+def infer_shapes(net: Network, limits: Limits = Limits()) -> Network:
+    """The network with each node's input shapes, `shape` (C,H,W or F), `params` and `flops` (for one example),
+    within the parameter and activation bounds of `limits` (which also say whether `op: custom` code may run).
 
     Nodes with the same op parameters and input shapes (the copies of a repeated block) are built and
     run once; the modules built here hold no memory and are dropped (lowering builds real ones).
@@ -56,13 +37,11 @@ def infer_shapes(net: Network) -> Network:
     shapes = {net.input.name: net.input.shape}
     seen: dict[tuple, tuple] = {}  # (op params, input shapes) -> (shape, params, flops)
     nodes = {}
-    max_params = limit("NETSPEC_MAX_PARAMS", MAX_PARAMS)
-    max_activations = limit("NETSPEC_MAX_ACTIVATIONS", MAX_ACTIVATIONS)
     total_params = 0
     activations = math.prod(net.input.shape)
-    if activations > max_activations:
-        raise _too_large("the input has (per example) elements", activations, max_activations,
-                         "NETSPEC_MAX_ACTIVATIONS", net.input.pos)
+    if activations > limits.activations:
+        raise _too_large("the input has (per example) elements", activations, limits.activations, "activations",
+                         net.input.pos)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's notes about meta tensors are no concern of the spec's author
         for node in net:
@@ -71,7 +50,7 @@ def infer_shapes(net: Network) -> Network:
             if isinstance(node.op, Traced):  # a call of a `backbone:` module, measured when it was traced
                 seen[key] = node.op.measured
             elif key not in seen:
-                module = _build(node, in_shapes)
+                module = _build(node, in_shapes, limits.code)
                 if isinstance(node.op, CopyOf):  # any module of the user's: FLOPs as torch counts them
                     with FlopCounterMode(display=False) as counter:
                         shape = _run(node, module, in_shapes)
@@ -84,12 +63,12 @@ def infer_shapes(net: Network) -> Network:
             shape, params, flops = seen[key]
             total_params += params
             activations += math.prod(shape)
-            if total_params > max_params:
-                raise _too_large(f"node '{node.name}' brings the parameter count to", total_params, max_params,
-                                 "NETSPEC_MAX_PARAMS", node.pos)
-            if activations > max_activations:
+            if total_params > limits.params:
+                raise _too_large(f"node '{node.name}' brings the parameter count to", total_params, limits.params,
+                                 "params", node.pos)
+            if activations > limits.activations:
                 raise _too_large(f"node '{node.name}' {tuple(shape)} brings the activation elements per example to",
-                                 activations, max_activations, "NETSPEC_MAX_ACTIVATIONS", node.pos)
+                                 activations, limits.activations, "activations", node.pos)
             shapes[node.name] = shape
             nodes[node.name] = replace(node, in_shapes=in_shapes, shape=shape, params=params, flops=flops)
     return replace(net, nodes=MappingProxyType(nodes))
@@ -101,15 +80,16 @@ def _fail(node: Node, in_shapes: tuple, problem: str, fix: str) -> SpecError:
     return SpecError(f"node '{node.name}' ({node.op.op}{via}) cannot take input {shown}: {problem}", fix, node.pos)
 
 
-def _build(node: Node, in_shapes: tuple):
+def _build(node: Node, in_shapes: tuple, code_allowed: bool):
     op, name = node.op, node.name
+    if isinstance(op, Custom) and not code_allowed:  # the first place a spec's code would run
+        raise SpecError(f"node '{name}' is a custom op: it imports and runs {op.target}",
+                        "run with --allow-custom (or NETSPEC_ALLOW_CUSTOM=1) if you trust this spec", node.pos)
     try:
         if isinstance(op, Custom):
             return op.build(in_shapes)  # user code: built for real, it may not support meta
         with torch.device("meta"):
             return op.build(in_shapes)
-    except PermissionError as err:
-        raise SpecError(f"node '{name}': {err}", "only allow custom ops from specs you trust", node.pos) from None
     except (ImportError, AttributeError) as err:
         raise SpecError(f"node '{name}': cannot import '{op.target}': {err}", "check the import path", node.pos) from None
     except (ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as err:

@@ -11,6 +11,7 @@ import sys
 
 from netspec import __version__
 from netspec.errors import UserError, did_you_mean
+from netspec.limits import Limits
 
 COMMANDS = {
     "compile": ("netspec.commands.build", "validate a spec, print its summary, write build/<name>/"),
@@ -61,6 +62,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args, unknown = command.parse_known_intermixed_args(argv[1:])
     if unknown:
         raise UserError(f"`{argv[0]}` has no option {unknown[0]}", _option_hint(command, unknown[0]))
+    args.limits = Limits.from_env(code=getattr(args, "allow_custom", False))  # the one read of NETSPEC_MAX_*
     return args
 
 

@@ -539,12 +539,12 @@ class Shortcut(OpNode):
 
 @register
 class Custom(ParamOp):
-    """A module from your own code, by import path. Runs only with `--allow-custom`."""
+    """A module from your own code, by import path. Runs only with `--allow-custom` (or NETSPEC_ALLOW_CUSTOM=1;
+    from Python: `Limits(code=True)`)."""
 
     op: Literal["custom"]
     target: str = Field(description="'package.module:ClassName' of an nn.Module")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
-    allowed: ClassVar[bool] = False  # set by the CLI's --allow-custom (or NETSPEC_ALLOW_CUSTOM=1)
 
     @field_validator("target")
     @classmethod
@@ -553,17 +553,9 @@ class Custom(ParamOp):
             raise ValueError("target must be 'package.module:ClassName'")
         return value
 
-    def build(self, shapes):
-        if not Custom.allowed:
-            raise PermissionError("custom ops import code; run with --allow-custom to allow it")
+    def build(self, shapes):  # the shape pass has checked that the spec may run code
         module_name, _, class_name = self.target.partition(":")
         return getattr(importlib.import_module(module_name), class_name)(**self.args)
-
-
-def code_allowed() -> bool:
-    """Whether a spec may run Python code (`op: custom`, `backbone:`): the CLI's --allow-custom or
-    NETSPEC_ALLOW_CUSTOM=1 (the one place that says so)."""
-    return Custom.allowed
 
 
 @register

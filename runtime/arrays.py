@@ -17,9 +17,7 @@ from typing import IO
 import numpy as np
 
 from netspec.errors import UserError
-
-MAX_DATA_BYTES = 1 << 30  # largest array (or sum of an .npz's arrays) read, decompressed; NETSPEC_MAX_DATA_BYTES
-
+from netspec.limits import env_name
 
 MAX_RATIO = 100  # image and label data never compresses better than this; a larger claim is a decompression bomb
 RATIO_FLOOR = 64 << 20  # ... when it claims more than this (small files are cheap whatever they claim)
@@ -33,25 +31,9 @@ def bomb(path: Path | str, claimed: int, compressed: int) -> UserError | None:
     return None
 
 
-def data_limit() -> int:
-    """The byte limit on data read into memory: NETSPEC_MAX_DATA_BYTES when set, else MAX_DATA_BYTES."""
-    text = os.environ.get("NETSPEC_MAX_DATA_BYTES")
-    if text is None:
-        return MAX_DATA_BYTES
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise UserError(f"NETSPEC_MAX_DATA_BYTES={text[:40]!r} is not a positive integer",
-                        f"e.g. NETSPEC_MAX_DATA_BYTES={MAX_DATA_BYTES}")
-    return value
-
-
-def too_large(path: Path | str, what: str, size: int, limit: int | None = None) -> UserError:
-    limit = limit or data_limit()
+def too_large(path: Path | str, what: str, size: int, limit: int) -> UserError:
     return UserError(f"{path}: {what} {size:,} bytes, more than the limit of {limit:,}",
-                     f"is the file damaged? if the data really is that large, raise NETSPEC_MAX_DATA_BYTES={size}")
+                     f"is the file damaged? if the data really is that large, raise {env_name('data_bytes')}={size}")
 
 
 def _header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -75,10 +57,11 @@ def _header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), dtype, math.prod(shape) * dtype.itemsize
 
 
-def load_arrays(path: Path, scale: int = 1) -> dict[str, np.ndarray]:
-    """Every array of an .npy (under the name '') or .npz file, each checked before it is read. `scale`: how many
-    times the bytes read the caller will need (predict converts uint8 pixels to float32: 4)."""
-    limit = data_limit() // scale
+def load_arrays(path: Path, max_bytes: int, scale: int = 1) -> dict[str, np.ndarray]:
+    """Every array of an .npy (under the name '') or .npz file, each checked before it is read against `max_bytes`
+    (Limits.data_bytes). `scale`: how many times the bytes read the caller will need (predict converts uint8
+    pixels to float32: 4)."""
+    limit = max_bytes // scale
     try:
         if path.suffix.lower() == ".npy":
             with open(path, "rb") as f:

@@ -62,7 +62,7 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
     segments = split(model, net, criterion=criterion)
     for seg in segments:
         seg.module.eval()
-    dataset = _test_data(spec)
+    dataset = _test_data(compiled)
     order = " → ".join(s.exit for s in segments)
     print(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
     example = torch.zeros(2, *spec.input.shape)  # batch 2: torch.export specialises sizes 0 and 1

@@ -82,7 +82,7 @@ def export(compiled: Compiled, out: Path, *, head: str | None, checkpoint: str |
     is written)."""
     if out.suffix not in EXPORT_TARGETS:
         raise UserError(f"cannot export to '{out.name}'", f"give a file ending in {', '.join(EXPORT_TARGETS)}")
-    data = checked_bytes(compiled, out.suffix, head, checkpoint, random_init, _test_data(compiled.spec))
+    data = checked_bytes(compiled, out.suffix, head, checkpoint, random_init, _test_data(compiled))
     atomic_write(out, data)
     print(f"wrote {out} ({len(data) / 1e6:.1f} MB)")
 
@@ -221,10 +221,11 @@ def _parameter_count(proto) -> int:
     return sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
 
 
-def _test_data(spec):
+def _test_data(compiled: Compiled):
     """The spec's data set, or None (saying why) when it is not available."""
+    spec = compiled.spec
     try:
-        return load_dataset(spec.data, spec.input.shape)
+        return load_dataset(spec.data, spec.input.shape, compiled.limits)
     except UserError as err:
         print(f"no test data ({err.what}): comparing on a random batch only", file=sys.stderr)
         return None

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.runtime.arrays import load_arrays
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
@@ -75,7 +76,7 @@ def read_metadata(model: Path, meta: dict[str, str]) -> Metadata:
     return Metadata(tuple(shape), norms["mean"], norms["std"], classes, name[:100])
 
 
-def predict(model: Path, inputs: list[Path], top: int) -> int:
+def predict(model: Path, inputs: list[Path], top: int, limits: Limits = Limits()) -> int:
     """Print the top-`top` classes of every image or array in `inputs`, by the exported `model`."""
     import onnxruntime as ort
 
@@ -100,7 +101,7 @@ def predict(model: Path, inputs: list[Path], top: int) -> int:
                         f"{'×'.join(map(str, shape))} images as its metadata says", "give a model written by `netspec export`")
     output = outs[0].name
     top = max(1, min(top, len(classes)))
-    labels, pixels = read_inputs(inputs, shape)
+    labels, pixels = read_inputs(inputs, shape, limits)
     print(f"{model}: exit {output} of spec {info.spec_name}, top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     for start in range(0, len(pixels), PREDICT_BATCH):
@@ -124,11 +125,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return probs / probs.sum(1, keepdims=True)
 
 
-def read_inputs(inputs: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], list[np.ndarray]]:
+def read_inputs(inputs: list[Path], shape: tuple[int, int, int],
+                limits: Limits) -> tuple[list[str], list[np.ndarray]]:
     """(labels, C×H×W float pixels) of every image in `inputs` (image files, or each image of an array)."""
     labels, pixels = [], []
     for path in inputs:
-        for label, image in read_input(path, shape):
+        for label, image in read_input(path, shape, limits):
             labels.append(label)
             pixels.append(image)
     if not pixels:
@@ -136,22 +138,22 @@ def read_inputs(inputs: list[Path], shape: tuple[int, int, int]) -> tuple[list[s
     return labels, pixels
 
 
-def read_input(path: Path, shape: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
+def read_input(path: Path, shape: tuple[int, int, int], limits: Limits) -> list[tuple[str, np.ndarray]]:
     """(label, C×H×W float pixels in 0..1) for an image file or each image of a .npy/.npz array."""
     if not path.is_file():
         raise UserError(f"no input file {path}", "give images (PNG, JPG, ...) or .npy/.npz arrays")
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
-        images = _as_images(_read_array(path), shape, path)
+        images = _as_images(_read_array(path, limits.data_bytes), shape, path)
         return [(str(path), images[0])] if len(images) == 1 else [(f"{path}[{i}]", im) for i, im in enumerate(images)]
     if suffix in IMAGE_SUFFIXES:
-        return [(str(path), read_image(path, shape).transpose(2, 0, 1) / np.float32(255.0))]
+        return [(str(path), read_image(path, shape, limits.image_pixels).transpose(2, 0, 1) / np.float32(255.0))]
     raise UserError(f"cannot classify {path}: unknown file type '{suffix}'",
                     f"give an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a .npy/.npz array")
 
 
-def _read_array(path: Path) -> np.ndarray:
-    arrays = load_arrays(path, scale=4)  # the pixels become float32
+def _read_array(path: Path, max_bytes: int) -> np.ndarray:
+    arrays = load_arrays(path, max_bytes, scale=4)  # the pixels become float32
     if path.suffix.lower() == ".npy":
         return arrays[""]
     names = [n for n in arrays]
@@ -181,7 +183,7 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
     return a.astype(np.float32) / (1.0 if a.dtype.kind == "f" else 255.0)
 
 
-def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
+def predict_cascade(folder: Path, inputs: list[Path], top: int, limits: Limits = Limits()) -> int:
     """Like `predict`, by an early-exit cascade directory (`netspec export --cascade`): per input also the exit it
     left at and the FLOPs it cost (the cumulative FLOPs of that exit, from the manifest)."""
     from netspec.runtime.cascade import Cascade
@@ -193,7 +195,7 @@ def predict_cascade(folder: Path, inputs: list[Path], top: int) -> int:
     std = np.asarray(manifest["input"]["std"], np.float32).reshape(-1, 1, 1)
     classes, segments = manifest["classes"], manifest["segments"]
     top = max(1, min(top, len(classes)))
-    labels, pixels = read_inputs(inputs, shape)
+    labels, pixels = read_inputs(inputs, shape, limits)
     thresholds = ", ".join(f"{s['exit']} {s['threshold']:g}" for s in segments[:-1])
     print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when the "
           f"confidence ({cascade.criterion}) > threshold: {thresholds}), top {top} of {len(classes)} classes")

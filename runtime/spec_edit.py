@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from netspec.errors import SpecError, UserError
+from netspec.limits import Limits
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
 from netspec.compiler import Compiled, analyse
@@ -47,7 +48,7 @@ def add_branches(compiled: Compiled, overrides: list[str], points: list[str], ta
     new_text = add_entries(add_entries(text, "branches", branches, base), "losses", losses, base)
     if target != path:  # its own build directory
         new_text = set_name(new_text, target.stem)
-    _check_and_write(new_text, target, overrides, backup=path.with_name(path.name + ".bak") if in_place else None)
+    _check_and_write(new_text, target, overrides, compiled.limits, backup=path.with_name(path.name + ".bak") if in_place else None)
     done = "\n".join(f"  {name}: from {a}, {source}, loss weight {BRANCH_LOSS['weight']} schedule {BRANCH_LOSS['schedule']}"
                      for name, a in zip(names, wanted))
     kept = f" (kept {path.name}.bak)" if in_place else ""
@@ -170,7 +171,7 @@ def _block(entries: dict, indent: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_and_write(text: str, target: Path, overrides: list[str], backup: Path | None) -> None:
+def _check_and_write(text: str, target: Path, overrides: list[str], limits: Limits, backup: Path | None) -> None:
     """Compile the new spec from a temporary file beside the target, then move it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".yaml")
@@ -178,7 +179,7 @@ def _check_and_write(text: str, target: Path, overrides: list[str], backup: Path
         with os.fdopen(fd, "w") as f:
             f.write(text)
         try:
-            analyse(tmp, overrides)
+            analyse(tmp, overrides, limits)
         except SpecError as err:
             raise UserError(f"the spec with the new branch(es) does not compile: {err}",
                             "check the message: a template must fit the feature map it attaches to (--branch-template), "

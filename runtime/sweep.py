@@ -37,6 +37,7 @@ from typing import Any, Callable
 import yaml
 
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
 
@@ -211,6 +212,7 @@ class Sweep:
     storage: str | None = None
     jobs: int = 1  # arms trained at once by this worker (each runs its seeds side by side)
     root: Path | None = None  # the spec's runs folder (filled by `prepare`)
+    limits: Limits = field(default_factory=Limits)  # the command's: arms compile within them; `code` → --allow-custom
 
     @property
     def keys(self) -> list[str]:
@@ -318,7 +320,7 @@ def prepare(sweep: Sweep) -> None:
     base = sweep.spec or (Path(sweep.grid[SPEC_KEY][0]) if SPEC_KEY in sweep.grid else None)
     if base is None:
         raise UserError("no spec given", "netspec sweep SPEC --grid KEY=V1,V2 ...")
-    spec, _ = analyse(base, sweep.overrides)
+    spec, _ = analyse(base, sweep.overrides, sweep.limits)
     sweep.root = Path(spec.train.out) if spec.train.out else Path("runs") / spec.name
     if not sweep.name:
         digest = hashlib.sha1(json.dumps(sweep.definition(), sort_keys=True).encode()).hexdigest()[:6]
@@ -428,7 +430,7 @@ def netspec_command() -> list[str]:
 def seed_command(sweep: Sweep, arm: Arm, seed: int, resume: bool) -> list[str]:
     return [*netspec_command(), "train", str(sweep.spec_of(arm)), *sweep.overrides, *arm.overrides(),
             f"train.seed={seed}", f"train.run_name={run_name(arm, seed)}", f"train.out={sweep.runs}"] \
-        + ["--resume"] * resume
+        + ["--resume"] * resume + ["--allow-custom"] * sweep.limits.code
 
 
 def _die_with_parent() -> None:
@@ -472,7 +474,7 @@ def compile_arm(sweep: Sweep, arm: Arm) -> dict:
     from netspec.compiler.summary import summarise
 
     try:
-        _, network = analyse(sweep.spec_of(arm), sweep.overrides + arm.overrides())
+        _, network = analyse(sweep.spec_of(arm), sweep.overrides + arm.overrides(), sweep.limits)
     except UserError as err:
         return {"error": str(err).splitlines()[0]}
     summary = summarise(network)

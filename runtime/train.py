@@ -1,11 +1,12 @@
 """Training and evaluation (`netspec train`, `netspec eval`). `_train` reads top to bottom:
 
-start or resume (the run, its record, the model, the data, the solver) → epochs → steps → a snapshot when due
+data → the record → model, objective and solver (a new run, or a resume) → epochs → steps → a snapshot when due
 (a signal, train.checkpoint_every_steps) → evaluate every exit on the validation and test splits → log and
-checkpoint → the per-exit table.
+checkpoint → every exit's results (exits.json).
 
-The runtime prints progress lines through `say` (rank 0 only) and returns results; the commands
-(netspec/commands/train.py) turn `Interrupted` into its message, the resume command and the exit status.
+The runtime reports progress through `say` (rank 0 only) and returns results; the commands
+(netspec/commands/train.py) print the exit table, turn `Interrupted` into its message and the resume command,
+and choose the exit status.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,13 +34,13 @@ from netspec.compiler.lower import param_groups
 from netspec.compiler.summary import summarise
 from netspec.errors import UserError, did_you_mean, plural
 from netspec.project import atomic_write
-from netspec.solver import LRPolicy
+from netspec.solver import LRPolicy, TrainSpec
 from netspec.spec import Spec
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime import distributed
 from netspec.runtime.data import Batches, Dataset
 from netspec.runtime.data.stream import StreamData, load_data, stream_batches
-from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows, format_exit_table
+from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
 from netspec.runtime.run import Run, data_identity, make_record, resume_changes, runs_root, spec_yaml
@@ -47,11 +48,15 @@ from netspec.runtime.run import Run, data_identity, make_record, resume_changes,
 
 @dataclass
 class Result:
-    """What a finished run leaves: the trained model (unwrapped, on its device), the per-exit rows, the run."""
+    """What a finished run leaves: the trained model (unwrapped, on its device), the per-exit rows (val and test
+    top-1/top-5 after the last epoch), the run, and the best value of the metric best.pt was chosen on."""
 
     model: nn.Module
     rows: list[dict]
     run: Run
+    best: float
+    selection: str  # val_top1/main, or top1/main without a validation split
+    epochs: int
 
 
 class Interrupted(Exception):
@@ -150,145 +155,214 @@ def _open(compiled: Compiled, ctx: distributed.Context, run: Run | None, say) ->
 
 def _train(compiled: Compiled, ctx: distributed.Context, opened: Opened, changes: list[str], command: list[str],
            threads: int, say) -> Result:
-    spec, cfg = compiled.spec, compiled.spec.train
-    run, start, heads = opened.run, opened.start, list(compiled.heads)
+    spec, run, start = compiled.spec, opened.run, opened.start
 
     # --- data: this rank's shard of every global batch; validation and test splits
-    data = distributed.main_first(ctx, lambda: load_data(spec, sys.stderr if ctx.is_main else None))
+    data = distributed.main_first(ctx, lambda: load_data(spec, sys.stderr if ctx.is_main else None, compiled.limits))
     _check_classes(spec, data)
     train_batches, val_batches, test_batches = make_batches(spec, data, ctx)
     steps = _steps_per_epoch(spec, data, train_batches, ctx)
+    cfg = spec.train
     if cfg.max_steps:  # Caffe's max_iter: as many epochs as the steps take, the last one cut short
         cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.max_steps / steps)})
-    selection = "val_top1/main" if val_batches is not None else "top1/main"
 
-    # --- the record: written when a run starts; a resume says when the data differ, and records a change
+    # --- the record (written when a run starts; a resume says when the data differ, and records a change)
     if ctx.is_main:
-        if opened.fresh:
-            record = make_record(compiled, command, data, ctx.world_size, threads)
-            run.start({**record, "run": run.path.name}, spec_yaml(spec))
-        else:
-            _note_other_data(run, spec, data, say)
-        if changes:
-            run.change(start["step"], changes, command, {**run.record(), "spec": str(compiled.path),
-                                                         "overrides": list(compiled.overrides),
-                                                         "spec_hash": compiled.spec_hash}, spec_yaml(spec))
-            say(f"--allow-change: from step {start['step']} on, {'; '.join(changes)} (recorded in {run.path})")
+        _write_record(compiled, opened, changes, command, data, ctx, threads, say)
         if val_batches is None:
             say("note: no validation split (data.val_split): best.pt is selected on the test split")
 
     # --- model, objective, solver: set from the spec; a resume restores weights, solver state and generators
-    raw = compiled.module.to(ctx.device)
-    if start is None and spec.init.from_:
-        _init_from(raw, Path(spec.init.from_), say)
-    net = torch.compile(raw) if cfg.compile else raw
-    model = distributed.wrap(net, ctx, cfg.sync_bn)
-    objective = Objective(compiled.network)
-    objective.epochs = cfg.epochs
-    autocast = _autocast(ctx, cfg.amp)
-    optimizer, scheduler = _solver(compiled, raw, cfg, steps, start, say)
-    epoch, step, done, best, sums, seconds = _resume(raw, run, start, ctx, cfg, selection, len(objective.names)
-                                                     + len(heads), steps, say)
-
-    # --- epochs
-    log = MetricsLog(run.path, keep_until_epoch=epoch, keep_until_step=step)
-    board = TensorBoard(run.path, step, wanted=cfg.tensorboard) if ctx.is_main else None
-    progress = Progress(cfg.epochs * steps, epoch * steps + done, sys.stderr if ctx.is_main else None)
-    accuracy = val = None
+    loop = _loop(compiled, ctx, cfg, run, start, steps, val_batches, test_batches, say)
+    epoch, step, done, best, sums, seconds = _resume(loop.raw, run, start, ctx, cfg, loop.selection,
+                                                     len(loop.objective.names) + len(loop.heads), steps, say)
+    loop.open_logs(epoch, step, done)
     say(f"training {spec.name} for {plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')}, batch {cfg.batch_size} on "
         f"{ctx.world_size} × {ctx.device} ({plural(threads, 'thread')}); run directory {run}")
-    structure = ckpt.compiled_structure(compiled)
 
-    def snapshot(epoch: int, batch: int, sums: np.ndarray, seconds: float) -> dict:
-        return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": cfg.optimizer.type,
-                "scheduler": scheduler.state_dict(), "rng": distributed.all_gather(ctx, ckpt.rng_state()),
-                "epoch": epoch, "step": step, "batch": batch, "best": best, "metric": selection,
-                "epoch_sums": torch.from_numpy(sums.copy()), "epoch_seconds": seconds,
-                "spec_name": spec.name, "spec_hash": compiled.spec_hash,
-                "structure": structure}
-
+    # --- epochs → steps → a snapshot when due (a signal, train.checkpoint_every_steps) → evaluate, log, checkpoint
+    evaluated = None
     with _Signals() as signals:
         for epoch in range(epoch, cfg.epochs):
-            model.train()
+            loop.model.train()
             train_batches.set_epoch(epoch, skip=done)
             started = time.perf_counter()
             window = (started, step)  # throughput since the last step record
             todo = min(steps - done, cfg.max_steps - step) if cfg.max_steps else steps - done
             for i, (x, y) in enumerate(itertools.islice(train_batches, todo), start=done):
-                with autocast():
-                    logits = model(x)
-                loss, terms = objective(logits, y, epoch + i / steps)
-                raw_ce = torch.stack([F.cross_entropy(logits[h].detach().float(), y) for h in heads])
-                flags = [float(signals.caught == signal.SIGINT), float(signals.caught == signal.SIGTERM)]
-                stats = torch.cat([terms, raw_ce, torch.tensor(flags, device=terms.device)])
-                stats = (distributed.all_sum(ctx, stats) / ctx.world_size).tolist()  # same on every rank
-                values = stats[:len(sums)]
-                caught = signal.SIGTERM if stats[-1] > 0 else signal.SIGINT if stats[-2] > 0 else 0
-                _stop_if_diverged(objective.names, values[:len(objective.names)], epoch, step, run.checkpoints)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                log_step = cfg.log_every_steps and (step + 1) % cfg.log_every_steps == 0 and ctx.is_main
-                grads = grad_magnitudes(raw) if log_step and cfg.log_gradients else {}
-                optimizer.step()
-                scheduler.step()
+                logged = cfg.log_every_steps and (step + 1) % cfg.log_every_steps == 0 and ctx.is_main
+                values, grads, caught = _step(loop, x, y, epoch, i, step, signals.caught, logged)
                 step += 1
                 sums += values
-                progress.step(f"epoch {epoch + 1}/{cfg.epochs}", i + 1, steps, sum(values[:len(objective.names)]))
-                if log_step:
-                    now = time.perf_counter()
-                    speed = (step - window[1]) * cfg.batch_size / max(now - window[0], 1e-9)
-                    record = {**_step_record(objective, heads, values, epoch + i / steps, step, scheduler, cfg),
-                              "examples_per_second": round(speed, 1), **grads}
-                    log.append_step(record)
-                    board.scalars(record, step, "step")
-                    window = (now, step)
-                snap_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and i + 1 < steps
-                if caught or snap_due:
-                    _check_finite(raw, epoch, step, run.checkpoints)
-                    state = snapshot(epoch, i + 1, sums, seconds + time.perf_counter() - started)
+                loop.progress.step(f"epoch {epoch + 1}/{cfg.epochs}", i + 1, steps,
+                                   sum(values[:len(loop.objective.names)]))
+                if logged:
+                    window = _log_step(loop, values, grads, epoch + i / steps, step, window)
+                due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and i + 1 < steps
+                if caught or due:
+                    _check_finite(loop.raw, epoch, step, run.checkpoints)
+                    state = loop.snapshot(epoch, i + 1, step, best, sums, seconds + time.perf_counter() - started)
                     if ctx.is_main:
                         ckpt.save(run.checkpoints, state, best=False, keep=cfg.keep_snapshots)
                     if caught:
                         raise Interrupted(caught, run, epoch, i + 1, steps, step)
             seconds += time.perf_counter() - started
-            _check_finite(raw, epoch, step, run.checkpoints)
-
-            distributed.sync_buffers(ctx, raw)
-            evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-            if evaluated:
-                val, accuracy = _evaluate_splits(net, val_batches, test_batches, heads, ctx, autocast)
-            record = _epoch_record(objective, heads, sums / steps, epoch, step, steps, seconds, scheduler, cfg,
-                                   accuracy if evaluated else None, val if evaluated else None)
-            progress.end_epoch(_epoch_line(record, cfg.epochs, objective.names, heads, evaluated))
-
-            chosen = record.get(selection)
-            improved = chosen is not None and chosen > best
-            best = max(best, chosen) if chosen is not None else best
-            due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+            best, evaluated = _end_epoch(loop, epoch, step, sums / steps, seconds, best, evaluated)
             done, sums, seconds = 0, np.zeros_like(sums), 0.0
-            if due or improved:
-                state = snapshot(epoch + 1, 0, sums, 0.0)
-            if ctx.is_main:
-                log.append(record)
-                board.scalars(record, step, "epoch")
-                plot_curves(log.records, run.path, term_heads={t.name: t.student for t in objective.terms},
-                            heads=heads)
-                if due or improved:
-                    ckpt.save(run.checkpoints, state, best=improved, keep=cfg.keep_snapshots)
-    if board is not None:
-        board.close()
+    loop.close()
 
-    # --- the per-exit table: every exit as a compact model of its own (MW-BP)
-    if accuracy is None:  # resumed a finished run
-        val, accuracy = _evaluate_splits(net, val_batches, test_batches, heads, ctx, autocast)
+    # --- every exit as a compact model of its own (MW-BP), in the run's exits.json
+    val, accuracy = evaluated or _evaluate_splits(loop.net, val_batches, test_batches, loop.heads, ctx,
+                                                  loop.autocast)  # evaluated is None: resumed a finished run
     rows = exit_rows(summarise(compiled.network), accuracy, val)
     if ctx.is_main:
-        atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": selection,
+        atomic_write(run.path / "exits.json", json.dumps({"epoch": cfg.epochs, "selected_on": loop.selection,
                                                           "exits": rows}, indent=1) + "\n")
-        print(f"\n{spec.name}: every exit after {plural(cfg.epochs, 'epoch')} (best {selection} "
-              f"{100 * best:.2f}% → best.pt; run {run})")
-        print(format_exit_table(rows))
-    return Result(raw, rows, run)
+    return Result(loop.raw, rows, run, best, loop.selection, cfg.epochs)
+
+
+def _write_record(compiled: Compiled, opened: Opened, changes: list[str], command: list[str], data,
+                  ctx: distributed.Context, threads: int, say) -> None:
+    """Rank 0: a new run's record; on a resume, a note when the data differ and the change --allow-change made."""
+    run, spec = opened.run, compiled.spec
+    if opened.fresh:
+        record = make_record(compiled, command, data, ctx.world_size, threads)
+        run.start({**record, "run": run.path.name}, spec_yaml(spec))
+    else:
+        _note_other_data(run, spec, data, say)
+    if changes:
+        step = opened.start["step"]
+        run.change(step, changes, command, {**run.record(), "spec": str(compiled.path),
+                                            "overrides": list(compiled.overrides),
+                                            "spec_hash": compiled.spec_hash}, spec_yaml(spec))
+        say(f"--allow-change: from step {step} on, {'; '.join(changes)} (recorded in {run.path})")
+
+
+@dataclass
+class Loop:
+    """What the steps and epochs of one training process share."""
+
+    compiled: Compiled
+    ctx: distributed.Context
+    cfg: TrainSpec  # spec.train, with the epochs train.max_steps takes
+    run: Run
+    raw: nn.Module  # the module (its weights are what checkpoints hold)
+    net: nn.Module  # raw, or torch.compile(raw): what evaluates
+    model: nn.Module  # net, wrapped for DDP: what trains
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    autocast: Callable[[], torch.autocast]
+    val_batches: Batches | None
+    test_batches: Batches
+    steps: int  # optimizer steps per epoch
+    heads: list[str]
+    selection: str  # the metric best.pt is chosen on
+    structure: dict = field(default_factory=dict)
+    log: MetricsLog | None = None
+    board: TensorBoard | None = None
+    progress: Progress | None = None
+
+    def open_logs(self, epoch: int, step: int, done: int) -> None:
+        """metrics.jsonl / steps.jsonl (cut back to the checkpoint), TensorBoard (rank 0), the progress bar."""
+        main, steps = self.ctx.is_main, self.steps
+        self.log = MetricsLog(self.run.path, keep_until_epoch=epoch, keep_until_step=step)
+        self.board = TensorBoard(self.run.path, step, wanted=self.cfg.tensorboard) if main else None
+        self.progress = Progress(self.cfg.epochs * steps, epoch * steps + done, sys.stderr if main else None)
+
+    def snapshot(self, epoch: int, batch: int, step: int, best: float, sums: np.ndarray, seconds: float) -> dict:
+        """A checkpoint's content (every rank takes part: the generators of all ranks are gathered)."""
+        return {"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "optimizer_type": self.cfg.optimizer.type, "scheduler": self.scheduler.state_dict(),
+                "rng": distributed.all_gather(self.ctx, ckpt.rng_state()),
+                "epoch": epoch, "step": step, "batch": batch, "best": best, "metric": self.selection,
+                "epoch_sums": torch.from_numpy(sums.copy()), "epoch_seconds": seconds,
+                "spec_name": self.compiled.spec.name, "spec_hash": self.compiled.spec_hash,
+                "structure": self.structure}
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def _loop(compiled: Compiled, ctx: distributed.Context, cfg: TrainSpec, run: Run, start: dict | None, steps: int,
+          val_batches, test_batches, say) -> Loop:
+    """The model (init.from on a new run; compiled and DDP-wrapped as the spec says), objective and solver."""
+    raw = compiled.module.to(ctx.device)
+    if start is None and compiled.spec.init.from_:
+        _init_from(raw, Path(compiled.spec.init.from_), say)
+    net = torch.compile(raw) if cfg.compile else raw
+    objective = Objective(compiled.network)
+    objective.epochs = cfg.epochs
+    optimizer, scheduler = _solver(compiled, raw, cfg, steps, start, say)
+    return Loop(compiled, ctx, cfg, run, raw, net, distributed.wrap(net, ctx, cfg.sync_bn), objective, optimizer,
+                scheduler, _autocast(ctx, cfg.amp), val_batches, test_batches, steps, list(compiled.heads),
+                "val_top1/main" if val_batches is not None else "top1/main", ckpt.compiled_structure(compiled))
+
+
+def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, epoch: int, i: int, step: int, signalled: int,
+          logged: bool) -> tuple[list[float], dict, int]:
+    """One optimizer step. Returns the step's loss terms and raw CE per head (the mean over ranks), the gradient
+    magnitudes when `logged` and train.log_gradients, and the signal any rank caught (0: none)."""
+    objective, heads, ctx = loop.objective, loop.heads, loop.ctx
+    with loop.autocast():
+        logits = loop.model(x)
+    loss, terms = objective(logits, y, epoch + i / loop.steps)
+    raw_ce = torch.stack([F.cross_entropy(logits[h].detach().float(), y) for h in heads])
+    flags = [float(signalled == signal.SIGINT), float(signalled == signal.SIGTERM)]
+    stats = torch.cat([terms, raw_ce, torch.tensor(flags, device=terms.device)])
+    stats = (distributed.all_sum(ctx, stats) / ctx.world_size).tolist()  # the same on every rank
+    values = stats[:len(objective.names) + len(heads)]
+    caught = signal.SIGTERM if stats[-1] > 0 else signal.SIGINT if stats[-2] > 0 else 0
+    _stop_if_diverged(objective.names, values[:len(objective.names)], epoch, step, loop.run.checkpoints)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = grad_magnitudes(loop.raw) if logged and loop.cfg.log_gradients else {}
+    loop.optimizer.step()
+    loop.scheduler.step()
+    return values, grads, caught
+
+
+def _log_step(loop: Loop, values: list[float], grads: dict, epoch: float, step: int,
+              window: tuple[float, int]) -> tuple[float, int]:
+    """Rank 0: a line of steps.jsonl (and TensorBoard) with the throughput since `window`; the next window."""
+    now = time.perf_counter()
+    speed = (step - window[1]) * loop.cfg.batch_size / max(now - window[0], 1e-9)
+    record = {**_step_record(loop.objective, loop.heads, values, epoch, step, loop.scheduler, loop.cfg),
+              "examples_per_second": round(speed, 1), **grads}
+    loop.log.append_step(record)
+    loop.board.scalars(record, step, "step")
+    return now, step
+
+
+def _end_epoch(loop: Loop, epoch: int, step: int, means: np.ndarray, seconds: float, best: float,
+               evaluated: tuple | None) -> tuple[float, tuple | None]:
+    """Evaluate every exit (when due), log the epoch, save last.pt when due and best.pt when the selection metric
+    improved. Returns the best value so far and the latest (val, test) accuracies."""
+    cfg, ctx, run = loop.cfg, loop.ctx, loop.run
+    _check_finite(loop.raw, epoch, step, run.checkpoints)
+    distributed.sync_buffers(ctx, loop.raw)
+    now = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    if now:
+        evaluated = _evaluate_splits(loop.net, loop.val_batches, loop.test_batches, loop.heads, ctx, loop.autocast)
+    val, accuracy = evaluated if now else (None, None)
+    record = _epoch_record(loop.objective, loop.heads, means, epoch, step, loop.steps, seconds,
+                           loop.scheduler, cfg, accuracy, val)
+    loop.progress.end_epoch(_epoch_line(record, cfg.epochs, loop.objective.names, loop.heads, now))
+    chosen = record.get(loop.selection)
+    improved = chosen is not None and chosen > best
+    best = max(best, chosen) if chosen is not None else best
+    due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+    if due or improved:
+        state = loop.snapshot(epoch + 1, 0, step, best, np.zeros_like(means), 0.0)
+    if ctx.is_main:
+        loop.log.append(record)
+        loop.board.scalars(record, step, "epoch")
+        plot_curves(loop.log.records, run.path, term_heads={t.name: t.student for t in loop.objective.terms},
+                    heads=loop.heads)
+        if due or improved:
+            ckpt.save(run.checkpoints, state, best=improved, keep=cfg.keep_snapshots)
+    return best, evaluated
 
 
 def _steps_per_epoch(spec: Spec, data, train_batches, ctx: distributed.Context) -> int:
@@ -476,7 +550,7 @@ def evaluate_checkpoint(compiled: Compiled, path: Path, exits: list[str] | None 
     else:
         ckpt.load_weights(model, state["model"], path)
         modules = {None: model}
-    _, val_batches, test_batches = make_batches(spec, load_data(spec, None), ctx)
+    _, val_batches, test_batches = make_batches(spec, load_data(spec, None, compiled.limits), ctx)
     autocast = _autocast(ctx, spec.train.amp)
 
     def accuracy(batches) -> dict:

@@ -63,16 +63,6 @@ def error_of(call, *args, **kwargs) -> UserError:
     return info.value
 
 
-@pytest.fixture(autouse=True)
-def _no_custom_ops():
-    """`Custom.allowed` is process-wide state set by the CLI; every test starts without it."""
-    from netspec.ops import Custom
-
-    Custom.allowed = False
-    yield
-    Custom.allowed = False
-
-
 @pytest.fixture
 def one_thread(monkeypatch):
     """Tiny models run fastest (and steadiest on a busy machine) on one torch thread; OMP_NUM_THREADS=1 makes

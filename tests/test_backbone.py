@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from netspec import cli
-from netspec.compiler import compile_spec
+from netspec import compiler
 from netspec.compiler.draw import default_view, to_dot
 from netspec.compiler.prune import prune
 from netspec.errors import UserError
-from netspec.ops import Custom
+from netspec.limits import Limits
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime.train import train
 from backbone_models import Gated, Shared, TinyResNet
@@ -55,9 +55,11 @@ train: {{epochs: 2, batch_size: 16, out: "{run}", device: cpu, seed: 3}}
 """
 
 
-@pytest.fixture(autouse=True)
-def allowed():
-    Custom.allowed = True  # conftest resets it after each test
+TRUSTED = Limits(code=True)  # the test modules are ours
+
+
+def compile_spec(path, overrides=(), limits=TRUSTED):
+    return compiler.compile_spec(path, overrides, limits)
 
 
 def write(tmp_path: Path, cls: str = "TinyResNet", leaf: str = "", text: str = SPEC, models: Path = MODELS) -> Path:
@@ -173,7 +175,6 @@ def test_untraceable_module_is_a_one_line_error_naming_fx_and_leaf_modules(tmp_p
     assert "\n" not in message and err.pos.line == 4
     assert "'gate' (Gate)" in message and "backbone_models.py:" in message
     assert "control flow" in message and "leaf_modules: [gate]" in message
-    Custom.allowed = False
     assert cli.main(["compile", "--allow-custom", str(spec)]) == 2
     assert "Traceback" not in capsys.readouterr().err
     spec = write(tmp_path, "Gated", leaf=", leaf_modules: [gate]", text=text)
@@ -201,23 +202,16 @@ def test_running_code_is_opt_in_and_files_resolve_against_the_spec(tmp_path, cap
     (tmp_path / "models").mkdir()
     shutil.copy(MODELS, tmp_path / "models" / "net.py")
     spec = write(tmp_path, models=Path("models/net.py"))
-    Custom.allowed = False
-    err = error_of(compile_spec, spec)
+    err = error_of(compile_spec, spec, limits=Limits())
     assert "runs Python code" in err.what and "--allow-custom" in err.fix and err.pos.line == 4
     assert cli.main(["compile", "--allow-custom", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.relu_1" in out and "copy_of" in out
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "child.yaml").write_text("extends: ../byob.yaml\nname: child\n")  # the path is the parent's
-    Custom.allowed = True
     assert compile_spec(tmp_path / "sub" / "child.yaml").network.heads["main"] == "fc"
     spec.write_text(spec.read_text().replace("models/net.py", "models/nett.py"))
-    assert "does not exist" in str(error_of(cli_compile, spec))
-
-
-def cli_compile(spec):
-    Custom.allowed = True
-    return compile_spec(spec)
+    assert "does not exist" in str(error_of(compile_spec, spec))
 
 
 @pytest.mark.parametrize("backbone, message", [

@@ -143,7 +143,7 @@ CASES = [
     ("extends_missing_file", "name: bad\nextends: base.yaml  # <-\n", "`extends: base.yaml` names a file that does not exist",
      "relative to this spec"),
     ("custom_op_not_allowed", H + "nodes:\n  - {name: c, op: custom, target: 'torch.nn:Identity'}  # <-\n" + FC,
-     "custom ops import code; run with --allow-custom", "trust"),
+     "node 'c' is a custom op: it imports and runs torch.nn:Identity", "--allow-custom (or NETSPEC_ALLOW_CUSTOM=1) if you trust"),
     # --- names that would break the module, recursion, degenerate losses, devices
     ("reserved_node_name", H + "nodes:\n  - {name: train, op: conv, out: 4, kernel: 3}  # <-\n" + FC,
      "'train' is reserved", "name"),

@@ -19,6 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.data_spec import Augment, DataSpec
 from netspec.runtime.data import Batches, batches, download, load_dataset, sources
 from netspec.runtime.data.sources import read_idx
@@ -94,7 +95,7 @@ def test_idx_bad_files(tmp_path, damage, message):
     path = write_idx(tmp_path / "x", RNG.integers(0, 256, (3, 4, 4)), gz=False)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(UserError, match=message) as e:
-        read_idx(path, 3)
+        read_idx(path, 3, Limits().data_bytes)
     assert str(path) in str(e.value)
 
 

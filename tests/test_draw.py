@@ -17,6 +17,7 @@ from netspec.compiler.draw import DEFAULT_NODES, Fold, default_view, deployed, f
 from netspec.compiler.lower import lower_graph
 from netspec.compiler.prune import unbranched_overrides
 from netspec.errors import UserError
+from netspec.limits import Limits
 from conftest import SPECS, WITH_BRANCH, error_of
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz not installed")
@@ -98,10 +99,11 @@ def test_conv_nodes_show_kernel_and_stride(write_spec):
 
 @functools.cache
 def network(spec: str):
-    return analyse(SPECS / spec)[1]
+    return analyse(SPECS / spec, limits=TRUSTED)[1]
 
 
 SHIPPED = sorted(path.name for path in SPECS.glob("*.yaml"))
+TRUSTED = Limits(code=True)  # the shipped specs are ours: dks_userresnet_fmnist runs specs/models/resnet.py
 FOLDED = ["resnet20_fmnist.yaml", "mwbp_fmnist.yaml", "dks_resnet20_fmnist.yaml", "mwbp_resnet56.yaml"]
 
 
@@ -157,19 +159,11 @@ def test_default_view_folds_deep_nets_only():
     assert same is small and note == "nothing to collapse: cnds8_fmnist has no repeated blocks"
 
 
-@pytest.fixture(autouse=True)
-def trusted(monkeypatch):
-    """The shipped specs are ours: dks_userresnet_fmnist runs specs/models/resnet.py."""
-    from netspec.ops import Custom
-
-    monkeypatch.setattr(Custom, "allowed", True)
-
-
 @pytest.mark.parametrize("spec", [s for s in SHIPPED if "1202" not in s])
 def test_deploy_view_is_the_exported_graph(spec):
     """--deploy draws what export writes: the main exit's graph (lower_graph(single=True), as pruned and
     exported) without dropouts, which export drops in eval mode; no loss node."""
-    net = analyse(SPECS / spec, unbranched_overrides(analyse(SPECS / spec)[0]))[1]
+    net = analyse(SPECS / spec, unbranched_overrides(network(spec).spec), TRUSTED)[1]
     view = deployed(net)
     graph = lower_graph(net, ["main"], single=True)
     exported = {n.name for n in graph.nodes if n.op in ("call_module", "call_function", "call_method")}
@@ -270,7 +264,7 @@ def test_left_to_right_and_deployed_drawings_have_no_overlaps(spec):
     graph = layout(to_dot(view, "LR"))
     x0, y0, x1, y1 = map(float, graph["bb"].split(","))
     assert x1 - x0 > y1 - y0 and overlaps(graph) == []
-    plain = analyse(SPECS / spec, unbranched_overrides(network(spec).spec))[1]
+    plain = analyse(SPECS / spec, unbranched_overrides(network(spec).spec), TRUSTED)[1]
     graph = layout(to_dot(default_view(deployed(plain))[0], losses=False))
     assert overlaps(graph) == [] and graph["objects"]
 

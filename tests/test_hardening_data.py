@@ -20,6 +20,7 @@ import pytest
 from netspec.cli import main
 from netspec.data_spec import DataSpec
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.runtime.arrays import load_arrays
 from netspec.runtime.data.sources import load_dataset, read_idx
 from netspec.runtime.images import read_image
@@ -128,7 +129,7 @@ def test_an_image_that_is_not_a_file(tmp_path, kind):
     else:
         path = Path("/dev/zero")
     result = []
-    reader = threading.Thread(target=lambda: result.append(pytest.raises(UserError, read_image, path, (1, 8, 8))),
+    reader = threading.Thread(target=lambda: result.append(pytest.raises(UserError, read_image, path, (1, 8, 8), Limits().image_pixels)),
                               daemon=True)
     reader.start()
     reader.join(10)
@@ -147,7 +148,7 @@ def test_images_are_checked_before_decoding(model, tmp_path, capsys, kind, suffi
     one_line(code, err)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000  # KiB: nothing big was decoded
     with pytest.raises(UserError):
-        read_image(path, (1, 8, 8))
+        read_image(path, (1, 8, 8), Limits().image_pixels)
 
 
 # --- arrays --------------------------------------------------------------------------------------------
@@ -189,12 +190,11 @@ def test_arrays_are_checked_before_loading(model, tmp_path, capsys, kind, contai
     one_line(code, err)
 
 
-def test_a_zip_bomb_is_refused_by_its_declared_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("NETSPEC_MAX_DATA_BYTES", "100000")
+def test_a_zip_bomb_is_refused_by_its_declared_size(tmp_path):
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, x=np.zeros((1000, 1000), np.uint8))
     with pytest.raises(UserError, match="more than the limit of 100,000"):
-        load_arrays(path)
+        load_arrays(path, 100_000)
 
 
 # --- IDX and CIFAR ------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_idx_files_are_bounded_by_their_header(tmp_path, kind):
         path.write_bytes(data)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(UserError) as info:
-        read_idx(path, 3)
+        read_idx(path, 3, Limits().data_bytes)
     assert str(path) in str(info.value) and len(str(info.value)) < 500
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 30_000  # KiB: the bomb was not unpacked
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from netspec.compiler import analyse
-from netspec.compiler.expand import MAX_NODES
+from netspec.limits import Limits
 from netspec.compiler.template import MAX_EXPR_SIZE, MAX_EXPR_TEXT, evaluate, size
 from netspec.errors import SpecError
 from conftest import MINI, error_of, write
@@ -99,17 +99,16 @@ def test_repeats_are_bounded(tmp_path, outer, inner):
     started = time.process_time()
     err = error_of(analyse, path)
     assert ("at most 10000" in str(err) or "less than or equal to 10000" in str(err)
-            or f"more than {MAX_NODES:,} nodes" in str(err)), str(err)
+            or f"more than {Limits().nodes:,} nodes" in str(err)), str(err)
     assert time.process_time() - started < 30
 
 
-def test_the_node_limit_can_be_raised(tmp_path, monkeypatch):
+def test_the_node_limit_can_be_raised(tmp_path):
     text = MINI.replace("  - {name: fc, op: fc, out: 3}", "  - {name: o, block: outer, repeat: 30}\n"
                         "  - {name: fc, op: fc, out: 3}") + BLOCK.format(inner=2)
     path = write(tmp_path, text)
-    monkeypatch.setenv("NETSPEC_MAX_NODES", "20")
-    assert "more than 20 nodes" in str(error_of(analyse, path))
-    monkeypatch.setenv("NETSPEC_MAX_NODES", "200")
-    assert len(analyse(path)[1].nodes) == 63
-    monkeypatch.setenv("NETSPEC_MAX_EXPAND_SECONDS", "1e-9")
-    assert "took longer than" in str(error_of(analyse, path))
+    err = error_of(analyse, path, limits=Limits(nodes=20))
+    assert "more than 20 nodes" in err.what and "NETSPEC_MAX_NODES" in err.fix
+    assert len(analyse(path, limits=Limits(nodes=200))[1].nodes) == 63
+    err = error_of(analyse, path, limits=Limits(expand_seconds=1e-9))
+    assert "took longer than" in err.what and "NETSPEC_MAX_EXPAND_SECONDS" in err.fix

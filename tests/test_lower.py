@@ -140,10 +140,10 @@ def test_graph_without_weights_is_the_modules_graph(spec):
 
 
 def test_graph_without_weights_leaves_custom_ops_unbuilt(write_spec, monkeypatch):
+    from netspec.limits import Limits
     from netspec.ops import Custom
 
-    monkeypatch.setattr(Custom, "allowed", True)
     text = MINI.replace("  - {name: relu1, op: relu}", "  - {name: relu1, op: custom, target: 'torch.nn:ReLU'}")
-    net = analyse(write_spec(text))[1]
+    net = analyse(write_spec(text), limits=Limits(code=True))[1]
     monkeypatch.setattr(Custom, "build", lambda self, shapes: pytest.fail("a custom op was built"))
     assert lower_graph(net).python_code(root_module="self").src.count("self.relu1(") == 1

@@ -13,7 +13,7 @@ from netspec.compiler import compile_spec
 from netspec.compiler.lower import lower
 from netspec.compiler.prune import head_outputs, prune, unbranched_overrides
 from netspec.errors import UserError
-from netspec.ops import Custom
+from netspec.limits import Limits
 from netspec.spec import MAIN_HEAD
 
 SPECS = sorted(Path(__file__).resolve().parents[1].glob("specs/*.yaml"))
@@ -66,8 +66,8 @@ def synthetic(tmp_path_factory) -> Path:
 
 @functools.cache
 def compiled(path: Path, overrides: tuple[str, ...] = ()):
-    Custom.allowed = True  # the shipped specs are ours (dks_userresnet_fmnist runs specs/models/resnet.py)
-    return compile_spec(path, list(overrides))
+    # the shipped specs are ours (dks_userresnet_fmnist runs specs/models/resnet.py)
+    return compile_spec(path, list(overrides), Limits(code=True))
 
 
 def signature(gm: fx.GraphModule) -> list[tuple]:

@@ -11,6 +11,7 @@ from netspec.compiler.parse import parse
 from netspec.compiler.validate import validate
 from netspec.data_spec import SOURCES, SYNTHETIC_SIZES, DataSpec
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.runtime.data import load_dataset
 from netspec.runtime.data.stream import load_data
 from conftest import MINI, SPECS, write
@@ -51,10 +52,9 @@ def test_the_same_every_run_and_random_within_one(tmp_path):
     assert 100 < float(one.train_x.float().mean()) < 155  # uniform over 0..255
 
 
-def test_bounded_like_every_data_set(monkeypatch):
-    monkeypatch.setenv("NETSPEC_MAX_DATA_BYTES", "1000")
+def test_bounded_like_every_data_set():
     with pytest.raises(UserError, match="NETSPEC_MAX_DATA_BYTES"):
-        load_dataset(DataSpec(source="synthetic", classes=["a", "b"]), (3, 32, 32))
+        load_dataset(DataSpec(source="synthetic", classes=["a", "b"]), (3, 32, 32), Limits(data_bytes=1000))
 
 
 def test_without_classes_it_says_what_it_needs():

@@ -66,7 +66,7 @@ def run_draw(args: argparse.Namespace) -> int:
     compiled, overrides = load(args)
     network = compiled.network
     if args.deploy:  # what `export --prune-aux` deploys: the spec compiled without its branches
-        network = deployed(analyse(compiled.path, overrides + unbranched_overrides(compiled.spec))[1])
+        network = deployed(analyse(compiled.path, overrides + unbranched_overrides(compiled.spec), compiled.limits)[1])
     network, note = default_view(network, args.view)
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -41,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.cascade)
     manifest = read_manifest(folder)
     run = find_run(args)  # the run's own spec: its data, validation split and limits
-    compiled = compile_recorded(run, [w for w in args.words if "=" in w]) if run is not None else load(args)[0]
+    compiled = compile_recorded(run, [w for w in args.words if "=" in w], args.limits) if run is not None else load(args)[0]
     spec = compiled.spec
     if manifest["spec_name"] != spec.name:
         raise UserError(f"{folder} is a cascade of spec '{manifest['spec_name']}', not of {compiled.path}",
                         "give the spec the cascade was exported from")
-    data = load_dataset(spec.data, spec.input.shape)
+    data = load_dataset(spec.data, spec.input.shape, compiled.limits)
 
     def split(name: str, x, y, start: int = 0, stop: int | None = None) -> Split:
         stop = min(len(y), stop if stop is not None else len(y), start + (args.limit or len(y)))

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from netspec.errors import UserError
-from netspec.ops import Custom
+from netspec.limits import Limits
 from netspec.project import current_build, resolve_spec, split_args
 from netspec.compiler import Compiled, compile_spec, load_spec
 
@@ -27,18 +26,13 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace, announce: bool = False) -> tuple[Compiled, list[str]]:
     """Compile the spec a command names (or the current build's); also the overrides it was given. With
     `announce`, say which spec was picked when the command named none."""
-    allow_custom(args)
     named, _ = split_args(args.words)
     path, overrides = resolve_spec(args.words)
     if announce and named is None:
         build = current_build()
         origin = f"the current build, {build}" if build is not None else "no spec given and no build: the default"
         print(f"spec: {path} ({origin})", file=sys.stderr)
-    return compile_spec(path, overrides), overrides
-
-
-def allow_custom(args: argparse.Namespace) -> None:
-    Custom.allowed = args.allow_custom or os.environ.get("NETSPEC_ALLOW_CUSTOM") == "1"
+    return compile_spec(path, overrides, args.limits), overrides
 
 
 def find_run(args: argparse.Namespace, checkpoint: str | None = None):
@@ -47,7 +41,6 @@ def find_run(args: argparse.Namespace, checkpoint: str | None = None):
     is repaired and said)."""
     from netspec.runtime.run import Run
 
-    allow_custom(args)
     if getattr(args, "run", None):
         run = Run.named(args.run)
     elif checkpoint:
@@ -65,9 +58,9 @@ def find_run(args: argparse.Namespace, checkpoint: str | None = None):
     return run
 
 
-def compile_recorded(run, given: list[str]) -> Compiled:
-    """The spec a run was trained with, compiled once: its spec file with its overrides (and `given` on top) while
-    that file still resolves to the run's spec.yaml, else spec.yaml itself."""
+def compile_recorded(run, given: list[str], limits: Limits) -> Compiled:
+    """The spec a run was trained with, compiled once (within `limits`): its spec file with its overrides (and
+    `given` on top) while that file still resolves to the run's spec.yaml, else spec.yaml itself."""
     from netspec.runtime.run import SPEC_FILE, resolved_spec
 
     record = run.record()
@@ -79,7 +72,7 @@ def compile_recorded(run, given: list[str]) -> Compiled:
         same = False
     if not same:
         path, overrides = run.path / SPEC_FILE, list(given)
-    return compile_spec(path, overrides)
+    return compile_spec(path, overrides, limits)
 
 
 def load_for_weights(args: argparse.Namespace, checkpoint: str | None = None):
@@ -90,4 +83,4 @@ def load_for_weights(args: argparse.Namespace, checkpoint: str | None = None):
     if run is None:
         compiled, _ = load(args)
         return compiled, None, Path(checkpoint) if checkpoint else None
-    return compile_recorded(run, given), run, Path(checkpoint) if checkpoint else run.best_checkpoint()
+    return compile_recorded(run, given, args.limits), run, Path(checkpoint) if checkpoint else run.best_checkpoint()

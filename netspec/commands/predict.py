@@ -16,5 +16,5 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
-        return predict_cascade(Path(args.model), [Path(p) for p in args.inputs], args.top)
-    return predict(Path(args.model), [Path(p) for p in args.inputs], args.top)
+        return predict_cascade(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits)
+    return predict(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits)

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.with_branches and not compiled.spec.branches:
         raise UserError(f"{compiled.path} has no branches to probe with",
                         "run `netspec probe --apply` first, then probe the new spec with --with-branches")
-    dataset = load_dataset(compiled.spec.data, compiled.spec.input.shape)
+    dataset = load_dataset(compiled.spec.data, compiled.spec.input.shape, compiled.limits)
     layers = weight_layers(net)
     plain = probe(compiled, dataset, config, branches=False)
     table = {name: mean(plain[name]) for name in candidates(net)}

@@ -81,7 +81,7 @@ def build_sweep(args: argparse.Namespace):
                  grid=grid, space=space, seeds=list(range(seeds)), baseline=baseline,
                  trials=args.trials or base.get("trials"), pruner=args.pruner or base.get("pruner"),
                  prune_startup=args.prune_startup if args.prune_startup is not None else base.get("prune_startup", 5),
-                 name=args.name or base.get("name"), storage=args.storage, jobs=max(1, args.jobs))
+                 name=args.name or base.get("name"), storage=args.storage, jobs=max(1, args.jobs), limits=args.limits)
 
 
 def _is_sweep_file(path: Path) -> bool:
@@ -93,10 +93,8 @@ def _is_sweep_file(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from netspec.commands.common import allow_custom
     from netspec.runtime import sweep as engine
 
-    allow_custom(args)
     sweep = build_sweep(args)
     engine.prepare(sweep)
     say = lambda text: print(f"sweep {sweep.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from netspec.errors import UserError
+from netspec.errors import UserError, plural
 from netspec.project import split_args
 from netspec.commands.common import (add_run_argument, add_spec_arguments, compile_recorded, find_run, load,
                                      load_for_weights)
@@ -55,6 +55,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from netspec.runtime import distributed
+    from netspec.runtime.metrics import format_exit_table
     from netspec.runtime.train import Aborted, Interrupted, train as train_run
 
     if args.allow_change and not args.resume:
@@ -72,10 +73,10 @@ def train(args: argparse.Namespace) -> int:
         if main:
             print(f"--resume: nothing saved yet in {run}: starting afresh in it", file=sys.stderr)
         recorded = (run.path / "run.json").is_file()
-        compiled = compile_recorded(run, split_args(args.words)[1]) if recorded else load(args, announce=main)[0]
+        compiled = compile_recorded(run, split_args(args.words)[1], args.limits) if recorded else load(args, announce=main)[0]
     command = ["train", *args.words] + _flags(args)
     try:
-        train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, command=command)
+        result = train_run(compiled, resume=args.resume, run=run, allow_change=args.allow_change, command=command)
     except Interrupted as stop:
         if main:
             world = f" --nproc-per-node {args.nproc_per_node}" if args.nproc_per_node > 1 else ""
@@ -86,6 +87,10 @@ def train(args: argparse.Namespace) -> int:
         if main:
             print(f"netspec: {stop}; the last checkpoint was kept", file=sys.stderr)
         return 128 + stop.signum
+    if main:
+        print(f"\n{compiled.spec.name}: every exit after {plural(result.epochs, 'epoch')} (best {result.selection} "
+              f"{100 * result.best:.2f}% → best.pt; run {result.run})")
+        print(format_exit_table(result.rows))
     return 0
 
 
@@ -107,4 +112,4 @@ def _resumed(args: argparse.Namespace, run):
     overrides = [*record["overrides"], *given]
     if not path.is_file():
         path, overrides = run.path / SPEC_FILE, list(given)
-    return compile_spec(path, overrides)
+    return compile_spec(path, overrides, args.limits)

@@ -29,7 +29,7 @@ from netspec.data_spec import Augment
 from netspec.errors import UserError
 from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, entries, first_datum, open_lmdb,
                                              parse_datum, read_mean)
-from netspec.runtime.arrays import data_limit, too_large
+from netspec.runtime.arrays import too_large
 from netspec.runtime.data.sources import data_root, hold_out, without_data
 from netspec.runtime.data.stream import StreamBatches, StreamData, _Counter
 from netspec.runtime.data.transforms import caffe_window, rng
@@ -200,10 +200,10 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
                     floats=floats, mean=mean, **val)
 
 
-def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Both databases decoded into memory as uint8 (N, C, H, W) test-phase windows (the centre crop) and labels,
-    for the commands that read a data set whole (calibrate, probe, export's calibration): `netspec train`
-    streams instead. `d` is the spec's data section."""
+def read_whole(d, root: Path, shape: tuple[int, ...], max_bytes: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Both databases decoded into memory (at most `max_bytes`) as uint8 (N, C, H, W) test-phase windows (the
+    centre crop) and labels, for the commands that read a data set whole (calibrate, probe, export's
+    calibration): `netspec train` streams instead. `d` is the spec's data section."""
     if not d.test_path:
         raise UserError("source lmdb needs data.test_path (the test database)", "set it to the source of Caffe's "
                         "TEST Data layer", d.at)
@@ -218,8 +218,9 @@ def read_whole(d, root: Path, shape: tuple[int, ...]) -> tuple[tuple[np.ndarray,
         env = open_lmdb(path, d.at)
         try:
             count = min(entries(env), limit or entries(env))
-            if count * int(np.prod(shape)) > data_limit():
-                raise too_large(path, f"{count} records of {'×'.join(map(str, shape))} take", count * int(np.prod(shape)))
+            if count * int(np.prod(shape)) > max_bytes:
+                raise too_large(path, f"{count} records of {'×'.join(map(str, shape))} take", count * int(np.prod(shape)),
+                                max_bytes)
             x, y = np.empty((count, *shape), np.uint8), np.empty(count, np.int64)
             with env.begin(buffers=False) as txn:
                 for i, (key, value) in enumerate(txn.cursor()):

@@ -21,7 +21,8 @@ import torch
 
 from netspec.data_spec import SYNTHETIC_SIZES, DataSpec
 from netspec.errors import UserError, plural
-from netspec.runtime.arrays import bomb, data_limit, load_arrays, too_large
+from netspec.limits import Limits
+from netspec.runtime.arrays import bomb, load_arrays, too_large
 from netspec.runtime.data.download import CORRUPT, MIRRORS, download, extract_tar
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
 
@@ -79,10 +80,10 @@ def hold_out(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray] | None:
     return np.sort(order[:count]), np.sort(order[count:])[:spec.train_limit]
 
 
-def load_dataset(spec: DataSpec, input_shape: tuple[int, int, int]) -> Dataset:
-    """Read the data set a spec names and check its images have the network's input shape."""
+def load_dataset(spec: DataSpec, input_shape: tuple[int, int, int], limits: Limits = Limits()) -> Dataset:
+    """Read the data set a spec names, within `limits`, and check its images have the network's input shape."""
     shape = tuple(int(d) for d in input_shape)
-    train, test, classes = READERS[spec.source](spec, data_root(spec), shape)
+    train, test, classes = READERS[spec.source](spec, data_root(spec), shape, limits)
     return _finish(spec, shape, train, test, classes)
 
 
@@ -144,12 +145,13 @@ def without_data(spec: DataSpec) -> str:
 
 
 
-Reader = Callable[[DataSpec, Path, tuple[int, ...]], tuple["Split", "Split", "list[str] | None"]]
+Reader = Callable[[DataSpec, Path, tuple[int, ...], Limits], tuple["Split", "Split", "list[str] | None"]]
 READERS: dict[str, Reader] = {}
 
 
 def reader(*names: str) -> Callable[[Reader], Reader]:
-    """Register a function (spec, root, input shape) -> (train, test, class names or None) for these sources."""
+    """Register a function (spec, root, input shape, limits) -> (train, test, class names or None) for these
+    sources."""
     def register(fn: Reader) -> Reader:
         for name in names:
             READERS[name] = fn
@@ -165,9 +167,9 @@ IDX_FILES = {
 }
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
+def read_idx(path: Path, ndim: int, max_bytes: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes with `ndim` dimensions, gzipped or not. The header's claim is checked
-    against the limit (and, uncompressed, the file size) first, and no more than it claims is ever decompressed,
+    against `max_bytes` (and, uncompressed, the file size) first, and no more than it claims is ever decompressed,
     so a gzip bomb or a lying header costs nothing."""
     try:
         with open(path, "rb") as f:
@@ -182,8 +184,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
                 raise UserError(f"{path} ends inside its IDX header", CORRUPT)
             dims = struct.unpack(f">{ndim}I", head[4:start])
             claimed = math.prod(dims)
-            if claimed > data_limit():
-                raise too_large(path, f"its header claims {_fmt(dims)} =", claimed)
+            if claimed > max_bytes:
+                raise too_large(path, f"its header claims {_fmt(dims)} =", claimed, max_bytes)
             if gzipped and (err := bomb(path, claimed, path.stat().st_size)):
                 raise err
             if not gzipped and path.stat().st_size - start != claimed:
@@ -201,7 +203,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 @reader("fashion-mnist", "mnist", "idx")
-def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...],
+              limits: Limits) -> tuple[Split, Split, list[str] | None]:
     def find(name: str) -> Path | None:
         return next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None)
 
@@ -212,7 +215,7 @@ def _load_idx(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split
             download(spec.source, f"{name}.gz", root)
     splits = []
     for images, labels in IDX_FILES.values():
-        x, y = read_idx(find(images), 3), read_idx(find(labels), 1)
+        x, y = read_idx(find(images), 3, limits.data_bytes), read_idx(find(labels), 1, limits.data_bytes)
         if len(x) != len(y):
             raise UserError(f"{find(images)} has {plural(len(x), 'image')} but {find(labels)} has {plural(len(y), 'label')}",
                             CORRUPT)
@@ -259,11 +262,11 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
+def _unpickle(path: Path, max_bytes: int) -> dict[str, Any]:
     """A CIFAR pickle as a dict with str keys (python-2 pickles carry bytes keys)."""
     try:
-        if path.stat().st_size > data_limit():
-            raise too_large(path, "the file has", path.stat().st_size)
+        if path.stat().st_size > max_bytes:
+            raise too_large(path, "the file has", path.stat().st_size, max_bytes)
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except UserError:
@@ -275,8 +278,8 @@ def _unpickle(path: Path) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _cifar_batch(path: Path, labels_key: str) -> Split:
-    d = _unpickle(path)
+def _cifar_batch(path: Path, labels_key: str, max_bytes: int) -> Split:
+    d = _unpickle(path, max_bytes)
     x, y = d.get("data"), d.get(labels_key)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y is None:
         raise UserError(f"{path} lacks uint8 'data' of shape N×3072 or '{labels_key}'", CORRUPT)
@@ -301,7 +304,8 @@ def _labels(y: Any, path: Path, key: str) -> np.ndarray:
 
 
 @reader("cifar10", "cifar100")
-def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...],
+                limits: Limits) -> tuple[Split, Split, list[str] | None]:
     lay = CIFAR[spec.source]
     folder = next((d for d in (root, root / lay.folder) if (d / lay.train[0]).is_file()), None)
     if folder is None:
@@ -311,10 +315,10 @@ def _load_cifar(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spl
         extract_tar(archive, root)
         archive.unlink(missing_ok=True)
         folder = root / lay.folder
-    batches = [_cifar_batch(folder / name, lay.labels) for name in lay.train]
+    batches = [_cifar_batch(folder / name, lay.labels, limits.data_bytes) for name in lay.train]
     train = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
-    test = _cifar_batch(folder / lay.test, lay.labels)
-    names = _unpickle(folder / lay.meta).get(lay.names)
+    test = _cifar_batch(folder / lay.test, lay.labels, limits.data_bytes)
+    names = _unpickle(folder / lay.meta, limits.data_bytes).get(lay.names)
     if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, (str, bytes)) for n in names)):
         raise UserError(f"{folder / lay.meta}: '{lay.names}' must be a list of class names", CORRUPT)
     try:
@@ -341,19 +345,21 @@ def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return out
 
 
-def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...]) -> Split:
+def _decode_images(files: list[tuple[Path, int]], shape: tuple[int, ...], limits: Limits) -> Split:
     """Decode, convert to L or RGB and resize every image to `shape` (C, H, W)."""
     c, h, w = shape
-    if len(files) * h * w * c > data_limit():
-        raise too_large(files[0][0].parent.parent, f"{plural(len(files), 'image')} of {_fmt(shape)} take", len(files) * h * w * c)
+    if len(files) * h * w * c > limits.data_bytes:
+        raise too_large(files[0][0].parent.parent, f"{plural(len(files), 'image')} of {_fmt(shape)} take",
+                        len(files) * h * w * c, limits.data_bytes)
     x = np.empty((len(files), h, w, c), np.uint8)
     for i, (f, _) in enumerate(files):
-        x[i] = read_image(f, shape)
+        x[i] = read_image(f, shape, limits.image_pixels)
     return x.transpose(0, 3, 1, 2), np.array([label for _, label in files], np.int64)
 
 
 @reader("imagefolder")
-def _load_imagefolder(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _load_imagefolder(spec: DataSpec, root: Path, shape: tuple[int, ...],
+                      limits: Limits) -> tuple[Split, Split, list[str] | None]:
     """root/train/<class>/* and root/test/<class>/*, or root/<class>/* split 90/10 with a fixed seed.
 
     A train/ without test/ is split the same way."""
@@ -372,19 +378,20 @@ def _load_imagefolder(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tup
         test, train = [train[i] for i in sorted(order[:n_test])], [train[i] for i in sorted(order[n_test:])]
     if not train:
         raise _missing(spec, root, "image files")
-    return _decode_images(train, shape), _decode_images(test, shape), classes
+    return _decode_images(train, shape, limits), _decode_images(test, shape, limits), classes
 
 
 # ---------------------------------------------------------------- npz
 
 
 @reader("npz")
-def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _load_npz(spec: DataSpec, root: Path, shape: tuple[int, ...],
+              limits: Limits) -> tuple[Split, Split, list[str] | None]:
     """x_train, y_train, x_test, y_test (uint8 NHWC, NCHW or NHW) and an optional `classes`."""
     file = root / "data.npz" if root.is_dir() else root
     if not file.is_file():
         raise _missing(spec, root, file.name if root.is_dir() else "the file")
-    arrays = load_arrays(file)
+    arrays = load_arrays(file, limits.data_bytes)
     missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
     if missing:
         raise UserError(f"{file} lacks the array(s) {', '.join(sorted(missing))}", "save x_train, y_train, x_test and y_test in it")
@@ -416,7 +423,8 @@ SYNTHETIC_SEED = 0  # ours: every run of a spec sees the same synthetic data
 
 
 @reader("synthetic")
-def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...],
+               limits: Limits) -> tuple[Split, Split, list[str] | None]:
     """Random uint8 images of the input's shape and uniform random labels over the spec's classes (Caffe's
     DummyData, seeded): data.train_limit / data.test_limit of each, default SYNTHETIC_SIZES (plus the validation
     split's images, when the spec holds one out of the training set)."""
@@ -428,9 +436,9 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spli
     held = spec.val_split  # a validation split is drawn from the training images: make it on top
     if held:
         sizes[0] = sizes[0] + held if isinstance(held, int) else math.ceil(sizes[0] / (1 - held)) + 1
-    if sum(sizes) * math.prod(shape) > data_limit():
+    if sum(sizes) * math.prod(shape) > limits.data_bytes:
         raise too_large("data.source: synthetic", f"{sizes[0]:,} + {plural(sizes[1], 'image')} of {_fmt(shape)} take",
-                        sum(sizes) * math.prod(shape))
+                        sum(sizes) * math.prod(shape), limits.data_bytes)
     rng = np.random.default_rng(SYNTHETIC_SEED)
     splits = [(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, count, n, np.int64)) for n in sizes]
     return splits[0], splits[1], [str(i) for i in range(count)]
@@ -439,6 +447,7 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Spli
 # ---------------------------------------------------------------- Caffe LMDB, whole (calibrate, probe, export)
 
 @reader("lmdb")
-def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...]) -> tuple[Split, Split, list[str] | None]:
+def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...],
+               limits: Limits) -> tuple[Split, Split, list[str] | None]:
     from netspec.runtime.data.caffe_lmdb import read_whole  # the streaming reader's module builds on this one
-    return read_whole(spec, root, shape)
+    return read_whole(spec, root, shape, limits.data_bytes)

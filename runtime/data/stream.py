@@ -22,6 +22,7 @@ import torch
 
 from netspec.data_spec import STREAM_AUTO_BYTES, Augment, DataSpec
 from netspec.errors import UserError, plural
+from netspec.limits import Limits
 from netspec.runtime.data.batches import _generator, augment_batch, batch_count, normalisation, shard_size
 from netspec.runtime.data.sources import IMAGEFOLDER_SPLIT_SEED, IMAGEFOLDER_TEST_FRACTION, Dataset, data_root, hold_out, load_dataset
 from netspec.runtime.data.transforms import Transform, rng
@@ -43,12 +44,14 @@ class StreamData:
     test_y: torch.Tensor
     classes: list[str]
     root: Path
+    max_pixels: int  # Limits.image_pixels: a larger image is refused from its header when it is decoded
     val_files: np.ndarray | None = None  # the validation split (data.val_split), None without one
     val_y: torch.Tensor | None = None
 
 
-def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> StreamData:
-    """The files of an image folder, sorted, with labels; a progress line every few seconds on large folders."""
+def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr, limits: Limits = Limits()) -> StreamData:
+    """The files of an image folder, sorted, with labels; a progress line every few seconds on large folders.
+    Its images are decoded within `limits` when they are streamed."""
     train_root = root / "train" if (root / "train").is_dir() else root
     if not train_root.is_dir():
         raise UserError(f"no imagefolder data at {root}: the directory is not there",
@@ -82,7 +85,8 @@ def index_imagefolder(spec: DataSpec, root: Path, progress=sys.stderr) -> Stream
         return paths, torch.tensor([label for _, label in files], dtype=torch.int64)
 
     (tf, ty), (vf, vy) = split(train), split(test)
-    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root, *(split(val) if val is not None else ()))
+    return StreamData(tf, ty, vf, vy, list(spec.classes or classes), root, limits.image_pixels,
+                      *(split(val) if val is not None else ()))
 
 
 class _Counter:
@@ -136,19 +140,20 @@ def streams(spec) -> bool | None:
     return None  # auto without crop/resize: decided by the size once indexed
 
 
-def load_data(spec, progress=sys.stderr) -> Dataset | StreamData:
-    """The spec's data: file lists for streaming (data.stream), else the whole set decoded in memory."""
+def load_data(spec, progress=sys.stderr, limits: Limits = Limits()) -> Dataset | StreamData:
+    """The spec's data, read within `limits`: file lists for streaming (data.stream), else the whole set decoded
+    in memory."""
     if spec.data.source == "lmdb":  # Caffe's databases: always streamed
         from netspec.runtime.data.caffe_lmdb import index_lmdb
         return index_lmdb(spec, progress)
     choice = streams(spec)
     if choice is not False:
-        data = index_imagefolder(spec.data, data_root(spec.data), progress)
+        data = index_imagefolder(spec.data, data_root(spec.data), progress, limits)
         check_classes(spec, data)
         decoded = (len(data.train_files) + len(data.test_files)) * int(np.prod(spec.input.shape))
         if choice or decoded > STREAM_AUTO_BYTES:
             return data
-    data = load_dataset(spec.data, spec.input.shape)
+    data = load_dataset(spec.data, spec.input.shape, limits)
     check_classes(spec, data)
     return data
 
@@ -274,9 +279,10 @@ def stream_batches(spec, data: StreamData, device, rank: int = 0, world_size: in
     common = dict(mean=spec.input.mean, std=spec.input.std, device=device, seed=spec.train.seed, rank=rank,
                   world_size=world_size, workers=d.workers, root=data.root)
     train = StreamBatches(data.train_files, data.train_y, spec.train.batch_size // world_size, train=True,
-                          transform=Transform(shape, d.crop, d.resize, train=True), augment=d.augment, **common)
+                          transform=Transform(shape, d.crop, d.resize, train=True, max_pixels=data.max_pixels), augment=d.augment, **common)
     test, val = (StreamBatches(files, y, spec.train.eval_batch_size, train=False,
-                               transform=Transform(shape, d.crop, d.resize, train=False), **common)
+                               transform=Transform(shape, d.crop, d.resize, train=False,
+                                                   max_pixels=data.max_pixels), **common)
                  if files is not None else None
                  for files, y in ((data.test_files, data.test_y), (data.val_files, data.val_y)))
     return train, val, test

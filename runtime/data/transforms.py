@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from netspec.limits import Limits, env_name
+
 RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 CAFFE_RESIZE = 256 / 227  # Caffe's ImageNet recipe: 256 → random 227 crop
 
@@ -67,6 +69,7 @@ class Transform:
     crop: str = "none"
     resize: int | tuple[int, int] | None = None
     train: bool = True
+    max_pixels: int = Limits().image_pixels  # a larger image is refused from its header, before decoding
 
     def __post_init__(self):
         c, h, w = self.shape
@@ -81,7 +84,10 @@ class Transform:
         from PIL import Image
 
         c, h, w = self.shape
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            if im.width * im.height > self.max_pixels:  # a decompression bomb: refused before decoding
+                raise ValueError(f"{im.width}×{im.height} pixels, more than the limit of {self.max_pixels:,} "
+                                 f"(raise {env_name('image_pixels')} for really large images)")
             mode = "L" if c == 1 else "RGB"
             if self.crop == "random_resized" and self.train:
                 im = im.convert(mode)
