@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from netspec import __version__
 from netspec.errors import UserError, did_you_mean
@@ -80,7 +82,19 @@ def _option_hint(command: argparse.ArgumentParser, option: str) -> str:
     return hint if hint.startswith("did you mean") else "see --help; spec settings are overrides like train.epochs=3"
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which saves a checkpoint first): the command stops as on SIGINT."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parse(sys.argv[1:] if argv is None else list(argv))
         return importlib.import_module(args.module).run(args) or 0
@@ -90,10 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netspec: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("netspec: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as err:  # the file system refused (disk full, permissions, a name too long): no traceback
         print(UserError(f"{err.strerror or type(err).__name__}: {err.filename or ''}".rstrip(": "),
                         "check the path, its permissions and the free space"), file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from netspec.spec import MAIN_HEAD
 from netspec.runtime.cascade import ANYTIME, FORMAT, FULL, MANIFEST, Cascade, check_thresholds, session, write_anytime, write_manifest
 from netspec.runtime.export import (BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, checked_bytes,
                                     class_names, spec_names)
+from netspec.runtime.report import QUIET, Report
 from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
 
 
@@ -53,18 +54,18 @@ def torch_values(segments: list[Segment], input_name: str, x: torch.Tensor) -> d
 
 
 def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
-                   thresholds: list[float] | None = None, criterion: str = "max") -> dict:
+                   thresholds: list[float] | None = None, criterion: str = "max", report: Report = QUIET) -> dict:
     """Write the cascade directory `out` (segment files, full.onnx, manifest.json); return the manifest. Every
     segment but the last computes its exit's confidence by `criterion` (a `compiler.cascade.CONFIDENCE` name)."""
     spec, net = compiled.spec, compiled.network
     model = compiled.module.eval()
-    weights = apply_checkpoint(compiled, model, checkpoint, random_init)
+    weights = apply_checkpoint(compiled, model, checkpoint, random_init, report)
     segments = split(model, net, criterion=criterion)
     for seg in segments:
         seg.module.eval()
-    dataset = _test_data(compiled)
+    dataset = _test_data(compiled, report)
     order = " → ".join(s.exit for s in segments)
-    print(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
+    report.say(f"{spec.name}: cascade of {len(segments)} segments ({order}), weights {weights}")
     example = torch.zeros(2, *spec.input.shape)  # batch 2: torch.export specialises sizes 0 and 1
     values = torch_values(segments, spec.input.name, example)
     exits = [seg.exit for seg in segments]
@@ -85,7 +86,7 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
                           "std": spec.input.std},
                 "classes": class_names(spec, dataset), "full_flops": sum(net.nodes[n].flops for n in net.ancestry(MAIN_HEAD)),
                 "full": FULL, "segments": entries}
-    full = checked_bytes(compiled, ".onnx", MAIN_HEAD, checkpoint, random_init, dataset)
+    full = checked_bytes(compiled, ".onnx", MAIN_HEAD, checkpoint, random_init, dataset, report)
     with tempfile.TemporaryDirectory(prefix="cascade-") as tmp:
         tmp = Path(tmp)
         for entry, proto in zip(entries, protos):
@@ -94,35 +95,36 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
         write_manifest(tmp, manifest)
         cascade = Cascade.load(tmp)
         write_anytime(cascade, tmp / ANYTIME, every_exit=True)
-        check_cascade(model, segments, cascade, spec.input.name, check_batches(spec, dataset))
+        check_cascade(model, segments, cascade, spec.input.name, check_batches(spec, dataset), report)
         out.mkdir(parents=True, exist_ok=True)
         for name in [e["file"] for e in entries] + [FULL, ANYTIME]:
             shutil.copyfile(tmp / name, out / name)
         atomic_write(out / MANIFEST, (tmp / MANIFEST).read_text())
     for entry in entries:
-        print(f"  {entry['file']:<24} inputs {', '.join(entry['inputs']):<28} outputs {', '.join(entry['outputs']):<36}"
-              f" cumulative {entry['cumulative_flops'] / 1e6:.2f} MFLOPs")
-    print(f"wrote {out}/ ({len(entries)} segments, {FULL} (the main exit alone, {manifest['full_flops'] / 1e6:.2f} "
-          f"MFLOPs), {ANYTIME} (the cascade as one model with If nodes) and {MANIFEST})")
+        report.say(f"  {entry['file']:<24} inputs {', '.join(entry['inputs']):<28} "
+                   f"outputs {', '.join(entry['outputs']):<36} cumulative {entry['cumulative_flops'] / 1e6:.2f} MFLOPs")
+    report.say(f"wrote {out}/ ({len(entries)} segments, {FULL} (the main exit alone, {manifest['full_flops'] / 1e6:.2f} "
+               f"MFLOPs), {ANYTIME} (the cascade as one model with If nodes) and {MANIFEST})")
     return manifest
 
 
-def export_anytime(compiled: Compiled, out: Path, *, thresholds: list[float] | None = None, **options) -> None:
+def export_anytime(compiled: Compiled, out: Path, *, thresholds: list[float] | None = None, report: Report = QUIET,
+                   **options) -> None:
     """`netspec export --anytime OUT.onnx`: the cascade (exported and checked as `export_cascade` does) as one
     model with `If` nodes. Without thresholds it keeps every exit (thresholds 1.0, to be fed at run time); with
     them, only the exits they let rows out at (`cascade_graph.deciding`), those thresholds its default."""
     with tempfile.TemporaryDirectory(prefix="anytime-") as tmp:
-        export_cascade(compiled, Path(tmp) / "cascade", thresholds=thresholds, **options)
+        export_cascade(compiled, Path(tmp) / "cascade", thresholds=thresholds, report=report, **options)
         cascade = Cascade.load(Path(tmp) / "cascade")
         write_anytime(cascade, out, every_exit=thresholds is None)
-    print(f"wrote {out} (exits {', '.join(cascade.exits)}; inputs {cascade.input_name} and thresholds, outputs logits "
-          "and exit)")
+    report.say(f"wrote {out} (exits {', '.join(cascade.exits)}; inputs {cascade.input_name} and thresholds, outputs "
+               "logits and exit)")
 
 
-def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: str, batches) -> None:
+def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: str, batches, report: Report) -> None:
     """Segments in onnxruntime vs torch activations, and thresholds 1.0 vs the full model's main output."""
     failures = []
-    print(f"onnxruntime cascade vs torch, max |difference| (tolerance {TOLERANCE:g} × max(1, max |value|)):")
+    report.say(f"onnxruntime cascade vs torch, max |difference| (tolerance {TOLERANCE:g} × max(1, max |value|)):")
 
     def compare(what, got, reference, description):
         diff = float(np.abs(got - reference).max())
@@ -145,7 +147,7 @@ def check_cascade(model, segments: list[Segment], cascade: Cascade, input_name: 
         compare(f"{ANYTIME} at thresholds 1.0 vs main", one_model[0], main, description)
         if not (where == len(segments) - 1).all() or int(one_model[1]) != len(segments) - 1:
             failures.append(f"an input left early at thresholds 1.0 on the {description}")
-        print(f"  {description:<18} segments {worst:.1e}; cascade (thresholds 1.0) vs main {main_diff:.1e}")
+        report.say(f"  {description:<18} segments {worst:.1e}; cascade (thresholds 1.0) vs main {main_diff:.1e}")
     if failures:
         raise ExportMismatch("the cascade differs from torch beyond the tolerance: " + "; ".join(failures),
                              "no files written; report this with the spec — an op may export wrongly")

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -190,7 +189,7 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def launch(nproc: int, netspec_args: list[str]) -> int:
+def launch(nproc: int, netspec_args: list[str], say: Callable[[str], None]) -> int:
     """Run `netspec <netspec_args>` in `nproc` processes on this machine through torchrun; their exit status.
 
     torchrun runs in this process so that a failed rank ends with its own message and status, not torchrun's
@@ -207,8 +206,7 @@ def launch(nproc: int, netspec_args: list[str]) -> int:
     argv = ["--standalone", f"--nproc-per-node={nproc}", "--signals-to-handle=SIGHUP,SIGQUIT",  # TERM/INT: `stop`
             "-m", "netspec.cli", *netspec_args]
     shown = " ".join(a for a in argv if not a.startswith("--signals"))
-    print(f"launching: torchrun {shown} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)",
-          file=sys.stderr, flush=True)
+    say(f"launching: torchrun {shown} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} per process)")
     for name in list(logging.root.manager.loggerDict):  # torchrun's own warnings: the ranks say what happened
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +25,7 @@ from netspec.compiler.checkpoint_format import load_checkpoint
 from netspec.runtime.checkpoint import check_heads, load_weights
 from netspec.runtime.data import load_dataset
 from netspec.runtime.predict import META
+from netspec.runtime.report import QUIET, Report
 from netspec.runtime.verify import check_batches, compare_with_torch
 
 BATCH_AXIS = "batch"
@@ -37,10 +37,10 @@ class ExportTarget:
 
     suffix: ClassVar[str]
 
-    def convert(self, model, compiled: Compiled, outputs: list[str], meta: dict[str, str]) -> bytes:
+    def convert(self, model, compiled: Compiled, outputs: list[str], meta: dict[str, str], report: Report) -> bytes:
         raise NotImplementedError
 
-    def check(self, model, data: bytes, outputs: list[str], batches) -> None:
+    def check(self, model, data: bytes, outputs: list[str], batches, report: Report) -> None:
         raise NotImplementedError
 
 
@@ -59,52 +59,52 @@ class OnnxTarget(ExportTarget):
 
     suffix = ".onnx"
 
-    def convert(self, model, compiled, outputs, meta):
+    def convert(self, model, compiled, outputs, meta, report):
         import onnx
 
         spec = compiled.spec
         proto = to_onnx(model, spec.input.name, spec.input.shape, outputs)
         onnx.helper.set_model_props(proto, meta)
         onnx.checker.check_model(proto, full_check=True)
-        print(f"onnx.checker: ok — {len(proto.graph.node)} nodes, {_parameter_count(proto):,} parameters, "
-              f"input {spec.input.name} [{BATCH_AXIS}, {', '.join(map(str, spec.input.shape))}], "
-              f"outputs {', '.join(outputs)}")
+        report.say(f"onnx.checker: ok — {len(proto.graph.node)} nodes, {_parameter_count(proto):,} parameters, "
+                   f"input {spec.input.name} [{BATCH_AXIS}, {', '.join(map(str, spec.input.shape))}], "
+                   f"outputs {', '.join(outputs)}")
         return proto.SerializeToString()
 
-    def check(self, model, data, outputs, batches):
-        compare_with_torch(model, data, outputs, batches)
+    def check(self, model, data, outputs, batches, report):
+        compare_with_torch(model, data, outputs, batches, report)
 
 
 def export(compiled: Compiled, out: Path, *, head: str | None, checkpoint: str | None = None,
-           random_init: bool = False) -> None:
+           random_init: bool = False, report: Report = QUIET) -> None:
     """Write `compiled` (one exit when `head` is given, else every head) to `out`, checked, in the format its
     suffix names. Raises ExportMismatch when the exported model and torch differ beyond the tolerance (no file
     is written)."""
     if out.suffix not in EXPORT_TARGETS:
         raise UserError(f"cannot export to '{out.name}'", f"give a file ending in {', '.join(EXPORT_TARGETS)}")
-    data = checked_bytes(compiled, out.suffix, head, checkpoint, random_init, _test_data(compiled))
+    data = checked_bytes(compiled, out.suffix, head, checkpoint, random_init, _test_data(compiled, report), report)
     atomic_write(out, data)
-    print(f"wrote {out} ({len(data) / 1e6:.1f} MB)")
+    report.say(f"wrote {out} ({len(data) / 1e6:.1f} MB)")
 
 
 def checked_bytes(compiled: Compiled, suffix: str, head: str | None, checkpoint: str | None, random_init: bool,
-                  dataset) -> bytes:
+                  dataset, report: Report) -> bytes:
     """The model (one exit when `head` is given, else every head) in the format of `suffix`, checked against
     torch on a random batch and `dataset`'s test images; raises ExportMismatch."""
     exporter = EXPORT_TARGETS[suffix]()
     model = (compiled.exit_module(head) if head else compiled.module).eval()
-    weights = apply_checkpoint(compiled, model, checkpoint, random_init)
+    weights = apply_checkpoint(compiled, model, checkpoint, random_init, report)
     outputs = [head] if head else list(compiled.heads)
     spec = compiled.spec
     meta = metadata(compiled, head, class_names(spec, dataset), weights)
     exported = f"exit {head}" if head else f"all heads ({', '.join(outputs)})"
-    print(f"{spec.name}: {exported}, weights {weights}")
-    data = exporter.convert(model, compiled, outputs, meta)
-    exporter.check(model, data, outputs, check_batches(spec, dataset))
+    report.say(f"{spec.name}: {exported}, weights {weights}")
+    data = exporter.convert(model, compiled, outputs, meta, report)
+    exporter.check(model, data, outputs, check_batches(spec, dataset), report)
     return data
 
 
-def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool) -> str:
+def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool, report: Report) -> str:
     """Load the checkpoint's weights into the module to export (every tensor it needs must be there, with its
     shape; the weights of pruned branches are not needed); return how the metadata describes them."""
     if random_init:
@@ -127,7 +127,7 @@ def apply_checkpoint(compiled, model, checkpoint: str | None, random_init: bool)
     if state.get("spec_hash") != compiled.spec_hash:
         same = "the graph of what is exported is unchanged" if state.get("structure") else \
             "every weight this model needs is in it, by name and shape"
-        print(f"note: {path} was trained from {trained_from}; {same}", file=sys.stderr)
+        report.note(f"note: {path} was trained from {trained_from}; {same}")
     return f"{path} (epoch {state.get('epoch')})"
 
 
@@ -221,13 +221,13 @@ def _parameter_count(proto) -> int:
     return sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
 
 
-def _test_data(compiled: Compiled):
+def _test_data(compiled: Compiled, report: Report):
     """The spec's data set, or None (saying why) when it is not available."""
     spec = compiled.spec
     try:
         return load_dataset(spec.data, spec.input.shape, compiled.limits)
     except UserError as err:
-        print(f"no test data ({err.what}): comparing on a random batch only", file=sys.stderr)
+        report.note(f"no test data ({err.what}): comparing on a random batch only")
         return None
 
 

@@ -14,6 +14,7 @@ from netspec.errors import UserError
 from netspec.limits import Limits
 from netspec.runtime.arrays import load_arrays
 from netspec.runtime.images import IMAGE_SUFFIXES, read_image
+from netspec.runtime.report import QUIET, Report
 
 META = "netspec."  # prefix of every metadata key `netspec export` writes
 PREDICT_BATCH = 256
@@ -76,8 +77,8 @@ def read_metadata(model: Path, meta: dict[str, str]) -> Metadata:
     return Metadata(tuple(shape), norms["mean"], norms["std"], classes, name[:100])
 
 
-def predict(model: Path, inputs: list[Path], top: int, limits: Limits = Limits()) -> int:
-    """Print the top-`top` classes of every image or array in `inputs`, by the exported `model`."""
+def predict(model: Path, inputs: list[Path], top: int, limits: Limits = Limits(), report: Report = QUIET) -> int:
+    """Report the top-`top` classes of every image or array in `inputs`, by the exported `model`."""
     import onnxruntime as ort
 
     if not model.is_file():
@@ -102,7 +103,7 @@ def predict(model: Path, inputs: list[Path], top: int, limits: Limits = Limits()
     output = outs[0].name
     top = max(1, min(top, len(classes)))
     labels, pixels = read_inputs(inputs, shape, limits)
-    print(f"{model}: exit {output} of spec {info.spec_name}, top {top} of {len(classes)} classes")
+    report.say(f"{model}: exit {output} of spec {info.spec_name}, top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     for start in range(0, len(pixels), PREDICT_BATCH):
         x = ((np.stack(pixels[start:start + PREDICT_BATCH]) - mean) / std).astype(np.float32)
@@ -116,7 +117,7 @@ def predict(model: Path, inputs: list[Path], top: int, limits: Limits = Limits()
                             f"{len(classes)} classes", "give a model written by `netspec export`")
         for label, p in zip(labels[start:], softmax(logits)):
             best = np.argsort(-p)[:top]
-            print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
+            report.say(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best))
     return 0
 
 
@@ -183,7 +184,8 @@ def _as_images(a: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.nda
     return a.astype(np.float32) / (1.0 if a.dtype.kind == "f" else 255.0)
 
 
-def predict_cascade(folder: Path, inputs: list[Path], top: int, limits: Limits = Limits()) -> int:
+def predict_cascade(folder: Path, inputs: list[Path], top: int, limits: Limits = Limits(),
+                    report: Report = QUIET) -> int:
     """Like `predict`, by an early-exit cascade directory (`netspec export --cascade`): per input also the exit it
     left at and the FLOPs it cost (the cumulative FLOPs of that exit, from the manifest)."""
     from netspec.runtime.cascade import Cascade
@@ -197,8 +199,8 @@ def predict_cascade(folder: Path, inputs: list[Path], top: int, limits: Limits =
     top = max(1, min(top, len(classes)))
     labels, pixels = read_inputs(inputs, shape, limits)
     thresholds = ", ".join(f"{s['exit']} {s['threshold']:g}" for s in segments[:-1])
-    print(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when the "
-          f"confidence ({cascade.criterion}) > threshold: {thresholds}), top {top} of {len(classes)} classes")
+    report.say(f"{folder}: cascade of spec {manifest.get('spec_name')} ({' → '.join(cascade.exits)}; leave when the "
+               f"confidence ({cascade.criterion}) > threshold: {thresholds}), top {top} of {len(classes)} classes")
     width = max(map(len, labels))
     full = manifest["full_flops"]
     for start in range(0, len(pixels), PREDICT_BATCH):
@@ -206,6 +208,6 @@ def predict_cascade(folder: Path, inputs: list[Path], top: int, limits: Limits =
         logits, where, costs = cascade.run(x)
         for label, p, k, cost in zip(labels[start:], softmax(logits), where, costs):
             best = np.argsort(-p)[:top]
-            print(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best)
-                  + f"  exit {segments[k]['exit']}, {cost / 1e6:.3g} MFLOPs ({cost / full:.0%} of the full net)")
+            report.say(f"{label:<{width}}  " + "  ".join(f"{classes[i]} {p[i]:.3f}" for i in best)
+                       + f"  exit {segments[k]['exit']}, {cost / 1e6:.3g} MFLOPs ({cost / full:.0%} of the full net)")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from netspec.errors import UserError
+from netspec.runtime.report import Report
 
 TOLERANCE = 1e-4  # largest |onnxruntime − torch| allowed, times the logit scale max(1, max |torch logit|)
 RANDOM_BATCH, TEST_BATCH = 8, 64
@@ -30,15 +31,16 @@ def check_batches(spec, dataset) -> list[tuple[str, object, object]]:
     return batches
 
 
-def compare_with_torch(model, onnx_bytes: bytes, outputs: list[str], batches) -> None:
-    """Run torch (eval) and onnxruntime on each batch; print the largest difference per output; raise on a mismatch."""
+def compare_with_torch(model, onnx_bytes: bytes, outputs: list[str], batches, report: Report) -> None:
+    """Run torch (eval) and onnxruntime on each batch; report the largest difference per output; raise on a
+    mismatch."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     failures = []
-    print(f"onnxruntime vs torch, max |difference| (tolerance {TOLERANCE:g} × max(1, max |logit|)):")
+    report.say(f"onnxruntime vs torch, max |difference| (tolerance {TOLERANCE:g} × max(1, max |logit|)):")
     for description, x, labels in batches:
         with torch.no_grad():
             expected = model(x)
@@ -55,7 +57,7 @@ def compare_with_torch(model, onnx_bytes: bytes, outputs: list[str], batches) ->
                 cells[-1] += f", top-1 {(got[name].argmax(1) == labels.numpy()).mean():.3f}, argmax agreement {agree:.3f}"
             if not diff <= limit:  # also catches NaN
                 failures.append(f"{name} on the {description}: {diff:.2e} > {limit:.2e}")
-        print(f"  {description:<18} " + "; ".join(cells))
+        report.say(f"  {description:<18} " + "; ".join(cells))
     if failures:
         raise ExportMismatch("onnxruntime differs from torch beyond the tolerance: " + "; ".join(failures),
                              "no file written; report this with the spec — an op may export wrongly")

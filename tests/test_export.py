@@ -238,7 +238,9 @@ def test_predict_does_not_import_torch(aux_model, tmp_path):
     files, _ = write_inputs(tmp_path)
     code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
             "from pathlib import Path\nfrom netspec.runtime.predict import predict\n"
-            f"predict(Path({str(aux_model)!r}), [Path(p) for p in {list(map(str, files))!r}], 3)")
+            "from netspec.runtime.report import Report\n"
+            f"predict(Path({str(aux_model)!r}), [Path(p) for p in {list(map(str, files))!r}], 3)\n"  # quiet
+            f"predict(Path({str(aux_model)!r}), [Path(p) for p in {list(map(str, files))!r}], 3, report=Report(print))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 6

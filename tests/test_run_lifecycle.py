@@ -3,6 +3,7 @@ validation split that selects best.pt, and commands that read a run once. Tiny s
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -296,3 +297,30 @@ def test_eval_of_an_exit_that_does_not_exist_says_so(tmp_path, monkeypatch, caps
     assert cli.main(["eval", str(spec), "--exit", "axu1"]) == 2
     err = capsys.readouterr().err
     assert "there is no exit named 'axu1'" in err and "did you mean 'aux1'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("stage", ["parse", "run"])
+def test_sigterm_before_training_exits_143_without_traceback(monkeypatch, capsys, stage):
+    """Outside the training loop (which saves first) SIGTERM stops a command as SIGINT does: one line, 128 + 15;
+    the caller's SIGTERM handler is back afterwards."""
+    import os
+
+    from netspec import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    real_parse = cli.parse
+
+    def parse_then_signal(argv):
+        args = real_parse(argv)
+        if stage == "run":
+            args.module = "netspec.commands.build"
+            monkeypatch.setattr("netspec.commands.build.run", lambda a: os.kill(os.getpid(), signal.SIGTERM) or 0)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return args
+
+    monkeypatch.setattr(cli, "parse", parse_then_signal)
+    assert cli.main(["compile", "specs/cnn8_fmnist.yaml"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.strip() == "netspec: terminated (SIGTERM)" and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before

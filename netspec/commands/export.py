@@ -9,6 +9,7 @@ from netspec.project import check_output_file
 from netspec.spec import MAIN_HEAD
 from netspec.compiler.cascade import CONFIDENCE
 from netspec.runtime.export import EXPORT_TARGETS, export
+from netspec.runtime.report import Report
 from netspec.commands.common import add_run_argument, add_spec_arguments, load, load_for_weights
 
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds = parse_thresholds(args.thresholds)
         compiled, checkpoint = _weights(args)
         options = dict(checkpoint=checkpoint, random_init=args.random_init, thresholds=thresholds,
-                       criterion=args.confidence)
+                       criterion=args.confidence, report=Report.console())
         if args.cascade:
             export_cascade(compiled, Path(args.cascade), **options)
         else:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(out, "export target")
     compiled, checkpoint = _weights(args)
     head = args.exit or (MAIN_HEAD if args.prune_aux else None)
-    export(compiled, out, head=head, checkpoint=checkpoint, random_init=args.random_init)
+    export(compiled, out, head=head, checkpoint=checkpoint, random_init=args.random_init, report=Report.console())
     return 0
 
 

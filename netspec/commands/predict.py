@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from netspec.runtime.predict import predict, predict_cascade
+from netspec.runtime.report import Report
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -16,5 +17,5 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
-        return predict_cascade(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits)
-    return predict(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits)
+        return predict_cascade(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits, Report.console())
+    return predict(Path(args.model), [Path(p) for p in args.inputs], args.top, args.limits, Report.console())

@@ -56,13 +56,14 @@ def evaluate(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     from netspec.runtime import distributed
     from netspec.runtime.metrics import format_exit_table
+    from netspec.runtime.report import Report
     from netspec.runtime.train import Aborted, Interrupted, train as train_run
 
     if args.allow_change and not args.resume:
         raise UserError("--allow-change only goes with --resume", "add --resume, or leave out --allow-change")
     if args.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc_per_node, ["train", *args.words, "--nproc-per-node",
-                                                        str(args.nproc_per_node)] + _flags(args))
+                                                        str(args.nproc_per_node)] + _flags(args), Report.console().note)
     main = distributed.is_main_process()
     run = find_run(args) if args.resume else None
     if run is None:
