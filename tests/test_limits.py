@@ -105,3 +105,22 @@ def test_streamed_images_are_held_to_the_pixel_limit_before_decoding(tmp_path, p
             read(str(tmp_path / "train" / "a" / "x.png"), None)
     else:
         assert read(str(tmp_path / "train" / "a" / "x.png"), None).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("pixels, fails", [(5 * 4 - 1, True), (5 * 4, False)])
+def test_an_encoded_caffe_record_is_held_to_the_pixel_limit(pixels, fails):
+    import io
+
+    from PIL import Image
+
+    from netspec.compiler.caffe.database import datum_pixels
+    from netspec.compiler.caffe.weights import message_class
+
+    png = io.BytesIO()
+    Image.new("RGB", (5, 4)).save(png, format="PNG")
+    datum = message_class("Datum")(encoded=True, data=png.getvalue())
+    if fails:
+        with pytest.raises(ValueError, match=f"5×4 pixels, more than the limit of {pixels}"):
+            datum_pixels(datum, 3, pixels)
+    else:
+        assert datum_pixels(datum, 3, pixels).shape == (3, 4, 5)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from netspec.errors import Pos
+from netspec.limits import Limits, env_name
 from netspec.compiler.caffe.textformat import CaffeError
 from netspec.compiler.caffe.weights import blob_array, message_class
 
@@ -82,14 +83,18 @@ def parse_datum(value: bytes, where: str):
                             "give a database written by Caffe's convert_imageset (or one of Datum records)") from None
 
 
-def datum_pixels(datum, channels: int | None = None) -> np.ndarray:
+def datum_pixels(datum, channels: int | None = None, max_pixels: int = Limits().image_pixels) -> np.ndarray:
     """A Datum's pixels as a (C, H, W) array: uint8 for raw and encoded records (encoded ones decoded to BGR, or
     gray for 1 channel, as Caffe's OpenCV does), float32 for float_data. `channels` (1 or 3) converts an encoded
-    image to that many channels; None keeps the image's own (gray stays 1, colour becomes 3)."""
+    image to that many channels; None keeps the image's own (gray stays 1, colour becomes 3). An encoded image of
+    more than `max_pixels` is refused from its header, before decoding."""
     if datum.encoded:
         from PIL import Image
 
         with Image.open(io.BytesIO(datum.data)) as im:
+            if im.width * im.height > max_pixels:
+                raise ValueError(f"an encoded image of {im.width}×{im.height} pixels, more than the limit of "
+                                 f"{max_pixels:,} (raise {env_name('image_pixels')} for really large images)")
             if channels == 1 or (channels is None and im.mode in GRAY_MODES):
                 return np.asarray(im.convert("L"), np.uint8)[None]
             rgb = np.asarray(im.convert("RGB"), np.uint8)

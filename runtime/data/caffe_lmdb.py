@@ -27,6 +27,7 @@ import torch
 
 from netspec.data_spec import Augment
 from netspec.errors import UserError
+from netspec.limits import Limits
 from netspec.compiler.caffe.database import (DatabaseError, datum_pixels, entries, first_datum, open_lmdb,
                                              parse_datum, read_mean)
 from netspec.runtime.arrays import too_large
@@ -62,6 +63,7 @@ class DatumTransform:
     flip: bool  # data.augment.flip (Caffe's mirror): training only
     mean: np.ndarray | None = None
     floats: bool = False  # float32 out (a mean image, or float_data records); uint8 otherwise
+    max_pixels: int = Limits().image_pixels  # an encoded record's image larger than this is refused
 
     def window(self, h: int, w: int, gen: np.random.Generator | None) -> tuple[int, int, bool]:
         """(top, left, mirror): Caffe's crop offsets (random in TRAIN, centre in TEST) and mirror coin."""
@@ -122,7 +124,7 @@ class DatumRecords(torch.utils.data.Dataset):
             datum = parse_datum(value, where)
             if not 0 <= datum.label < self.classes:
                 raise ValueError(f"its label {datum.label} is not a class index 0..{self.classes - 1}")
-            pixels = datum_pixels(datum, self.transform.shape[0] if datum.encoded else None)
+            pixels = datum_pixels(datum, self.transform.shape[0] if datum.encoded else None, self.transform.max_pixels)
             x = self.transform(pixels, rng(self.seed, epoch, index) if self.transform.train else None)
         except DatabaseError as err:
             return None, -1, err.what
@@ -155,7 +157,7 @@ def _keys(path: Path, counter: _Counter, limit: int | None, spec) -> tuple[np.nd
     return np.array(keys, dtype=bytes), np.array([len(k) for k in keys], np.int32)
 
 
-def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
+def index_lmdb(spec, progress=sys.stderr, limits: Limits = Limits()) -> LmdbData:
     """The keys of the training and test databases, the records' shape checked against the input's."""
     d = spec.data
     if not d.path or not d.test_path:
@@ -196,12 +198,12 @@ def index_lmdb(spec, progress=sys.stderr) -> LmdbData:
         (hk, hl), (tk, tl) = ((tk[i], tl[i]) for i in held)
         val = dict(val_files=hk, val_y=unread(len(hk)), val_lengths=hl)
     return LmdbData(train_files=tk, train_y=unread(len(tk)), test_files=vk, test_y=unread(len(vk)), classes=classes,
-                    root=root, test_root=test_root, train_lengths=tl, test_lengths=vl, record_shape=record,
-                    floats=floats, mean=mean, **val)
+                    root=root, max_pixels=limits.image_pixels, test_root=test_root, train_lengths=tl,
+                    test_lengths=vl, record_shape=record, floats=floats, mean=mean, **val)
 
 
-def read_whole(d, root: Path, shape: tuple[int, ...], max_bytes: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Both databases decoded into memory (at most `max_bytes`) as uint8 (N, C, H, W) test-phase windows (the
+def read_whole(d, root: Path, shape: tuple[int, ...], limits: Limits) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Both databases decoded into memory (within `limits`) as uint8 (N, C, H, W) test-phase windows (the
     centre crop) and labels, for the commands that read a data set whole (calibrate, probe, export's
     calibration): `netspec train` streams instead. `d` is the spec's data section."""
     if not d.test_path:
@@ -218,9 +220,9 @@ def read_whole(d, root: Path, shape: tuple[int, ...], max_bytes: int) -> tuple[t
         env = open_lmdb(path, d.at)
         try:
             count = min(entries(env), limit or entries(env))
-            if count * int(np.prod(shape)) > max_bytes:
+            if count * int(np.prod(shape)) > limits.data_bytes:
                 raise too_large(path, f"{count} records of {'×'.join(map(str, shape))} take", count * int(np.prod(shape)),
-                                max_bytes)
+                                limits.data_bytes)
             x, y = np.empty((count, *shape), np.uint8), np.empty(count, np.int64)
             with env.begin(buffers=False) as txn:
                 for i, (key, value) in enumerate(txn.cursor()):
@@ -229,7 +231,8 @@ def read_whole(d, root: Path, shape: tuple[int, ...], max_bytes: int) -> tuple[t
                     where = f"record {key.decode('utf-8', 'backslashreplace')!r} of {path}"
                     datum = parse_datum(value, where)
                     try:
-                        x[i] = transform(datum_pixels(datum, shape[0] if datum.encoded else None), None).numpy()
+                        x[i] = transform(datum_pixels(datum, shape[0] if datum.encoded else None, limits.image_pixels),
+                                         None).numpy()
                     except (ValueError, OSError) as err:
                         raise UserError(f"{where}: {str(err)[:200]}", DatumBatches.BAD_ITEM, d.at) from None
                     y[i] = datum.label
@@ -255,7 +258,7 @@ def lmdb_batches(spec, data: LmdbData, device, rank: int = 0, world_size: int = 
             out.append(None)
             continue
         transform = DatumTransform(shape, train, d.crop == "caffe", d.augment.flip, data.mean,
-                                   data.floats or data.mean is not None)
+                                   data.floats or data.mean is not None, data.max_pixels)
         records = DatumRecords(path, keys, lengths, transform, spec.train.seed, len(data.classes))
         batch = spec.train.batch_size // world_size if train else spec.train.eval_batch_size
         out.append(DatumBatches(keys, y, batch, train=train, transform=transform, dataset=records,

@@ -450,4 +450,4 @@ def _synthetic(spec: DataSpec, root: Path, shape: tuple[int, ...],
 def _load_lmdb(spec: DataSpec, root: Path, shape: tuple[int, ...],
                limits: Limits) -> tuple[Split, Split, list[str] | None]:
     from netspec.runtime.data.caffe_lmdb import read_whole  # the streaming reader's module builds on this one
-    return read_whole(spec, root, shape, limits.data_bytes)
+    return read_whole(spec, root, shape, limits)

@@ -145,7 +145,7 @@ def load_data(spec, progress=sys.stderr, limits: Limits = Limits()) -> Dataset |
     in memory."""
     if spec.data.source == "lmdb":  # Caffe's databases: always streamed
         from netspec.runtime.data.caffe_lmdb import index_lmdb
-        return index_lmdb(spec, progress)
+        return index_lmdb(spec, progress, limits)
     choice = streams(spec)
     if choice is not False:
         data = index_imagefolder(spec.data, data_root(spec.data), progress, limits)
