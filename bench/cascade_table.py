@@ -41,7 +41,7 @@ def row(seed: str, calibration: dict, bench: dict | None) -> tuple[list[str], di
     if latency:
         figures |= {"latency": c["latency_ratio"], "throughput": latency["throughput_ratio"]}
         cells += [f"{latency['full_ms']:.3g} → {c['latency_ms']:.3g}",
-                  f"**{c['latency_ratio']:.3f}** ({latency['aa_ratio']:.3f})", f"**{latency['throughput_ratio']:.3f}**"]
+                  f"{c['latency_ratio']:.3f} ({latency['aa_ratio']:.3f})", f"{latency['throughput_ratio']:.3f}"]
     else:
         cells += ["-"] * 3
     if bench:
@@ -82,8 +82,8 @@ def main() -> None:
           + (f"; calibrate timed {held['split']} examples {span(latency['examples'])}, {latency['threads']} thread(s), "
              f"median of {latency['rounds']} interleaved rounds" if latency else "") + "\n")
     print("| seed | main top-1 | exits alone (top-1) | chosen thresholds | cascade top-1 (Δ) | mean FLOPs / full | "
-          f"share {' / '.join(calibration['exits'])} | batch-1 ms full → cascade | batch-1 latency / full (A/A) | "
-          "batch-64 throughput / full | bench: latency / full (A/A) | bench: throughput / full | load |")
+          f"share {' / '.join(calibration['exits'])} | calibrate: batch-1 ms full → cascade | calibrate: batch-1 "
+          "latency / full (A/A) | calibrate: batch-64 throughput / full | bench: latency / full (A/A) | bench: throughput / full | load at bench |")
     print("|" + "---|" * 13)
     print("\n".join(rows))
     print(f"\nover {len(rows)} seed(s), mean ± std:")
