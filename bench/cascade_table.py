@@ -87,8 +87,9 @@ def main() -> None:
              f"median of {latency['rounds']} interleaved rounds" if latency else "") + "\n")
     print("| seed | main top-1 | exits alone (top-1) | chosen thresholds | cascade top-1 (Δ) | mean FLOPs / full | "
           f"share {' / '.join(calibration['exits'])} | calibrate: batch-1 ms full → cascade | calibrate: batch-1 "
-          "latency / full (A/A) | calibrate: batch-64 throughput / full | bench: latency / full (A/A) | bench: throughput / full | load at bench |")
-    print("|" + "---|" * 13)
+          "latency / full (A/A) | calibrate: batch-64 throughput / full | bench: latency / full (A/A) | "
+          "bench: If-model latency / full | bench: throughput / full | load at bench |")
+    print("|" + "---|" * 14)
     print("\n".join(rows))
     print(f"\nover {len(rows)} seed(s), mean ± std:")
     for key, label, scale, unit in SUMMARY:
