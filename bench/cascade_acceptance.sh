@@ -21,6 +21,6 @@ for S in "$@"; do
   netspec export specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" > "$OUT/$SPEC/export_seed$S.log" 2>&1
   netspec calibrate specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" --target-drop 0.5 --threads 1 \
       > "$OUT/$SPEC/calibrate_seed$S.txt" 2>&1
-  python bench/bench_cascade.py specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" --start 0 --n 500 --rounds 5 \
+  python bench/bench_cascade.py specs/$SPEC.yaml $O --cascade "$OUT/$SPEC/cascade$S" --start 0 --n 500 --rounds 11 \
       --json "$OUT/$SPEC/bench_seed$S.json" > "$OUT/$SPEC/bench_seed$S.txt" 2>&1
 done

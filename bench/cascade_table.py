@@ -3,10 +3,10 @@ split; the thresholds were chosen on another split, named in the heading), then 
 
 Per seed: main top-1, each early exit alone, the chosen thresholds, the cascade's top-1 (Δ against main), mean
 FLOPs ÷ the full net's, the share of inputs leaving at each exit; `calibrate`'s measured batch-1 latency of the
-runner ÷ the full model's (wall clock, A/A control in brackets) and batch-64 throughput ÷ the full model's; and, when
-OUT/SPEC/bench_seedS.json exists, the same two ratios from `bench/bench_cascade.py` (CPU clock, an independent run on
-its own subset of the test split), the batch-1 ratio of the If-model (`anytime.onnx`) and the load average at its
-start.
+runner ÷ the full model's and batch-64 throughput ÷ the full model's (wall clock, A/A controls in brackets); and,
+when OUT/SPEC/bench_seedS.json exists, the same two ratios from `bench/bench_cascade.py` (CPU clock, an independent
+run on its own subset of the test split), the batch-1 ratio of the If-model (`anytime.onnx`) and the load average at
+its start.
 
     python bench/cascade_table.py OUT SPEC [SEED ...]     (default: every OUT/SPEC/cascadeS/calibration.json)
 """
@@ -41,9 +41,11 @@ def row(seed: str, calibration: dict, bench: dict | None) -> tuple[list[str], di
              ", ".join(f"{t:g}" for t in c["thresholds"][:-1]), f"{c['top1']:.2f} ({figures['delta']:+.2f})",
              f"{flops:.3f}", " / ".join(f"{s:.0%}" for s in c["share"])]
     if latency:
+        throughput = latency["throughput"]
         figures |= {"latency": c["latency_ratio"], "throughput": latency["throughput_ratio"]}
         cells += [f"{latency['full_ms']:.3g} → {c['latency_ms']:.3g}",
-                  f"{c['latency_ratio']:.3f} ({latency['aa_ratio']:.3f})", f"{latency['throughput_ratio']:.3f}"]
+                  f"{c['latency_ratio']:.3f} ({latency['aa_ratio']:.3f})",
+                  f"{latency['throughput_ratio']:.3f} ({throughput['full (A/A)'] / throughput['full']:.3f})"]
     else:
         cells += ["-"] * 3
     if bench:
@@ -87,7 +89,7 @@ def main() -> None:
              f"median of {latency['rounds']} interleaved rounds" if latency else "") + "\n")
     print("| seed | main top-1 | exits alone (top-1) | chosen thresholds | cascade top-1 (Δ) | mean FLOPs / full | "
           f"share {' / '.join(calibration['exits'])} | calibrate: batch-1 ms full → cascade | calibrate: batch-1 "
-          "latency / full (A/A) | calibrate: batch-64 throughput / full | bench: latency / full (A/A) | "
+          "latency / full (A/A) | calibrate: batch-64 throughput / full (A/A) | bench: latency / full (A/A) | "
           "bench: If-model latency / full | bench: throughput / full | load at bench |")
     print("|" + "---|" * 14)
     print("\n".join(rows))
