@@ -4,7 +4,7 @@ split; the thresholds were chosen on another split, named in the heading), then 
 Per seed: main top-1, each early exit alone, the chosen thresholds, the cascade's top-1 (Δ against main), mean
 FLOPs ÷ the full net's, the share of inputs leaving at each exit; `calibrate`'s measured batch-1 latency of the
 runner ÷ the full model's and batch-64 throughput ÷ the full model's (wall clock, A/A controls in brackets); and,
-when OUT/SPEC/bench_seedS.json exists, the same two ratios from `bench/bench_cascade.py` (CPU clock, an independent
+when OUT/SPEC/bench_seedS.json exists, the same two ratios (A/A) from `bench/bench_cascade.py` (CPU clock, an independent
 run on its own subset of the test split), the batch-1 ratio of the If-model (`anytime.onnx`) and the load average at
 its start.
 
@@ -49,10 +49,11 @@ def row(seed: str, calibration: dict, bench: dict | None) -> tuple[list[str], di
     else:
         cells += ["-"] * 3
     if bench:
+        per_second = bench["throughput_64"]
         figures |= {"bench_latency": bench["latency_ratio"], "bench_if": bench["if_ratio"],
                     "bench_throughput": bench["throughput_ratio"]}
         cells += [f"{bench['latency_ratio']:.3f} ({bench['aa_ratio']:.3f})", f"{bench['if_ratio']:.3f}",
-                  f"{bench['throughput_ratio']:.3f}",
+                  f"{bench['throughput_ratio']:.3f} ({per_second['full (A/A)'] / per_second['full']:.3f})",
                   f"{bench['load_average'][0]:.1f}"]
     else:
         cells += ["-"] * 4
@@ -90,7 +91,7 @@ def main() -> None:
     print("| seed | main top-1 | exits alone (top-1) | chosen thresholds | cascade top-1 (Δ) | mean FLOPs / full | "
           f"share {' / '.join(calibration['exits'])} | calibrate: batch-1 ms full → cascade | calibrate: batch-1 "
           "latency / full (A/A) | calibrate: batch-64 throughput / full (A/A) | bench: latency / full (A/A) | "
-          "bench: If-model latency / full | bench: throughput / full | load at bench |")
+          "bench: If-model latency / full | bench: throughput / full (A/A) | load at bench |")
     print("|" + "---|" * 14)
     print("\n".join(rows))
     print(f"\nover {len(rows)} seed(s), mean ± std:")
