@@ -4,9 +4,9 @@ split; the thresholds were chosen on another split, named in the heading), then 
 Per seed: main top-1, each early exit alone, the chosen thresholds, the cascade's top-1 (Δ against main), mean
 FLOPs ÷ the full net's, the share of inputs leaving at each exit; `calibrate`'s measured batch-1 latency of the
 runner ÷ the full model's and batch-64 throughput ÷ the full model's (wall clock, A/A controls in brackets); and,
-when OUT/SPEC/bench_seedS.json exists, the same two ratios (A/A) from `bench/bench_cascade.py` (CPU clock, an independent
-run on its own subset of the test split), the batch-1 ratio of the If-model (`anytime.onnx`) and the load average at
-its start.
+when OUT/SPEC/bench_seedS.json exists, the same two ratios (A/A) from `bench/bench_cascade.py` (CPU clock, an
+independent run on its own subset of the test split), the batch-1 ratio of the If-model (`anytime.onnx`) and the
+load average at its start.
 
     python bench/cascade_table.py OUT SPEC [SEED ...]     (default: every OUT/SPEC/cascadeS/calibration.json)
 """
