@@ -455,7 +455,8 @@ def check_arms(sweep: Sweep) -> None:
     for name, arm in sweep.arms.items():
         if not (arm.get("spec") or sweep.spec or SPEC_KEY in sweep.grid):
             raise UserError(f"arm {name!r} has no spec", "give the arm `spec: FILE`, or the sweep a spec")
-        swept = [k for k in [SPEC_KEY] * bool(arm.get("spec")) + list(arm["values"]) if k in sweep.grid or k in sweep.space]
+        own = [SPEC_KEY] * bool(arm.get("spec")) + list(arm["values"])
+        swept = [k for k in own if k in sweep.grid or k in sweep.space]
         if swept:
             raise UserError(f"arm {name!r} sets {swept[0]!r}, which the sweep also sweeps",
                             f"drop {swept[0]!r} from the arm or from the grid/space")
@@ -922,7 +923,8 @@ def results(sweep: Sweep) -> dict:
             exits[e["exit"]] = {**e, "seeds": seeds, "top1": [test[s][e["exit"]] for s in seeds],
                                 "val_top1": [val.get(s, {}).get(e["exit"]) for s in seeds]}
         base = sweep.baseline_of(arm, arms)
-        out_arms.append({"id": arm.id, "label": arm.label, "params": arm.values, "state": rec.get("state", "not started"),
+        out_arms.append({"id": arm.id, "label": arm.label, "params": arm.values,
+                         "state": rec.get("state", "not started"),
                          "error": rec.get("error"), "pruned_after_epoch": rec.get("epoch"),
                          "value": rec.get("value"), "baseline": base.id if base else None,
                          "is_baseline": base is not None and base.id == arm.id, "trial": rec.get("trial"),
@@ -1014,7 +1016,8 @@ def markdown(data: dict) -> str:
     if data.get("comparisons"):
         chosen = "validation" if data["selected_on"] == "validation" else "**test**"
         lines += ["**paired comparisons** (test top-1; a best exit is chosen on the mean " + chosen + " top-1 of "
-                  "the arm's exits)", "", "| A − B | Δ points, mean [95 % CI] | per seed | verdict |", "|---|---|---|---|"]
+                  "the arm's exits)", "", "| A − B | Δ points, mean [95 % CI] | per seed | verdict |",
+                  "|---|---|---|---|"]
         for c in data["comparisons"]:
             a_exit = f"best exit {c['a_exit']}" if c["kind"] == "best exit" else c["a_exit"]
             per_seed = ", ".join(f"{d:+.2f}" for d in c["diff"]["per_seed"]) if c["diff"] else "–"

@@ -244,7 +244,8 @@ def test_the_best_exit_is_chosen_on_validation_and_compared_with_the_plain_nets_
     fake_arm(sweep, plain56, [{"main": (0.80, 0.8)}] * 3)
     data = sw.results(sweep)
     rows = {(c["kind"], c["a_label"], c["a_exit"], c["b_label"], c["b_exit"]): c for c in data["comparisons"]}
-    assert set(rows) == {("compare", "mw20", "main", "plain20", "main"), ("best exit", "mw20", "main", "plain56", "main")}
+    assert set(rows) == {("compare", "mw20", "main", "plain20", "main"),
+                         ("best exit", "mw20", "main", "plain56", "main")}
     assert rows["best exit", "mw20", "main", "plain56", "main"]["diff"]["per_seed"] == pytest.approx([2, 3, 4])
     assert rows["compare", "mw20", "main", "plain20", "main"]["diff"]["mean"] == pytest.approx(2)
     assert rows["compare", "mw20", "main", "plain20", "main"]["verdict"] == "not resolved"  # 1, 2, 3 points
@@ -403,8 +404,8 @@ def test_a_tpe_search_samples_exactly_its_trials_and_trains_an_arm_once(tmp_path
 @needs_data
 def test_a_sweep_file_with_explicit_arms_end_to_end(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "plain.yaml").write_text(TINY.split("branches:")[0] + "losses:\n  main: {type: cross_entropy, head: main}\n"
-                                         + "data:" + TINY.split("data:")[1])
+    main_loss = "losses:\n  main: {type: cross_entropy, head: main}\ndata:"
+    (tmp_path / "plain.yaml").write_text(TINY.split("branches:")[0] + main_loss + TINY.split("data:")[1])  # no branch
     (tmp_path / "arms.yaml").write_text("sweep:\n  name: a\n  seeds: 2\n  baseline: plain\n"
                                         "  arms:\n    plain: {spec: plain.yaml}\n"
                                         "    branched: {spec: tiny.yaml, losses.aux1.weight: 0.5, "
@@ -419,7 +420,7 @@ def test_a_sweep_file_with_explicit_arms_end_to_end(tmp_path):
     best = data["comparisons"][0]
     assert best["kind"] == "best exit" and best["b_label"] == "plain" and best["diff"]["n"] == 2
     home = tmp_path / "runs" / "tiny" / "sweeps" / "a"  # the first arm's spec names the runs folder
-    resolved = (Path(branched["runs"][1]) / "spec.yaml").read_text()
+    resolved = (tmp_path / branched["runs"][1] / "spec.yaml").read_text()
     assert "weight: 0.5" in resolved and "lr: 0.02" in resolved  # the arm's keys reached its runs
     assert "**paired comparisons**" in (home / "results.md").read_text()
     done = trials(tmp_path / "runs" / "tiny" / "sweeps" / "a.db", "a")

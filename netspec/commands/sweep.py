@@ -74,7 +74,8 @@ def build_sweep(args: argparse.Namespace):
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds {seeds}: need a whole number >= 1", "3 or more for an interval")
     return Sweep(spec=Path(target) if target else None, overrides=list(base.get("overrides") or []) + overrides,
-                 grid=grid, space=space, arms=base.get("arms") or {}, compare=base.get("compare") or [], seeds=list(range(seeds)), baseline=baseline,
+                 grid=grid, space=space, arms=base.get("arms") or {}, compare=base.get("compare") or [],
+                 seeds=list(range(seeds)), baseline=baseline,
                  trials=args.trials or base.get("trials"), pruner=args.pruner or base.get("pruner"),
                  prune_startup=args.prune_startup if args.prune_startup is not None else base.get("prune_startup", 5),
                  name=args.name or base.get("name"), storage=args.storage, jobs=max(1, args.jobs))
