@@ -2,7 +2,9 @@
 bars. `netspec sweep` is the command; this module is its engine (also usable from Python).
 
 - An arm is one assignment of the swept keys (`branches.aux1.from=relu4_1`, or `spec=specs/cnn8_fmnist.yaml`);
-  a grid gives every combination, a search space (`--search tpe`) has Optuna's TPE sampler propose them.
+  a grid gives every combination, a search space (`--search tpe`) has Optuna's TPE sampler propose them. A sweep
+  file may also name explicit arms (`arms: {NAME: {spec: FILE, KEY: VALUE}}`, arms differing in several keys at
+  once): their names are the values of the key `arm`, crossed with the grid or sampled as a categorical.
 - One Optuna trial is one arm on all its seeds (its value: the mean over the seeds), so seeds stay paired and
   pruning stops whole arms. Each seed is one ordinary run, a `netspec train` subprocess named
   `<arm id>-s<seed>` in `runs/<name>/sweeps/<sweep>/runs/` (apart from the spec's other runs: a sweep never moves

@@ -17,7 +17,8 @@ from netspec.project import split_args
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("words", nargs="*", metavar="SPEC|SWEEP.yaml [key=value]",
-                        help="the spec (or a sweep file with a `sweep:` section) and fixed overrides")
+                        help="the spec (or a sweep file with a `sweep:` section, which may name explicit `arms:`) "
+                             "and fixed overrides")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help='a swept key: KEY=v1,v2,... or "KEY=[v1, {type: x}, ...]" (YAML flow); repeat for '
                              "more keys (every combination is an arm); KEY `spec` sweeps the spec file")
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="train every arm on seeds 0..N-1, paired across arms (default 3)")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=V",
                         help="the arm(s) others are compared with (default: the first arm); naming some keys "
-                             "compares each arm with the arm that differs from it only in those")
+                             "compares each arm with the arm that differs from it only in those; arm=NAME names "
+                             "a sweep file's explicit arm")
     parser.add_argument("--search", choices=["tpe"], default=None, help="sample arms with Optuna's TPE sampler")
     parser.add_argument("--space", type=Path, default=None, metavar="FILE.yaml",
                         help="search space: KEY: {type: categorical, choices: [...]} | {type: float|int, low, high, log}")
