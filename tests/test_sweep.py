@@ -425,3 +425,21 @@ def test_a_sweep_file_with_explicit_arms_end_to_end(tmp_path):
     assert "**paired comparisons**" in (home / "results.md").read_text()
     done = trials(tmp_path / "runs" / "tiny" / "sweeps" / "a.db", "a")
     assert sorted((t.params["arm"], t.state.name) for t in done) == [("branched", "COMPLETE"), ("plain", "COMPLETE")]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "specs" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_file_reads_and_every_arm_compiles(path, monkeypatch):
+    import argparse
+
+    from netspec.commands import sweep as command
+
+    monkeypatch.chdir(path.parents[2])
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser, "sweep")
+    sweep = command.build_sweep(parser.parse_args([str(path.relative_to(path.parents[2]))]))
+    sw.prepare(sweep)
+    for arm in sweep.grid_arms():
+        compiled = sw.compile_arm(sweep, arm)
+        assert "error" not in compiled, (arm.label, compiled.get("error"))
+        assert any(e["exit"] == "main" for e in compiled["exits"])
