@@ -2,7 +2,9 @@
 bars. `netspec sweep` is the command; this module is its engine (also usable from Python).
 
 - An arm is one assignment of the swept keys (`branches.aux1.from=relu4_1`, or `spec=specs/cnn8_fmnist.yaml`);
-  a grid gives every combination, a search space (`--search tpe`) has Optuna's TPE sampler propose them.
+  a grid gives every combination, a search space (`--search tpe`) has Optuna's TPE sampler propose them. A sweep
+  file may also name explicit arms (`arms: {NAME: {spec: FILE, KEY: VALUE}}`, arms differing in several keys at
+  once): their names are the values of the key `arm`, crossed with the grid or sampled as a categorical.
 - One Optuna trial is one arm on all its seeds (its value: the mean over the seeds), so seeds stay paired and
   pruning stops whole arms. Each seed is one ordinary run, a `netspec train` subprocess named
   `<arm id>-s<seed>` in `runs/<name>/sweeps/<sweep>/runs/` (apart from the spec's other runs: a sweep never moves
@@ -36,7 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
-from netspec.errors import UserError
+from netspec.errors import Pos, UserError, did_you_mean
 from netspec.limits import Limits
 from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
@@ -93,6 +95,7 @@ def verdict(p: dict | None, better: str = "better", worse: str = "worse") -> str
 # --- the sweep: arms from a grid or a search space -----------------------------------------------------------
 
 SPEC_KEY = "spec"  # a swept key that picks the spec file itself (CNN-8 vs CNDS-8)
+ARM_KEY = "arm"  # the key whose values are a sweep file's explicit arms (`arms: {NAME: {spec: ..., KEY: V}}`)
 
 
 def value_text(value: Any) -> str:
@@ -134,36 +137,47 @@ def parse_grid(item: str) -> tuple[str, list[str]]:
 SPACE_TYPES = ("categorical", "float", "int")
 
 
-def check_space(space: Any, where: str) -> dict[str, dict]:
-    """A search space: `KEY: {type: categorical, choices: [...]}` or `{type: float|int, low, high, log, step}`."""
+def check_space(space: Any, where: str, pos: Pos | None = None) -> dict[str, dict]:
+    """A search space: `KEY: {type: categorical, choices: [...]}` or `{type: float|int, low, high, log, step}`.
+    Errors name `where` (and the key's line when the space was read with positions)."""
     if not isinstance(space, dict) or not space:
         raise UserError(f"{where}: a search space is a mapping KEY: {{type: ..., ...}}",
-                        "e.g. losses.aux1.weight: {type: float, low: 0.01, high: 1, log: true}")
+                        "e.g. losses.aux1.weight: {type: float, low: 0.01, high: 1, log: true}", pos)
     out = {}
     for key, dist in space.items():
+        at = space.where(key) if hasattr(space, "where") else pos
+
+        def bad(what: str, fix: str) -> UserError:
+            return UserError(f"{where}: {key}: {what}", fix, at)
+
         kind = dist.get("type") if isinstance(dist, dict) else None
         if kind not in SPACE_TYPES:
-            raise UserError(f"{where}: {key}: type must be one of {', '.join(SPACE_TYPES)}",
-                            "e.g. {type: categorical, choices: [relu3_2, relu4_1]}")
+            raise bad(f"type must be one of {', '.join(SPACE_TYPES)}",
+                      "e.g. {type: categorical, choices: [relu3_2, relu4_1]}")
         allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
         extra = set(dist) - allowed
         if extra:
-            raise UserError(f"{where}: {key}: unknown field {sorted(extra)[0]!r}", f"a {kind} takes {sorted(allowed)}")
+            raise bad(f"unknown field {sorted(extra)[0]!r}", f"a {kind} takes {sorted(allowed)}")
         if kind == "categorical":
             if not isinstance(dist.get("choices"), list) or not dist["choices"]:
-                raise UserError(f"{where}: {key}: choices must be a non-empty list", "choices: [a, b]")
-            out[key] = {"type": kind, "choices": [value_text(c) for c in dist["choices"]]}
+                raise bad("choices must be a non-empty list", "choices: [a, b]")
+            out[key] = {"type": kind, "choices": [value_text(plain(c)) for c in dist["choices"]]}
         else:
             number = float if kind == "float" else int
             try:
                 low, high = number(dist["low"]), number(dist["high"])
             except (KeyError, TypeError, ValueError):
-                raise UserError(f"{where}: {key}: a {kind} needs numbers low and high", "low: 0.01, high: 1") from None
+                raise bad(f"a {kind} needs numbers low and high", "low: 0.01, high: 1") from None
             if not low < high or (dist.get("log") and low <= 0):
-                raise UserError(f"{where}: {key}: need low < high (and low > 0 with log)", f"low {low}, high {high}")
+                raise bad("need low < high (and low > 0 with log)", f"low {low}, high {high}")
             out[key] = {"type": kind, "low": low, "high": high, "log": bool(dist.get("log", False)),
                         **({"step": number(dist["step"])} if dist.get("step") is not None else {})}
     return out
+
+
+def plain(value: Any) -> Any:
+    """Parsed YAML (position-keeping mappings and lists) as plain dicts and lists."""
+    return json.loads(json.dumps(value))
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -189,10 +203,7 @@ class Arm:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items())
-
-    def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.values.items() if k != SPEC_KEY]
+        return ", ".join(v if k == ARM_KEY else f"{k}={v}" for k, v in self.values.items())
 
 
 @dataclass
@@ -202,6 +213,10 @@ class Sweep:
     spec: Path | None
     overrides: list[str]
     grid: dict[str, list[str]] = field(default_factory=dict)
+    # explicit arms: NAME -> {"spec": path or None, "values": {KEY: override text}}; swept as the key `arm`
+    # (times the grid's combinations, or as one more categorical of a search)
+    arms: dict[str, dict] = field(default_factory=dict)
+    compare: list[tuple[str, str]] = field(default_factory=list)  # pairs of explicit arms: A - B on each exit
     space: dict[str, dict] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: dict[str, str] = field(default_factory=dict)
@@ -216,7 +231,13 @@ class Sweep:
 
     @property
     def keys(self) -> list[str]:
-        return list(self.grid or self.space)
+        return [ARM_KEY] * bool(self.arms) + list(self.grid or self.space)
+
+    def distributions(self) -> dict[str, dict]:
+        """Each swept key's Optuna distribution: the explicit arms' names and a grid's values are categorical."""
+        named = {ARM_KEY: list(self.arms)} if self.arms else {}
+        named.update(self.grid)
+        return {**{k: {"type": "categorical", "choices": v} for k, v in named.items()}, **self.space}
 
     @property
     def pruning(self) -> bool:
@@ -224,8 +245,9 @@ class Sweep:
 
     def definition(self) -> dict:
         """What makes two workers' sweeps the same sweep (recorded in the study)."""
+        extra = {"arms": self.arms, "compare": [list(p) for p in self.compare]} if self.arms else {}
         return {"spec": str(self.spec) if self.spec else None, "overrides": self.overrides, "grid": self.grid,
-                "space": self.space, "seeds": self.seeds, "trials": self.trials}
+                "space": self.space, "seeds": self.seeds, "trials": self.trials, **extra}
 
     @property
     def home(self) -> Path:
@@ -240,11 +262,24 @@ class Sweep:
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.root / 'sweeps' / f'{self.name}.db').resolve()}"
 
+    def explicit(self, arm: Arm) -> dict:
+        return self.arms.get(arm.values.get(ARM_KEY), {})
+
     def spec_of(self, arm: Arm) -> Path:
-        return Path(arm.values.get(SPEC_KEY) or self.spec)
+        return Path(self.explicit(arm).get("spec") or arm.values.get(SPEC_KEY) or self.spec)
+
+    def overrides_of(self, arm: Arm) -> list[str]:
+        """The fixed overrides, then the explicit arm's keys, then the arm's swept values (`spec` and `arm`
+        pick files and keys, they are no overrides)."""
+        values = {**self.explicit(arm).get("values", {}),
+                  **{k: v for k, v in arm.values.items() if k not in (SPEC_KEY, ARM_KEY)}}
+        return self.overrides + [f"{k}={v}" for k, v in values.items()]
 
     def grid_arms(self) -> list[Arm]:
-        return [Arm(tuple(zip(self.grid, combo))) for combo in itertools.product(*self.grid.values())]
+        """Every explicit arm times every combination of the grid's values (a grid or arms, not a search)."""
+        keys = [ARM_KEY] * bool(self.arms) + list(self.grid)
+        values = [list(self.arms)] * bool(self.arms) + list(self.grid.values())
+        return [Arm(tuple(zip(keys, combo))) for combo in itertools.product(*values)]
 
     def baseline_of(self, arm: Arm, arms: list[Arm]) -> Arm | None:
         """The arm `arm` is compared with: the baseline's values for the baseline keys, `arm`'s for the others
@@ -255,36 +290,121 @@ class Sweep:
         return next((a for a in arms if a.values == want), None)
 
 
+SWEEP_KEYS = ("spec", "overrides", "grid", "arms", "compare", "space", "seeds", "baseline", "trials", "pruner",
+              "prune_startup", "name")
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A YAML file read with positions (every later error can say file:line)."""
+    from netspec.compiler.parse import load_yaml, read_text
+
+    return load_yaml(read_text(path, what), str(path))
+
+
 def read_sweep_file(path: Path) -> dict:
-    """A sweep file: a YAML mapping with a top-level `sweep:` section (spec, overrides, grid | space, seeds,
-    baseline, trials, pruner, prune_startup, name). Paths in it are relative to the file."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {str(err).splitlines()[0]}", "fix the sweep file") from None
+    """A sweep file: a YAML mapping with a top-level `sweep:` section (spec, overrides, grid | space, arms,
+    compare, seeds, baseline, trials, pruner, prune_startup, name). Paths in it are relative to the file; errors
+    say file:line."""
+    data = read_yaml_file(path, "sweep file")
     body = data.get("sweep") if isinstance(data, dict) else None
     if not isinstance(body, dict):
-        raise UserError(f"{path}: a sweep file has one mapping `sweep:`", "see docs/reproduction.md for an example")
-    known = {"spec", "overrides", "grid", "space", "seeds", "baseline", "trials", "pruner", "prune_startup", "name"}
-    extra = set(body) - known
+        raise UserError("a sweep file has one mapping `sweep:`", "see docs/reproduction.md for an example",
+                        data.where("sweep") if isinstance(data, dict) else Pos(str(path), 1))
+    extra = [k for k in body if k not in SWEEP_KEYS]
     if extra:
-        raise UserError(f"{path}: sweep: unknown key {sorted(extra)[0]!r}", f"the keys are {', '.join(sorted(known))}")
-    out = dict(body)
+        raise UserError(f"sweep: unknown key {extra[0]!r}", did_you_mean(extra[0], SWEEP_KEYS), body.where(extra[0]))
     here = path.resolve().parent
+    out = plain(body)
     if out.get("spec"):
         out["spec"] = _relative(here, out["spec"])
-    grid = out.get("grid") or {}
-    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
-        raise UserError(f"{path}: sweep.grid maps each key to a non-empty list of values", "grid: {KEY: [a, b]}")
+    grid = body.get("grid") or {}
+    bad = [k for k, v in grid.items() if not isinstance(v, list) or not v] if isinstance(grid, dict) else [None]
+    if bad:
+        raise UserError("sweep.grid maps each key to a non-empty list of values", "grid: {KEY: [a, b]}",
+                        grid.where(bad[0]) if bad[0] is not None else body.where("grid"))
     out["grid"] = {k: [_relative(here, value_text(v)) if k == SPEC_KEY else value_text(v) for v in vs]
-                   for k, vs in grid.items()}
-    if out.get("space") is not None:
-        out["space"] = check_space(out["space"], f"{path}: sweep.space")
-    if isinstance(out.get("baseline"), dict):
+                   for k, vs in plain(grid).items()}
+    if body.get("space") is not None:
+        out["space"] = check_space(body["space"], "sweep.space", body.where("space"))
+    out["arms"] = read_arms(body, here)
+    out["compare"] = read_compare(body, out["arms"])
+    baseline = body.get("baseline")
+    if isinstance(baseline, str):  # the name of an explicit arm
+        baseline = {ARM_KEY: baseline}
+    if baseline is not None and not isinstance(baseline, dict):
+        raise UserError("sweep.baseline is an arm's name or a mapping {KEY: VALUE}",
+                        "e.g. baseline: plain56, or baseline: {branches.aux1.from: relu3_2}", body.where("baseline"))
+    if baseline:
         out["baseline"] = {k: _relative(here, value_text(v)) if k == SPEC_KEY else value_text(v)
-                           for k, v in out["baseline"].items()}
+                           for k, v in plain(baseline).items()}
+    for key, low in (("seeds", 1), ("trials", 1), ("prune_startup", 0)):
+        if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool) or body[key] < low):
+            raise UserError(f"sweep.{key} must be a whole number >= {low}", f"e.g. {key}: 3", body.where(key))
+    if "pruner" in body and body["pruner"] not in ("median", "none"):
+        raise UserError("sweep.pruner is median or none", "pruner: median", body.where("pruner"))
+    if "name" in body and (not isinstance(body["name"], str) or slug(body["name"], 100) != body["name"]):
+        raise UserError(f"sweep.name {body['name']!r} is not a plain file name", "use letters, digits, . _ + -",
+                        body.where("name"))
     if not isinstance(out.get("overrides", []), list):
-        raise UserError(f"{path}: sweep.overrides is a list of key=value", "overrides: [train.epochs=3]")
+        raise UserError("sweep.overrides is a list of key=value", "overrides: [train.epochs=3]",
+                        body.where("overrides"))
+    return out
+
+
+def read_arms(body: dict, here: Path) -> dict[str, dict]:
+    """`arms: {NAME: {spec: FILE, KEY: VALUE, ...}}`: arms that differ in several keys at once (a multi-exit
+    ResNet-20 vs a plain ResNet-56). An arm without `spec` uses the sweep's."""
+    from netspec.compiler.tree import where
+
+    arms = body.get("arms")
+    if arms is None:
+        return {}
+    if not isinstance(arms, dict) or not arms:
+        raise UserError("sweep.arms maps each arm's name to {spec: FILE, KEY: VALUE, ...}",
+                        "e.g. arms: {plain: {spec: ../cnn8_fmnist.yaml}, branched: {spec: ../cnds8_fmnist.yaml}}",
+                        body.where("arms"))
+    out = {}
+    for name, arm in arms.items():
+        at = arms.where(name)
+        if not isinstance(name, str) or slug(name, 100) != name:
+            raise UserError(f"sweep.arms: the arm name {name!r} is not a plain name", "use letters, digits, . _ + -",
+                            at)
+        if not isinstance(arm, dict):
+            raise UserError(f"sweep.arms.{name}: an arm is a mapping {{spec: FILE, KEY: VALUE, ...}}",
+                            "e.g. {spec: ../preresnet56_fmnist.yaml, vars.n: 3}", where(arm, at))
+        for key in arm:
+            if not isinstance(key, str) or not key or key == ARM_KEY:
+                raise UserError(f"sweep.arms.{name}: {key!r} is not a spec key",
+                                "an arm sets `spec: FILE` and dotted spec keys, e.g. train.epochs: 3", arm.where(key))
+        spec = arm.get(SPEC_KEY)
+        if spec is not None and (not isinstance(spec, str) or not spec):
+            raise UserError(f"sweep.arms.{name}.spec must be a file name", "e.g. spec: ../cnn8_fmnist.yaml",
+                            arm.where(SPEC_KEY))
+        out[name] = {"spec": _relative(here, spec) if spec else None,
+                     "values": {k: value_text(v) for k, v in plain(arm).items() if k != SPEC_KEY}}
+    return out
+
+
+def read_compare(body: dict, arms: dict[str, dict]) -> list[tuple[str, str]]:
+    """`compare: [[A, B], ...]`: pairs of explicit arms compared on every exit both have (A − B, paired)."""
+    pairs = body.get("compare")
+    if pairs is None:
+        return []
+    if not arms:
+        raise UserError("sweep.compare pairs explicit arms, and there are none", "add `arms:` or drop `compare:`",
+                        body.where("compare"))
+    if not isinstance(pairs, list):
+        raise UserError("sweep.compare is a list of pairs [A, B] of arm names", "e.g. compare: [[dks, ds]]",
+                        body.where("compare"))
+    out = []
+    for i, pair in enumerate(pairs):
+        at = pairs.where(i)
+        if not isinstance(pair, list) or len(pair) != 2 or pair[0] == pair[1]:
+            raise UserError(f"sweep.compare: {plain(pair)!r} is not a pair of two arms", "write [A, B] (A − B)", at)
+        for name in pair:
+            if name not in arms:
+                raise UserError(f"sweep.compare: there is no arm {name!r}", did_you_mean(str(name), arms), at)
+        out.append((pair[0], pair[1]))
     return out
 
 
@@ -305,8 +425,9 @@ def prepare(sweep: Sweep) -> None:
     if sweep.grid and sweep.space:
         raise UserError("a sweep has either a grid (--grid) or a search space (--space), not both",
                         "drop one of them")
-    if not sweep.grid and not sweep.space:
+    if not sweep.grid and not sweep.space and not sweep.arms:
         raise UserError("nothing to sweep", "add --grid KEY=V1,V2 (or --search tpe --space FILE.yaml)")
+    check_arms(sweep)
     if sweep.space and not sweep.trials:
         raise UserError("a search needs a number of trials", "add --trials N")
     if not sweep.seeds:
@@ -314,19 +435,35 @@ def prepare(sweep: Sweep) -> None:
     for key in sweep.baseline:
         if key not in sweep.keys:
             raise UserError(f"--baseline {key}: not a swept key", f"the swept keys are {', '.join(sweep.keys)}")
-        if sweep.grid and sweep.baseline[key] not in sweep.grid[key]:
-            raise UserError(f"--baseline {key}={sweep.baseline[key]}: not one of the grid's values",
-                            f"one of {', '.join(sweep.grid[key])}")
-    base = sweep.spec or (Path(sweep.grid[SPEC_KEY][0]) if SPEC_KEY in sweep.grid else None)
-    if base is None:
+        choices = sweep.distributions()[key].get("choices")
+        if choices is not None and sweep.baseline[key] not in choices:
+            raise UserError(f"--baseline {key}={sweep.baseline[key]}: not one of the swept values",
+                            did_you_mean(sweep.baseline[key], choices))
+    if not (sweep.spec or SPEC_KEY in sweep.grid or sweep.arms):
         raise UserError("no spec given", "netspec sweep SPEC --grid KEY=V1,V2 ...")
-    spec, _ = analyse(base, sweep.overrides, sweep.limits)
+    spec, _ = analyse(sweep.spec_of(sweep.grid_arms()[0]), sweep.overrides, sweep.limits)
     sweep.root = Path(spec.train.out) if spec.train.out else Path("runs") / spec.name
     if not sweep.name:
         digest = hashlib.sha1(json.dumps(sweep.definition(), sort_keys=True).encode()).hexdigest()[:6]
         sweep.name = f"{slug('+'.join(k.rsplit('.', 1)[-1] for k in sweep.keys), 32)}-{digest}"
     if slug(sweep.name, 100) != sweep.name:
         raise UserError(f"sweep name {sweep.name!r} is not a plain file name", "use letters, digits, . _ + -")
+
+
+def check_arms(sweep: Sweep) -> None:
+    """Explicit arms beside a grid or a space: each arm has a spec, and no key is set both by an arm and by the
+    grid (which would win is not obvious)."""
+    if ARM_KEY in sweep.grid or ARM_KEY in sweep.space:
+        raise UserError(f"the key {ARM_KEY!r} names a sweep file's explicit arms; it cannot be swept itself",
+                        "define the arms under `arms:` in the sweep file")
+    for name, arm in sweep.arms.items():
+        if not (arm.get("spec") or sweep.spec or SPEC_KEY in sweep.grid):
+            raise UserError(f"arm {name!r} has no spec", "give the arm `spec: FILE`, or the sweep a spec")
+        own = [SPEC_KEY] * bool(arm.get("spec")) + list(arm["values"])
+        swept = [k for k in own if k in sweep.grid or k in sweep.space]
+        if swept:
+            raise UserError(f"arm {name!r} sets {swept[0]!r}, which the sweep also sweeps",
+                            f"drop {swept[0]!r} from the arm or from the grid/space")
 
 
 # --- claims and records --------------------------------------------------------------------------------------
@@ -428,7 +565,7 @@ def netspec_command() -> list[str]:
 
 
 def seed_command(sweep: Sweep, arm: Arm, seed: int, resume: bool) -> list[str]:
-    return [*netspec_command(), "train", str(sweep.spec_of(arm)), *sweep.overrides, *arm.overrides(),
+    return [*netspec_command(), "train", str(sweep.spec_of(arm)), *sweep.overrides_of(arm),
             f"train.seed={seed}", f"train.run_name={run_name(arm, seed)}", f"train.out={sweep.runs}"] \
         + ["--resume"] * resume + ["--allow-custom"] * sweep.limits.code
 
@@ -474,7 +611,7 @@ def compile_arm(sweep: Sweep, arm: Arm) -> dict:
     from netspec.compiler.summary import summarise
 
     try:
-        _, network = analyse(sweep.spec_of(arm), sweep.overrides + arm.overrides(), sweep.limits)
+        _, network = analyse(sweep.spec_of(arm), sweep.overrides_of(arm), sweep.limits)
     except UserError as err:
         return {"error": str(err).splitlines()[0]}
     summary = summarise(network)
@@ -506,7 +643,8 @@ def train_arm(sweep: Sweep, arm: Arm, trial, stop: threading.Event, say: Callabl
         with open(logs / f"{run.name}.log", "a") as log:
             procs[seed] = subprocess.Popen(seed_command(sweep, arm, seed, resume), stdout=log,
                                            stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-    say(f"{arm.label}: seeds {', '.join(f'{s} {h}' for s, h in how.items())}")
+    doing = {"trained": "training", "resumed": "resuming", "reused": "finished before"}  # `how` is the outcome
+    say(f"{arm.label}: " + ", ".join(f"seed {s} {doing[h]}" for s, h in how.items()))
     reported = 0
     outcome = None
     while outcome is None:
@@ -627,7 +765,7 @@ def new_search_arm(sweep: Sweep, study) -> tuple[Arm, Claim, Any] | None:
             continue
         study.sampler = optuna.samplers.TPESampler(seed=k)
         trial = study.ask()
-        arm = Arm(tuple((key, _suggest(trial, key, d)) for key, d in sweep.space.items()))
+        arm = Arm(tuple((key, _suggest(trial, key, d)) for key, d in sweep.distributions().items()))
         os.write(fd, (arm.id + "\n").encode())
         os.close(fd)
         claim = Claim(sweep.home / "claims" / f"{arm.id}.lock")
@@ -652,9 +790,9 @@ def fixed_trial(sweep: Sweep, study, arm: Arm):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # PartialFixedSampler
     study.sampler = optuna.samplers.PartialFixedSampler(dict(arm.params), optuna.samplers.RandomSampler())
     trial = study.ask()
-    for key, value in arm.params:
-        dist = {"type": "categorical", "choices": sweep.grid[key]} if sweep.grid else sweep.space[key]
-        _suggest(trial, key, dist)
+    dists = sweep.distributions()
+    for key, _ in arm.params:
+        _suggest(trial, key, dists[key])
     return trial
 
 
@@ -710,7 +848,7 @@ def work(sweep: Sweep, stop: threading.Event, say: Callable[[str], None]) -> Non
         study = open_study(sweep)
         while not stop.is_set():
             with study_lock:  # picking an arm and making its trial is quick; training is not under the lock
-                if sweep.grid:
+                if not sweep.space:
                     picked = next_arm(sweep, sweep.grid_arms())
                     job = (*picked, fixed_trial(sweep, study, picked[0])) if picked else None
                 else:
@@ -741,14 +879,14 @@ def work(sweep: Sweep, stop: threading.Event, say: Callable[[str], None]) -> Non
 
 # --- the answer ----------------------------------------------------------------------------------------------
 
-def seed_numbers(sweep: Sweep, arm: Arm) -> dict[int, dict[str, float]]:
-    """Per seed, each exit's test top-1 at the selected epoch (only finished runs)."""
+def seed_numbers(sweep: Sweep, arm: Arm, metric: str = "top1") -> dict[int, dict[str, float]]:
+    """Per seed, each exit's `metric` (test `top1`, or `val_top1`) at the selected epoch (only finished runs)."""
     out = {}
     for seed in sweep.seeds:
         run = sweep.runs / run_name(arm, seed)
         chosen = selected_record(read_metrics(run)) if finished(run) else None
         if chosen is not None:
-            out[seed] = {k.removeprefix("top1/"): v for k, v in chosen.items() if k.startswith("top1/")}
+            out[seed] = {k.removeprefix(f"{metric}/"): v for k, v in chosen.items() if k.startswith(f"{metric}/")}
     return out
 
 
@@ -764,50 +902,93 @@ def arm_order(sweep: Sweep, arms: list[Arm], records: dict[str, dict]) -> list[A
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 out.append(value)
             else:
-                choices = sweep.grid.get(key) or sweep.space.get(key, {}).get("choices") or []
+                choices = sweep.distributions().get(key, {}).get("choices") or []
                 out.append(choices.index(value_text(value)) if value_text(value) in choices else 10 ** 9)
         return out
     return sorted(arms, key=rank)
 
 
 def results(sweep: Sweep) -> dict:
-    """Every arm of the sweep with its per-exit numbers, paired differences against its baseline, the best arm."""
+    """Every arm of the sweep with its per-exit numbers, paired differences against its baseline and the
+    sweep's other comparisons, the best arm."""
     records = read_records(sweep)
-    arms = sweep.grid_arms() if sweep.grid else [Arm(tuple((k, v) for k, v in r["native"])) for r in records.values()]
+    arms = sweep.grid_arms() if not sweep.space else [Arm(tuple((k, v) for k, v in r["native"]))
+                                                      for r in records.values()]
     arms = arm_order(sweep, arms, records)
     keys = {selection_key(read_metrics(sweep.runs / run_name(a, s))) for a in arms for s in sweep.seeds
             if (sweep.runs / run_name(a, s) / "metrics.jsonl").is_file()}
     on_val = keys == {f"val_top1/{MAIN_HEAD}"}
-    numbers = {a.id: seed_numbers(sweep, a) for a in arms}
     out_arms = []
     for arm in arms:
         rec = records.get(arm.id, {})
-        state = rec.get("state", "not started")
-        base = sweep.baseline_of(arm, arms)
-        mine = numbers[arm.id]
+        test, val = seed_numbers(sweep, arm), seed_numbers(sweep, arm, "val_top1")
         exits = {}
         for e in rec.get("exits", []):
-            head = e["exit"]
-            seeds = [s for s in sweep.seeds if head in mine.get(s, {})]
-            top1 = [mine[s][head] for s in seeds]
-            vs = None
-            if base is not None and base.id != arm.id and state == "complete":
-                theirs = numbers[base.id]
-                both = [s for s in seeds if head in theirs.get(s, {})]
-                vs = paired([mine[s][head] for s in both], [theirs[s][head] for s in both])
-            exits[head] = {**e, "seeds": seeds, "top1": top1, "vs_baseline": vs,
-                           "verdict": verdict(vs) if vs else None}
-        out_arms.append({"id": arm.id, "label": arm.label, "params": arm.values, "state": state,
+            seeds = [s for s in sweep.seeds if e["exit"] in test.get(s, {})]
+            exits[e["exit"]] = {**e, "seeds": seeds, "top1": [test[s][e["exit"]] for s in seeds],
+                                "val_top1": [val.get(s, {}).get(e["exit"]) for s in seeds]}
+        base = sweep.baseline_of(arm, arms)
+        out_arms.append({"id": arm.id, "label": arm.label, "params": arm.values,
+                         "state": rec.get("state", "not started"),
                          "error": rec.get("error"), "pruned_after_epoch": rec.get("epoch"),
                          "value": rec.get("value"), "baseline": base.id if base else None,
                          "is_baseline": base is not None and base.id == arm.id, "trial": rec.get("trial"),
                          "runs": [str(sweep.runs / run_name(arm, s)) for s in sweep.seeds], "exits": exits})
+    by_id = {a["id"]: a for a in out_arms}
+    for a in out_arms:
+        base = by_id.get(a["baseline"])
+        for head, e in a["exits"].items():
+            mine = a["state"] == "complete" and base is not None and base is not a and head in base["exits"]
+            e["vs_baseline"] = pair_exits(a, head, base, head) if mine else None
+            e["verdict"] = verdict(e["vs_baseline"]) if e["vs_baseline"] else None
     complete = [a for a in out_arms if a["state"] == "complete" and a["value"] is not None]
     best = max(complete, key=lambda a: a["value"])["id"] if complete else None
     return {"sweep": sweep.name, "definition": sweep.definition(), "baseline": sweep.baseline,
             "storage": sweep.storage_url(), "runs": str(sweep.runs),
             "selection": f"val_top1/{MAIN_HEAD}" if on_val else f"top1/{MAIN_HEAD}",
-            "selected_on": "validation" if on_val else "test", "best": best, "arms": out_arms}
+            "selected_on": "validation" if on_val else "test", "best": best, "arms": out_arms,
+            "comparisons": comparisons(sweep, out_arms, on_val)}
+
+
+def pair_exits(a: dict, head_a: str, b: dict, head_b: str) -> dict | None:
+    """The paired difference of two arms' test top-1 (exit `head_a` of a − exit `head_b` of b) over their common
+    seeds."""
+    ea, eb = a["exits"][head_a], b["exits"][head_b]
+    mine, theirs = dict(zip(ea["seeds"], ea["top1"])), dict(zip(eb["seeds"], eb["top1"]))
+    both = [s for s in mine if s in theirs]
+    return paired([mine[s] for s in both], [theirs[s] for s in both])
+
+
+def comparisons(sweep: Sweep, arms: list[dict], on_val: bool) -> list[dict]:
+    """The paired differences beyond the per-exit tables:
+    - each `compare: [A, B]` pair of explicit arms (at the same values of the other swept keys), on every exit
+      both have;
+    - for an arm with exits its baseline lacks (a multi-exit net against a plain one), its best exit against the
+      baseline's main exit. The best exit is the one with the highest mean over seeds of validation top-1 at the
+      runs' selected epochs (test top-1 when the runs have no validation split: results.md says so)."""
+    by_values = {json.dumps(a["params"], sort_keys=True): a for a in arms}
+    out = []
+
+    def add(a: dict, head_a: str, b: dict, head_b: str, kind: str) -> None:
+        diff = pair_exits(a, head_a, b, head_b)
+        out.append({"kind": kind, "a": a["id"], "a_label": a["label"], "a_exit": head_a, "b": b["id"],
+                    "b_label": b["label"], "b_exit": head_b, "diff": diff, "verdict": verdict(diff)})
+
+    for first, second in sweep.compare:
+        for a in arms:
+            b = by_values.get(json.dumps({**a["params"], ARM_KEY: second}, sort_keys=True))
+            if a["params"].get(ARM_KEY) == first and b is not None:
+                for head in [h for h in a["exits"] if h in b["exits"]]:
+                    add(a, head, b, head, "compare")
+    score = "val_top1" if on_val else "top1"
+    for a in arms:
+        base = next((b for b in arms if b["id"] == a["baseline"]), None)
+        if (base is None or base is a or a["state"] != "complete" or MAIN_HEAD not in base["exits"]
+                or set(a["exits"]) <= set(base["exits"]) or not all(e["top1"] for e in a["exits"].values())):
+            continue
+        best = max(a["exits"], key=lambda h: statistics.mean(a["exits"][h][score]))
+        add(a, best, base, MAIN_HEAD, "best exit")
+    return out
 
 
 def markdown(data: dict) -> str:
@@ -836,6 +1017,17 @@ def markdown(data: dict) -> str:
             lines.append(f"| {a['label']}{base} | {a['state']} | {mean_std(e['top1'])} | "
                          f"{', '.join(f'{100 * v:.2f}' for v in e['top1']) or '–'} | {human(e['params'])} | "
                          f"{human(e['flops'])} | {fmt_paired(e['vs_baseline'])} | {e['verdict'] or '–'} |")
+        lines.append("")
+    if data.get("comparisons"):
+        chosen = "validation" if data["selected_on"] == "validation" else "**test**"
+        lines += ["**paired comparisons** (test top-1; a best exit is chosen on the mean " + chosen + " top-1 of "
+                  "the arm's exits)", "", "| A − B | Δ points, mean [95 % CI] | per seed | verdict |",
+                  "|---|---|---|---|"]
+        for c in data["comparisons"]:
+            a_exit = f"best exit {c['a_exit']}" if c["kind"] == "best exit" else c["a_exit"]
+            per_seed = ", ".join(f"{d:+.2f}" for d in c["diff"]["per_seed"]) if c["diff"] else "–"
+            lines.append(f"| {c['a_label']} ({a_exit}) − {c['b_label']} ({c['b_exit']}) | {fmt_paired(c['diff'])} | "
+                         f"{per_seed} | {c['verdict']} |")
         lines.append("")
     for a in arms:
         if a["state"] == "failed":

@@ -98,7 +98,163 @@ def test_arm_names_are_stable_path_components():
     arm = sw.Arm((("init.weight", "{type: gaussian, std: 0.01}"), ("spec", "specs/../specs/cnn8.yaml")))
     assert arm.id == sw.Arm(arm.params).id and "/" not in arm.id and " " not in arm.id and len(arm.id) < 60
     assert arm.id != sw.Arm((("init.weight", "{type: gaussian, std: 0.02}"), arm.params[1])).id
-    assert arm.overrides() == ["init.weight={type: gaussian, std: 0.01}"]  # `spec` picks the file, no override
+    sweep = sw.Sweep(spec=None, overrides=["train.epochs=3"])
+    assert sweep.overrides_of(arm) == ["train.epochs=3", "init.weight={type: gaussian, std: 0.01}"]  # `spec`: a file
+    assert sweep.spec_of(arm) == Path("specs/../specs/cnn8.yaml")
+
+
+# --- explicit arms ---------------------------------------------------------------------------------------------
+
+ARMS_FILE = """\
+sweep:
+  name: mw
+  arms:
+    mw20: {spec: ../mw.yaml}
+    plain20: {spec: ../plain.yaml, vars.n: 3, "train.optimizer": {type: sgd, lr: 0.05}}
+    plain56: {spec: ../plain.yaml}
+  grid: {train.epochs: [1, 2]}
+  baseline: plain56
+  compare: [[mw20, plain20]]
+  overrides: [data.train_limit=64]
+"""
+
+
+def test_explicit_arms_differ_in_several_keys_and_are_crossed_with_the_grid(tmp_path, monkeypatch):
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "mw.yaml").write_text(ARMS_FILE)
+    monkeypatch.chdir(tmp_path)
+    data = sw.read_sweep_file(Path("sweeps/mw.yaml"))
+    assert data["arms"]["plain20"] == {"spec": "plain.yaml", "values": {
+        "vars.n": "3", "train.optimizer": "{lr: 0.05, type: sgd}"}}  # paths relative to the file
+    assert data["baseline"] == {"arm": "plain56"} and data["compare"] == [("mw20", "plain20")]
+    sweep = sw.Sweep(spec=None, overrides=data["overrides"], grid=data["grid"], arms=data["arms"],
+                     baseline=data["baseline"], compare=data["compare"])
+    arms = sweep.grid_arms()
+    assert [a.label for a in arms] == ["mw20, train.epochs=1", "mw20, train.epochs=2", "plain20, train.epochs=1",
+                                       "plain20, train.epochs=2", "plain56, train.epochs=1", "plain56, train.epochs=2"]
+    plain20 = arms[3]
+    assert sweep.spec_of(plain20) == Path("plain.yaml") and sweep.spec_of(arms[0]) == Path("mw.yaml")
+    assert sweep.overrides_of(plain20) == ["data.train_limit=64", "vars.n=3", "train.optimizer={lr: 0.05, type: sgd}",
+                                          "train.epochs=2"]
+    assert sweep.baseline_of(plain20, arms).label == "plain56, train.epochs=2"  # the baseline by the arm's name
+    assert sweep.distributions()["arm"] == {"type": "categorical", "choices": ["mw20", "plain20", "plain56"]}
+    assert sweep.keys == ["arm", "train.epochs"] and "arms" in sweep.definition()
+    assert "arms" not in sw.Sweep(spec=None, overrides=[], grid={"k": ["a"]}).definition()  # old studies: same
+
+
+def test_a_search_samples_the_explicit_arm_as_a_categorical(tmp_path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep = sw.Sweep(spec=None, overrides=[], arms={"a": {"spec": "a.yaml", "values": {}},
+                                                    "b": {"spec": "b.yaml", "values": {}}},
+                     space={"train.optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+                     trials=3, name="s", root=tmp_path)
+    study = optuna.create_study(direction="maximize")
+    names = []
+    for _ in range(3):
+        arm, claim, trial = sw.new_search_arm(sweep, study)
+        claim.release()
+        study.tell(trial, 0.5)
+        names.append(arm.values["arm"])
+        assert [k for k, _ in arm.params] == ["arm", "train.optimizer.lr"] and trial.params["arm"] in ("a", "b")
+    assert sw.new_search_arm(sweep, study) is None and set(names) <= {"a", "b"}
+
+
+def sweep_error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        sw.read_sweep_file(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("body, line, fragment", [
+    ("  arms: [a, b]", 2, "sweep.arms maps each arm's name"),
+    ("  arms: {}", 2, "sweep.arms maps each arm's name"),
+    ("  arms:\n    a/b: {spec: x.yaml}", 3, "'a/b' is not a plain name"),
+    ("  arms:\n    a: x.yaml", 3, "sweep.arms.a: an arm is a mapping"),
+    ("  arms:\n    a: {spec: x.yaml}\n    b:\n      arm: 1", 5, "'arm' is not a spec key"),
+    ("  arms:\n    a: {spec: [x.yaml]}", 3, "sweep.arms.a.spec must be a file name"),
+    ("  arms: {a: {spec: x.yaml}, b: {spec: y.yaml}}\n  compare: [[a, c]]", 3, "there is no arm 'c'"),
+    ("  arms: {a: {spec: x.yaml}, b: {spec: y.yaml}}\n  compare: [a, b]", 3, "is not a pair of two arms"),
+    ("  arms: {a: {spec: x.yaml}, b: {spec: y.yaml}}\n  compare:\n    - [a, b]\n    - [b, b]", 5,
+     "is not a pair of two arms"),
+    ("  arms: {a: {spec: x.yaml}}\n  compare: {a: b}", 3, "sweep.compare is a list of pairs"),
+    ("  grid: {k: [1]}\n  compare: [[a, b]]", 3, "there are none"),
+    ("  arms: {a: {spec: x.yaml}}\n  baseline: [a]", 3, "an arm's name or a mapping"),
+    ("  grid: {k: [1]}\n  seeds: three", 3, "sweep.seeds must be a whole number >= 1"),
+    ("  grid: {k: [1]}\n  trials: 0", 3, "sweep.trials must be a whole number >= 1"),
+    ("  grid: {k: [1]}\n  pruner: mean", 3, "sweep.pruner is median or none"),
+    ("  grid: {k: [1]}\n  name: a b", 3, "is not a plain file name"),
+    ("  grid:\n    k: [1]\n    j: []", 4, "non-empty list"),
+    ("  arm: {a: {spec: x.yaml}}", 2, "unknown key 'arm' — did you mean 'arms'?"),
+    ("  space:\n    k: {type: normal}", 3, "sweep.space: k: type must be one of"),
+])
+def test_a_bad_sweep_file_is_one_line_at_its_line(tmp_path, body, line, fragment):
+    message = sweep_error(tmp_path, "sweep:\n" + body + "\n")
+    assert message.startswith(f"{tmp_path / 's.yaml'}:{line}: ") and fragment in message, message
+
+
+@pytest.mark.parametrize("text, line", [("sweep: [1]\n", 1), ("# a comment\nother: 1\n", 2), ("sweep: {a: [}\n", 1)])
+def test_a_sweep_file_without_its_mapping_says_where(tmp_path, text, line):
+    assert sweep_error(tmp_path, text).startswith(f"{tmp_path / 's.yaml'}:{line}: ")
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"grid": {"arm": ["a"]}}, "cannot be swept itself"),
+    ({"grid": {"vars.n": ["3", "5"]}}, "arm 'a' sets 'vars.n', which the sweep also sweeps"),
+    ({"grid": {"spec": ["x.yaml"]}}, "arm 'a' sets 'spec'"),
+    ({"space": {"vars.n": {"type": "int", "low": 1, "high": 3, "log": False}}, "trials": 2}, "sets 'vars.n'"),
+    ({"baseline": {"arm": "c"}}, "not one of the swept values"),
+    ({"arms": {"a": {"spec": None, "values": {}}}}, "arm 'a' has no spec"),
+])
+def test_explicit_arms_that_clash_with_the_grid_are_refused_before_training(kw, fragment):
+    arms = {"a": {"spec": "x.yaml", "values": {"vars.n": "3"}}, "b": {"spec": "y.yaml", "values": {}}}
+    sweep = sw.Sweep(spec=None, overrides=[], **{"arms": arms, **kw})
+    with pytest.raises(UserError, match=fragment):
+        sw.prepare(sweep)
+
+
+def fake_arm(sweep: sw.Sweep, arm: sw.Arm, per_seed: list[dict[str, tuple[float, float]]]) -> None:
+    """An arm as a finished sweep leaves it: its record and one finished run per seed, whose single epoch holds
+    (test top-1, validation top-1) per exit."""
+    heads = list(per_seed[0])
+    sw.write_record(sweep, arm, state="complete", value=0.5,
+                    exits=[{"exit": h, "depth": 1, "params": 1, "flops": 1} for h in heads])
+    for seed, numbers in zip(sweep.seeds, per_seed):
+        run = sweep.runs / sw.run_name(arm, seed)
+        run.mkdir(parents=True)
+        record = {"epoch": 1, **{f"top1/{h}": t for h, (t, _) in numbers.items()},
+                  **{f"val_top1/{h}": v for h, (_, v) in numbers.items()}}
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run / "exits.json").write_text("{}")
+
+
+def test_the_best_exit_is_chosen_on_validation_and_compared_with_the_plain_nets_main_exit(tmp_path):
+    sweep = sw.Sweep(spec=None, overrides=[], seeds=[0, 1, 2], name="mw", root=tmp_path, baseline={"arm": "plain56"},
+                     arms={k: {"spec": "x.yaml", "values": {}} for k in ("mw20", "plain20", "plain56")},
+                     compare=[("mw20", "plain20")])
+    mw20, plain20, plain56 = sweep.grid_arms()
+    # exit8 is best on test, main on validation: the comparison takes main (chosen on validation)
+    fake_arm(sweep, mw20, [{"exit8": (0.90 + d, 0.70), "main": (0.82 + d, 0.80)} for d in (0, 0.01, 0.02)])
+    fake_arm(sweep, plain20, [{"main": (0.81, 0.8)}] * 3)
+    fake_arm(sweep, plain56, [{"main": (0.80, 0.8)}] * 3)
+    data = sw.results(sweep)
+    rows = {(c["kind"], c["a_label"], c["a_exit"], c["b_label"], c["b_exit"]): c for c in data["comparisons"]}
+    assert set(rows) == {("compare", "mw20", "main", "plain20", "main"),
+                         ("best exit", "mw20", "main", "plain56", "main")}
+    assert rows["best exit", "mw20", "main", "plain56", "main"]["diff"]["per_seed"] == pytest.approx([2, 3, 4])
+    assert rows["compare", "mw20", "main", "plain20", "main"]["diff"]["mean"] == pytest.approx(2)
+    assert rows["compare", "mw20", "main", "plain20", "main"]["verdict"] == "not resolved"  # 1, 2, 3 points
+    by_label = {a["label"]: a for a in data["arms"]}
+    assert by_label["plain20"]["exits"]["main"]["vs_baseline"]["mean"] == pytest.approx(1)
+    assert by_label["mw20"]["exits"]["exit8"]["vs_baseline"] is None  # the plain net has no exit8
+    md = sw.markdown(data)
+    assert "| mw20 (best exit main) − plain56 (main) | +3.00 [+0.52, +5.48] | +2.00, +3.00, +4.00 | better |" in md
+    assert "| mw20 (main) − plain20 (main) |" in md and "chosen on the mean validation top-1" in md
 
 
 def test_the_number_is_taken_at_the_best_validation_epoch_else_the_last_epoch():
@@ -243,3 +399,44 @@ def test_a_tpe_search_samples_exactly_its_trials_and_trains_an_arm_once(tmp_path
     home = tmp_path / "runs" / "tiny" / "sweeps" / "t"
     assert all(epochs(home, a["id"]) == [1] for a in data["arms"])
     assert data["selected_on"] == "test" and (home / "best.yaml").is_file()
+
+
+@needs_data
+def test_a_sweep_file_with_explicit_arms_end_to_end(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    main_loss = "losses:\n  main: {type: cross_entropy, head: main}\ndata:"
+    (tmp_path / "plain.yaml").write_text(TINY.split("branches:")[0] + main_loss + TINY.split("data:")[1])  # no branch
+    (tmp_path / "arms.yaml").write_text("sweep:\n  name: a\n  seeds: 2\n  baseline: plain\n"
+                                        "  arms:\n    plain: {spec: plain.yaml}\n"
+                                        "    branched: {spec: tiny.yaml, losses.aux1.weight: 0.5, "
+                                        "train.optimizer: {type: sgd, lr: 0.02, momentum: 0.9}}\n")
+    rc, out, err = finish(netspec(["sweep", "arms.yaml", "--json"], tmp_path))
+    assert rc == 0, err
+    data = json.loads(out)
+    plain, branched = data["arms"]
+    assert (plain["label"], branched["label"]) == ("plain", "branched") and plain["is_baseline"]
+    assert list(plain["exits"]) == ["main"] and list(branched["exits"]) == ["aux1", "main"]
+    assert branched["exits"]["main"]["vs_baseline"]["n"] == 2
+    best = data["comparisons"][0]
+    assert best["kind"] == "best exit" and best["b_label"] == "plain" and best["diff"]["n"] == 2
+    home = tmp_path / "runs" / "tiny" / "sweeps" / "a"  # the first arm's spec names the runs folder
+    resolved = (tmp_path / branched["runs"][1] / "spec.yaml").read_text()
+    assert "weight: 0.5" in resolved and "lr: 0.02" in resolved  # the arm's keys reached its runs
+    assert "**paired comparisons**" in (home / "results.md").read_text()
+    done = trials(tmp_path / "runs" / "tiny" / "sweeps" / "a.db", "a")
+    assert sorted((t.params["arm"], t.state.name) for t in done) == [("branched", "COMPLETE"), ("plain", "COMPLETE")]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "specs" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_file_reads_and_every_arm_compiles(path, monkeypatch):
+    from netspec.cli import parse
+    from netspec.commands import sweep as command
+
+    monkeypatch.chdir(path.parents[2])
+    sweep = command.build_sweep(parse(["sweep", str(path.relative_to(path.parents[2]))]))
+    sw.prepare(sweep)
+    for arm in sweep.grid_arms():
+        compiled = sw.compile_arm(sweep, arm)
+        assert "error" not in compiled, (arm.label, compiled.get("error"))
+        assert any(e["exit"] == "main" for e in compiled["exits"])

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import yaml
 
-from netspec.errors import UserError
+from netspec.errors import Pos, UserError
 from netspec.project import split_args
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("words", nargs="*", metavar="SPEC|SWEEP.yaml [key=value]",
-                        help="the spec (or a sweep file with a `sweep:` section) and fixed overrides")
+                        help="the spec (or a sweep file with a `sweep:` section, which may name explicit `arms:`) "
+                             "and fixed overrides")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help='a swept key: KEY=v1,v2,... or "KEY=[v1, {type: x}, ...]" (YAML flow); repeat for '
                              "more keys (every combination is an arm); KEY `spec` sweeps the spec file")
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="train every arm on seeds 0..N-1, paired across arms (default 3)")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=V",
                         help="the arm(s) others are compared with (default: the first arm); naming some keys "
-                             "compares each arm with the arm that differs from it only in those")
+                             "compares each arm with the arm that differs from it only in those; arm=NAME names "
+                             "a sweep file's explicit arm")
     parser.add_argument("--search", choices=["tpe"], default=None, help="sample arms with Optuna's TPE sampler")
     parser.add_argument("--space", type=Path, default=None, metavar="FILE.yaml",
                         help="search space: KEY: {type: categorical, choices: [...]} | {type: float|int, low, high, log}")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def build_sweep(args: argparse.Namespace):
-    from netspec.runtime.sweep import Sweep, check_space, parse_grid, read_sweep_file
+    from netspec.runtime.sweep import Sweep, check_space, parse_grid, read_sweep_file, read_yaml_file
 
     target, overrides = split_args(args.words)
     base: dict = {}
@@ -59,11 +61,7 @@ def build_sweep(args: argparse.Namespace):
         grid[key] = values
     space = base.get("space") or {}
     if args.space is not None:
-        try:
-            space = check_space(yaml.safe_load(args.space.read_text()), str(args.space))
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"--space {args.space}: {getattr(err, 'strerror', None) or str(err).splitlines()[0]}",
-                            "give a readable YAML file") from None
+        space = check_space(read_yaml_file(args.space, "search space"), "--space", Pos(str(args.space), 1))
     if args.search and not space:
         raise UserError("--search tpe needs a search space", "add --space FILE.yaml")
     if space and not args.search and args.space is not None:
@@ -78,7 +76,8 @@ def build_sweep(args: argparse.Namespace):
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds {seeds}: need a whole number >= 1", "3 or more for an interval")
     return Sweep(spec=Path(target) if target else None, overrides=list(base.get("overrides") or []) + overrides,
-                 grid=grid, space=space, seeds=list(range(seeds)), baseline=baseline,
+                 grid=grid, space=space, arms=base.get("arms") or {}, compare=base.get("compare") or [],
+                 seeds=list(range(seeds)), baseline=baseline,
                  trials=args.trials or base.get("trials"), pruner=args.pruner or base.get("pruner"),
                  prune_startup=args.prune_startup if args.prune_startup is not None else base.get("prune_startup", 5),
                  name=args.name or base.get("name"), storage=args.storage, jobs=max(1, args.jobs), limits=args.limits)
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     say = lambda text: print(f"sweep {sweep.name}: {text}", file=sys.stderr, flush=True)  # noqa: E731
     status = 0
     if not args.collect:
-        arms = len(sweep.grid_arms()) if sweep.grid else sweep.trials
+        arms = sweep.trials if sweep.space else len(sweep.grid_arms())
         say(f"{arms} arm(s) x {len(sweep.seeds)} seed(s); runs in {sweep.runs}; study {sweep.storage_url()}")
         stop = threading.Event()
         caught: list[int] = []
