@@ -439,11 +439,21 @@ def _first_line(err: Exception) -> str:
     return lines[0][:300]
 
 
+def _ours_or_torchs(filename: str) -> bool:
+    """Whether a traceback frame's file belongs to torch or to netspec's own packages (by where they are installed,
+    not by a folder name: a user's checkout may well be called `netspec/`)."""
+    import netspec
+    import netspec.compiler
+
+    path = Path(filename).resolve()
+    homes = [Path(m.__file__).resolve().parent for m in (torch, netspec, netspec.compiler)]
+    return any(path.is_relative_to(home) for home in homes)
+
+
 def _user_frame(err: Exception, prefix: str = "") -> str:
     """`file.py:LINE` of the deepest frame of the traceback outside torch and netspec (the user's code), with
     `prefix`; '' when there is none. For `backbone file fails to load`, a trailing ': '."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__)
-              if "/torch/" not in f.filename and "/netspec/" not in f.filename and "/compiler/" not in f.filename]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _ours_or_torchs(f.filename)]
     if not frames:
         return ""
     text = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"

@@ -335,3 +335,14 @@ def test_a_backbone_is_nodes_or_a_module_not_both(tmp_path, extra, message):
     text = SPEC.split("branches:")[0] + extra + "data: {{source: npz, path: \"{data}\"}}\n"
     err = error_of(compile_spec, write(tmp_path, text=text))
     assert message in str(err) and "\n" not in str(err)
+
+
+@pytest.mark.parametrize("folder", ["netspec", "compiler", "torch"])
+def test_the_users_frame_is_named_whatever_their_folder_is_called(tmp_path, folder):
+    """The user's line in an untraceable module is found by where netspec and torch are installed, not by folder
+    names: a checkout called netspec/ (or compiler/, torch/) is still the user's code."""
+    (tmp_path / folder).mkdir()
+    shutil.copy(MODELS, tmp_path / folder / "models.py")
+    text = SPEC.split("branches:")[0] + "data: {{source: npz, path: \"{data}\"}}\n"
+    err = error_of(compile_spec, write(tmp_path, "Gated", text=text, models=tmp_path / folder / "models.py"))
+    assert "'gate' (Gate)" in err.what and " at models.py:" in err.what
