@@ -93,7 +93,7 @@ def main() -> None:
     fig.tight_layout()
     out = args.out or args.sweep / "gradients.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=72)
     print(f"\nwrote {out}")
 
 

@@ -915,9 +915,9 @@ def results(sweep: Sweep) -> dict:
     arms = sweep.grid_arms() if not sweep.space else [Arm(tuple((k, v) for k, v in r["native"]))
                                                       for r in records.values()]
     arms = arm_order(sweep, arms, records)
-    keys = {selection_key(read_metrics(sweep.runs / run_name(a, s))) for a in arms for s in sweep.seeds
-            if (sweep.runs / run_name(a, s) / "metrics.jsonl").is_file()}
-    on_val = keys == {f"val_top1/{MAIN_HEAD}"}
+    evaluated = [rs for rs in (read_metrics(sweep.runs / run_name(a, s)) for a in arms for s in sweep.seeds)
+                 if any(f"top1/{MAIN_HEAD}" in r for r in rs)]  # a run before its first evaluation tells nothing
+    on_val = {selection_key(rs) for rs in evaluated} == {f"val_top1/{MAIN_HEAD}"}
     out_arms = []
     for arm in arms:
         rec = records.get(arm.id, {})

@@ -252,6 +252,11 @@ def test_the_best_exit_is_chosen_on_validation_and_compared_with_the_plain_nets_
     by_label = {a["label"]: a for a in data["arms"]}
     assert by_label["plain20"]["exits"]["main"]["vs_baseline"]["mean"] == pytest.approx(1)
     assert by_label["mw20"]["exits"]["exit8"]["vs_baseline"] is None  # the plain net has no exit8
+    sweep.arms["later"] = {"spec": "x.yaml", "values": {}}  # its run is still before its first evaluation
+    unevaluated = sweep.runs / sw.run_name(sweep.grid_arms()[-1], 0)
+    unevaluated.mkdir()
+    (unevaluated / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 2.3}) + "\n")
+    assert sw.results(sweep)["selected_on"] == "validation"
     md = sw.markdown(data)
     assert "| mw20 (best exit main) − plain56 (main) | +3.00 [+0.52, +5.48] | +2.00, +3.00, +4.00 | better |" in md
     assert "| mw20 (main) − plain20 (main) |" in md and "chosen on the mean validation top-1" in md
