@@ -16,11 +16,10 @@ from netspec import cli
 from netspec import compiler
 from netspec.compiler.draw import default_view, to_dot
 from netspec.compiler.prune import prune
-from netspec.errors import UserError
 from netspec.limits import Limits
 from netspec.runtime import checkpoint as ckpt
 from netspec.runtime.train import train
-from backbone_models import Gated, Shared, TinyResNet
+from backbone_models import Shared, TinyResNet
 from conftest import error_of
 from test_train import make_npz
 
