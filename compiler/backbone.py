@@ -14,6 +14,7 @@ their first use, and their parameters and FLOPs are counted on the IR node that 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -439,15 +440,20 @@ def _first_line(err: Exception) -> str:
     return lines[0][:300]
 
 
-def _ours_or_torchs(filename: str) -> bool:
-    """Whether a traceback frame's file belongs to torch or to netspec's own packages (by where they are installed,
-    not by a folder name: a user's checkout may well be called `netspec/`)."""
+@functools.cache
+def _installed_homes() -> tuple[Path, ...]:
+    """Where torch and netspec's own packages are installed."""
     import netspec
     import netspec.compiler
 
+    return tuple(Path(m.__file__).resolve().parent for m in (torch, netspec, netspec.compiler))
+
+
+def _ours_or_torchs(filename: str) -> bool:
+    """Whether a traceback frame's file belongs to torch or to netspec's own packages (by where they are installed,
+    not by a folder name: a user's checkout may well be called `netspec/`)."""
     path = Path(filename).resolve()
-    homes = [Path(m.__file__).resolve().parent for m in (torch, netspec, netspec.compiler)]
-    return any(path.is_relative_to(home) for home in homes)
+    return any(path.is_relative_to(home) for home in _installed_homes())
 
 
 def _user_frame(err: Exception, prefix: str = "") -> str:

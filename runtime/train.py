@@ -43,6 +43,7 @@ from netspec.runtime.data.stream import StreamData, load_data, stream_batches
 from netspec.runtime.metrics import MetricsLog, Progress, TensorBoard, check_logs, exit_rows
 from netspec.runtime.objective import Objective
 from netspec.runtime.plots import plot_curves
+from netspec.runtime.report import QUIET
 from netspec.runtime.run import Run, data_identity, make_record, resume_changes, runs_root, spec_yaml
 
 
@@ -89,7 +90,7 @@ def train(compiled: Compiled, *, resume: bool = False, run: Run | None = None, a
     previous_threads = torch.get_num_threads()
     threads = distributed.set_threads(compiled.spec.train.threads)
     ctx = distributed.setup(compiled.spec.train.device)
-    say = say if ctx.is_main else _silent
+    say = say if ctx.is_main else QUIET.say  # ranks other than 0 say nothing
     opened = None
     try:
         opened = _open(compiled, ctx, run, say)
@@ -677,7 +678,3 @@ def _epoch_line(record: dict, epochs: int, names: list[str], heads: list[str], e
         for p, label in splits) if evaluated else "(not evaluated: train.eval_every)")
     return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f} ({terms})  {exits}  "
             f"lr {record['lr']:.3g}  {record['seconds']:.1f}s")
-
-
-def _silent(*args, **kwargs) -> None:
-    """`say` on ranks other than 0."""

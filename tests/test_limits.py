@@ -82,7 +82,7 @@ def test_no_limit_is_read_below_the_commands(folder):
         text = path.read_text()
         for line in _reads_the_environment(ast.parse(text)):
             assert "NETSPEC_MAX" not in text.splitlines()[line - 1], f"{path}:{line} reads a limit"
-        assert "NETSPEC_MAX_" not in text.replace("NETSPEC_MAX_<FIELD>", ""), f"{path} names a limit's variable"
+        assert "NETSPEC_MAX_" not in text, f"{path} names a limit's variable"
 
 
 @pytest.mark.parametrize("pixels, fails", [(40 * 40 - 1, True), (40 * 40, False)])
