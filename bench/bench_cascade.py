@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from netspec.runtime.cascade import ANYTIME, Cascade, session
-from netspec.runtime.cascade_bench import Timer, forced, interleaved
+from netspec.runtime.cascade_bench import Timer, forced, forced_share, interleaved
 
 
 def anytime_case(cascade: Cascade, timer: Timer, thresholds: list[float]):
@@ -77,7 +77,7 @@ def bench_forced(cascade: Cascade, n: int, rounds: int, clock: str) -> dict:
     cases["full (A/A)"] = timer.full_batch1
     seconds = interleaved(cases, rounds, clock)
     full = seconds["full"]
-    rows = [{"exit": e, "flops_share": float(cascade.cumulative[k] / cascade.manifest["full_flops"]),
+    rows = [{"exit": e, "flops_share": forced_share(cascade, k),
              "runner": seconds[f"runner {e}"] / full, "if_model": seconds[f"if {e}"] / full,
              "alone": seconds[f"alone {e}"] / full}
             for k, e in enumerate(cascade.exits)]

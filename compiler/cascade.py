@@ -70,6 +70,7 @@ class Segment:
     outputs: tuple[str, ...]
     nodes: tuple[str, ...]  # the spec's nodes it computes (for FLOPs)
     flops: int  # per example
+    head_flops: int  # the part of `flops` only the exit needs (not the features later segments read)
 
 
 def split(gm: fx.GraphModule, net: Network, order: list[str] | None = None,
@@ -136,7 +137,13 @@ def _segment(gm, head, nodes, reads, logits, features, spec_name, net, criterion
     attributes = {n.target: attrgetter(n.target)(gm) for n in graph.nodes if n.op in ("call_module", "get_attr")}
     module = fx.GraphModule(attributes, graph, class_name=f"{type(gm).__name__}Segment")
     module.meta["heads"] = [head]
-    names = tuple(n.target if n.op == "call_module" else spec_name.get(n.name, n.name) for n in nodes)
-    flops = sum(net.nodes[name].flops for name in names if name in net.nodes)
+
+    def spec_names(part) -> tuple[str, ...]:
+        return tuple(n.target if n.op == "call_module" else spec_name.get(n.name, n.name) for n in part)
+
+    def flops(part) -> int:
+        return sum(net.nodes[name].flops for name in spec_names(part) if name in net.nodes)
+    trunk = set().union(*(_ancestry(f) for f in features))  # what later segments need
     outputs = (head, *[head + CONFIDENCE_SUFFIX] * len(scores), *(f.name for f in features))
-    return Segment(head, module, tuple(a.name for a in reads), outputs, names, flops)
+    return Segment(head, module, tuple(a.name for a in reads), outputs, spec_names(nodes), flops(nodes),
+                   flops([n for n in nodes if n not in trunk]))

@@ -3,13 +3,20 @@
 Every exit's logits and confidence are computed once for the examples (`Cascade.all_exits`); every candidate
 thresholds are then simulated in numpy (`cascade.simulate`). Two sweeps: one threshold shared by every early exit
 (a grid of confidences 0..1), and per exit (greedy: from all at 1.0, repeatedly lower the one exit's threshold that
-saves the most mean FLOPs while top-1 stays within the target). The operating point is the point of either sweep
-with the fewest mean FLOPs whose top-1 is at least the full net's (the main exit's) minus `target_drop` points;
-its thresholds are stored in the manifest. The cost of an input is the cumulative FLOPs of the exit it leaves at.
+saves the most mean FLOPs while top-1 stays within the target). The cost of an input is the FLOPs run to the exit
+it leaves at (`cascade.exit_costs`: the heads of exits that never let a row out are not run).
+
+The operating point is, within the target (top-1 at least the full net's, the main exit's, minus `target_drop`
+points), the point the user's deployment runs fastest: by default the one of least *measured* batch-1 latency
+(`MeasuredChoice`: a cost model measured per plan proposes, the real runner timed against the full model decides),
+or of most batch-64 throughput (`choose_by="throughput"`), or of fewest mean FLOPs (`choose_by="flops"`, no timing).
+FLOPs alone mislead on small nets, whose early layers are memory-bound and whose every stage costs a call
+(docs/cascade.md). Its thresholds are stored in the manifest and in `anytime.onnx`.
 
 The thresholds are chosen on one split of examples and reported on another (`Split`: which examples, from which
-data split); the command decides which (today: the test split cut in two by `--holdout`). Without a report split
-the figures are those of the choose split (optimistic).
+data split); the command decides which (the validation split when the spec has one, else the test split cut in
+two by `--holdout`). Without a report split the figures are those of the choose split (optimistic). The choice's
+timing runs on the choose split's inputs, the reported timing on the report split's.
 
 Latency is measured, not estimated: for the chosen point and every fifth point of the shared-threshold curve, the
 real runner (`Cascade.run`, batch 1) on a fixed subset of the report split, in interleaved rounds with the full
@@ -21,17 +28,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from netspec.project import atomic_file, atomic_write
-from netspec.runtime.cascade import Cascade, pick, simulate, write_anytime, write_manifest
-from netspec.runtime.cascade_bench import Timer
+from netspec.runtime.cascade import Cascade, exit_costs, pick, simulate, write_anytime, write_manifest
+from netspec.runtime.cascade_bench import Timer, interleaved
+from netspec.runtime.cascade_graph import deciding
 
 GRID = [0.0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
         0.9999, 1.0]
 PER_EXIT_GRID = GRID
 TIMED_EVERY = 5  # every fifth point of the shared curve is timed, besides the chosen point
+CHOOSE_BY = ("latency", "throughput", "flops")  # what `calibrate` minimises within the target (`MeasuredChoice`)
+THROUGHPUT_BATCH = 64
+MODEL_ROWS = 128  # the rows of the choose split the cost model times each group on (ours)
+TIMED_CANDIDATES = 3  # points of least predicted time timed with the real runner, besides the fewest-FLOPs one (ours)
 
 
 @dataclass
@@ -65,34 +78,28 @@ class Outputs:
         return cls(split, logits, confidences)
 
 
-def point(out: Outputs, thresholds: list[float], cumulative: np.ndarray) -> dict:
+def point(out: Outputs, thresholds: list[float], segments: list[dict]) -> dict:
+    """Top-1, mean FLOPs (`exit_costs` of the thresholds' plan) and the share of rows leaving at each exit."""
     labels = out.split.labels
     where = simulate(out.confidences, thresholds, len(labels))
     share = np.bincount(where, minlength=len(out.logits)) / len(labels)
     return {"thresholds": [float(t) for t in thresholds], "top1": float((pick(out.logits, where) == labels).mean() * 100),
-            "mean_flops": float(cumulative[where].mean()), "share": [float(s) for s in share]}
+            "mean_flops": float(exit_costs(segments, thresholds)[where].mean()), "share": [float(s) for s in share]}
 
 
-def sweep(out: Outputs, cumulative: np.ndarray, full_top1: float, target_drop: float) -> tuple[list[dict], list[dict]]:
-    """(the shared-threshold curve, the greedy per-exit path)."""
+def greedy(out: Outputs, segments: list[dict], ok: Callable[[dict], bool], cost: Callable[[dict], float]) -> list[dict]:
+    """From thresholds 1 everywhere, repeatedly lower the one exit's threshold (to a `PER_EXIT_GRID` value) that
+    lowers `cost` the most while the point stays `ok`: the path of points."""
     k = len(out.logits)
-    shared = [point(out, [t] * (k - 1) + [1.0], cumulative) for t in GRID]
-    current = point(out, [1.0] * k, cumulative)
+    current = point(out, [1.0] * k, segments)
     path = [current]
     while True:
-        best = None
-        for e in range(k - 1):
-            for t in PER_EXIT_GRID:
-                if t >= current["thresholds"][e]:
-                    continue
-                trial = list(current["thresholds"])
-                trial[e] = t
-                p = point(out, trial, cumulative)
-                if p["top1"] >= full_top1 - target_drop and p["mean_flops"] < (best or current)["mean_flops"]:
-                    best = p
-        if best is None:
-            return shared, path
-        current = best
+        trials = [point(out, current["thresholds"][:e] + [t] + current["thresholds"][e + 1:], segments)
+                  for e in range(k - 1) for t in PER_EXIT_GRID if t < current["thresholds"][e]]
+        better = [p for p in trials if ok(p) and cost(p) < cost(current)]
+        if not better:
+            return path
+        current = min(better, key=cost)
         path.append(current)
 
 
@@ -104,20 +111,115 @@ def split_figures(out: Outputs, exits: list[str]) -> dict:
             "description": out.split.describe(), "exit_top1": exit_top1, "full_top1": exit_top1[exits[-1]]}
 
 
-def choose_and_report(choose: Outputs, report: Outputs | None, exits: list[str], cumulative: np.ndarray,
-                      target_drop: float) -> dict:
-    """Sweep and choose on `choose`, report the chosen thresholds on `report` (without one: on `choose`)."""
+def choose_and_report(choose: Outputs, report: Outputs | None, exits: list[str], segments: list[dict],
+                      target_drop: float, by: "MeasuredChoice | None" = None) -> dict:
+    """Sweep on `choose` and choose the point of fewest mean FLOPs within `target_drop` (or, with `by`, the point `by`
+    measures fastest); report the chosen thresholds on `report` (without one: on `choose`)."""
     chosen = split_figures(choose, exits)
-    chosen["shared"], chosen["per_exit"] = sweep(choose, cumulative, chosen["full_top1"], target_drop)
-    ok = [p for p in chosen["shared"] + chosen["per_exit"] if p["top1"] >= chosen["full_top1"] - target_drop]
-    chosen["chosen"] = min(ok, key=lambda p: (p["mean_flops"], -p["top1"]))  # thresholds all 1.0 is always ok
+
+    def ok(p: dict) -> bool:
+        return p["top1"] >= chosen["full_top1"] - target_drop
+    k = len(exits)
+    chosen["shared"] = [point(choose, [t] * (k - 1) + [1.0], segments) for t in GRID]
+    chosen["per_exit"] = greedy(choose, segments, ok, lambda p: p["mean_flops"])
+    candidates = [p for p in chosen["shared"] + chosen["per_exit"] if ok(p)]  # thresholds all 1.0 is always ok
+    chosen["chosen"] = min(candidates, key=lambda p: (p["mean_flops"], -p["top1"]))
+    if by is not None:
+        chosen["chosen"], chosen["by_time"] = by(choose, segments, ok, candidates, chosen["chosen"])
     if report is None:
         held = chosen
     else:
         held = split_figures(report, exits)
-        held["chosen"] = point(report, chosen["chosen"]["thresholds"], cumulative)
-    return {"exits": exits, "cumulative_flops": cumulative.tolist(), "target_drop": target_drop,
-            "same_examples": report is None, "choose": chosen, "report": held}
+        held["chosen"] = point(report, chosen["chosen"]["thresholds"], segments)
+    return {"exits": exits, "target_drop": target_drop,
+            "chosen_by": by.objective if by is not None else "flops", "same_examples": report is None,
+            "choose": chosen, "report": held}
+
+
+def _key(thresholds: list[float]) -> str:
+    return " ".join(f"{t:g}" for t in thresholds)
+
+
+class MeasuredChoice:
+    """Choosing thresholds by measured time, on the choose split's inputs `x`: `objective` "latency" (batch 1) or
+    "throughput" (batch `THROUGHPUT_BATCH`).
+
+    A cost model first (ours): for each plan (the exits that decide, `cascade_graph.plan`) every group's time per
+    row alone, its decision included, measured on the first rows of `x` at the objective's batch size; a point's
+    predicted time is Σ over its plan's groups of the share of rows reaching the group × the group's time. A greedy
+    path like the FLOPs one lowers, one exit at a time, the threshold that lowers that prediction the most within
+    the target. Then the real runner is timed (`Timer`, interleaved rounds with the full model) at the
+    `TIMED_CANDIDATES` points of least predicted time among the path and the FLOPs sweeps' points, and at the point
+    of fewest FLOPs; the fastest measured is chosen. Thresholds 1 everywhere (the main exit alone) is always a
+    candidate: where no early exit pays for itself on this machine, the choice says so."""
+
+    def __init__(self, cascade: Cascade, x: np.ndarray, objective: str, rounds: int):
+        self.cascade, self.x, self.objective, self.rounds = cascade, x, objective, rounds
+        self.batch = 1 if objective == "latency" else THROUGHPUT_BATCH
+        self.clock = "cpu" if cascade.threads == 1 else "wall"  # one thread: the work runs in the calling thread
+        self.model_rows = x[:MODEL_ROWS]
+        self.plans: dict[tuple[int, ...], tuple[list[int], list[float]]] = {}
+
+    def groups(self, thresholds: list[float]) -> tuple[list[int], list[float]]:
+        """(the first exit of each group of the thresholds' plan, the group's measured seconds per row)."""
+        decide = tuple(deciding(thresholds))
+        if decide not in self.plans:
+            _, stages = self.cascade.prepare([0.0 if k in decide else 1.0 for k in range(len(thresholds))])
+            values = self.cascade.feed(self.model_rows)
+            cases, firsts = {}, []
+            for j, stage in enumerate(stages):
+                firsts.append(stages[j - 1].exit_index + 1 if j else 0)
+                cases[j] = self._group_case(stage, values, j == len(stages) - 1)
+                values.update(zip(stage.outputs, stage.call(values)))
+            seconds = interleaved(cases, self.rounds, self.clock)
+            self.plans[decide] = firsts, [seconds[j] / len(self.model_rows) for j in range(len(stages))]
+        return self.plans[decide]
+
+    def _group_case(self, stage, values: dict, last: bool) -> Callable[[], None]:
+        """One group run over the model rows in chunks of the objective's batch, each followed by its decision."""
+        from onnxruntime import OrtValue
+
+        make = OrtValue.ortvalue_from_numpy  # keeps its array alive
+        arrays = {name: values[name].numpy() for name in stage.call.inputs}
+        chunks = [{name: make(np.ascontiguousarray(a[i:i + self.batch])) for name, a in arrays.items()}
+                  for i in range(0, len(self.model_rows), self.batch)]
+
+        def run():
+            for chunk in chunks:
+                outs = stage.call(chunk)
+                outs[0].numpy() if last else outs[1].numpy() > 0.5
+        return run
+
+    def predict(self, p: dict) -> float:
+        """Predicted seconds per row of the point `p` (the cost model above)."""
+        firsts, seconds = self.groups(p["thresholds"])
+        left_before = np.concatenate([[0.0], np.cumsum(p["share"])])
+        return float(sum((1 - left_before[f]) * s for f, s in zip(firsts, seconds)))
+
+    def __call__(self, out: Outputs, segments: list[dict], ok: Callable[[dict], bool], candidates: list[dict],
+                 fewest_flops: dict) -> tuple[dict, dict]:
+        path = greedy(out, segments, ok, self.predict)
+        unique = {}
+        for p in candidates + path:
+            p["predicted_ms"] = self.predict(p) * 1e3
+            unique.setdefault(_key(p["thresholds"]), p)
+        timed = sorted(unique.values(), key=lambda p: p["predicted_ms"])[:TIMED_CANDIDATES]
+        timed += [fewest_flops] if fewest_flops not in timed else []
+        timer = Timer(self.cascade, self.x)
+        if self.objective == "latency":
+            ms = timer.batch1({_key(p["thresholds"]): p["thresholds"] for p in timed}, self.rounds, self.clock)
+            ratios = {_key(p["thresholds"]): ms[_key(p["thresholds"])] / ms["full"] for p in timed}
+        else:
+            ratios = {}
+            for p in timed:
+                per_second = timer.throughput(p["thresholds"], self.batch, self.rounds, self.clock)
+                ratios[_key(p["thresholds"])] = per_second["full"] / per_second["cascade"]
+        for p in timed:
+            p["measured_time_ratio"] = ratios[_key(p["thresholds"])]
+        best = min(timed, key=lambda p: p["measured_time_ratio"])
+        return best, {"objective": self.objective, "batch": self.batch, "clock": self.clock, "rounds": self.rounds,
+                      "inputs": len(self.x), "model_rows": len(self.model_rows), "path": path,
+                      "timed": timed}
 
 
 def timed_points(report: dict) -> list[dict]:
@@ -146,15 +248,19 @@ def measure(cascade: Cascade, x: np.ndarray, report: dict, rounds: int, batch: i
 
 
 def calibrate(folder: Path, choose: Split, report: Split | None = None, target_drop: float = 0.5,
-              latency_inputs: int = 500, rounds: int = 3, threads: int = 1, batch: int = 256) -> dict:
-    """Sweep and choose on `choose`, report on `report` (`choose_and_report`); measure the latencies on the first
-    `latency_inputs` examples of the report split (none when 0); store the thresholds in the manifest and
+              latency_inputs: int = 500, rounds: int = 3, threads: int = 1, batch: int = 256,
+              choose_by: str = "latency") -> dict:
+    """Sweep and choose on `choose` by `choose_by` (a `CHOOSE_BY`: by time, `MeasuredChoice` on the first
+    `latency_inputs` examples of `choose`), report on `report` (`choose_and_report`); measure the latencies on the
+    first `latency_inputs` examples of the report split (none when 0); store the thresholds in the manifest and
     `anytime.onnx`; write calibration.json and calibration.png."""
+    if choose_by not in CHOOSE_BY or (choose_by != "flops" and not latency_inputs):
+        raise ValueError(f"choose_by {choose_by!r} with latency_inputs {latency_inputs}")
     cascade = Cascade.load(folder, threads=threads)
-    cumulative = cascade.cumulative.astype(np.float64)
     outputs = Outputs.of(cascade, choose, batch)
     held = Outputs.of(cascade, report, batch) if report is not None else None
-    result = choose_and_report(outputs, held, cascade.exits, cumulative, target_drop)
+    by = MeasuredChoice(cascade, choose.x[:latency_inputs], choose_by, rounds) if choose_by != "flops" else None
+    result = choose_and_report(outputs, held, cascade.exits, cascade.segments, target_drop, by)
     result["full_flops"] = cascade.manifest["full_flops"]
     timed_on = report if report is not None else choose
     result["latency"] = (measure(cascade, timed_on.x[:latency_inputs], result, rounds) | {
@@ -206,6 +312,16 @@ def format_report(report: dict) -> str:
     lines += ["", f"per exit (greedy, top-1 ≥ {choose['full_top1']:.2f} − {report['target_drop']:g}), choose split:",
               f"  {'thresholds':<28} {head}"]
     lines += [f"  {' '.join(f'{t:g}' for t in p['thresholds'][:-1]):<28} {cells(p)}" for p in choose["per_exit"]]
+    if "by_time" in choose:
+        by = choose["by_time"]
+        what = "batch-1 latency" if by["objective"] == "latency" else f"time per input at batch {by['batch']}"
+        lines += ["", f"chosen by measured {what}: the runner against the full net on {by['inputs']} choose-split "
+                  f"examples, median of {by['rounds']} interleaved rounds, {by['clock']} clock; timed: the points of "
+                  f"least predicted time (each plan's stages timed alone on {by['model_rows']} rows) and the point of "
+                  "fewest FLOPs:", f"  {'thresholds':<28} {'top-1':>7} {'FLOPs of full':>13} {'predicted ms':>12} "
+                  f"{'time ÷ full':>11}"]
+        lines += [f"  {_key(p['thresholds'][:-1]):<28} {p['top1']:>7.2f} {p['mean_flops'] / full:>13.1%} "
+                  f"{p['predicted_ms']:>12.3f} {p['measured_time_ratio']:>11.3f}" for p in by["timed"]]
     c = choose["chosen"]
     lines += ["", f"chosen: thresholds {', '.join(f'{e} {t:g}' for e, t in zip(exits[:-1], c['thresholds']))}",
               f"  on the choose split: {summary(c, choose)}"]

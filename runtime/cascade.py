@@ -4,17 +4,20 @@ never torch, like `predict`.
 The directory holds one ONNX model per segment, the pruned main exit alone (`full.onnx`) and `manifest.json`:
 the segments in order (shallow exit first, main last), each with its file, inputs, outputs (its exit's logits
 first, then — on every segment but the last — the exit's confidence `<exit>:confidence`, then the features later
-segments read), its FLOPs and the cumulative FLOPs of leaving at its exit, and a threshold per exit.
+segments read), its FLOPs, the part of them only its exit needs (`head_flops`), the cumulative FLOPs of leaving at
+its exit with every exit run, and a threshold per exit. What a row costs depends on the thresholds: the heads of
+exits whose threshold is 1 are not run (`exit_costs`).
 
 The confidence is computed inside each segment's graph (`compiler/cascade.py`, `CONFIDENCE`: max softmax
 probability, margin p1 − p2, or 1 − entropy / ln C), one number per row on 0..1. An input leaves at exit k when
 confidence_k > threshold_k (strictly): threshold 1 never exits early, threshold 0 always does (unless the
 confidence is exactly 0). The main (last) exit takes every input that reaches it; its threshold is not used.
 
-The runner (`Cascade`) keeps the hand-off tensors as onnxruntime `OrtValue`s from one segment to the next (no
-numpy round trip), creates every session once with one set of options (`session_options`), and reads one float
-per row to decide. `Cascade.run` is the batched early exit: segment k runs only on the rows still in the cascade,
-results come back in input order with the exit and the cost of every row.
+The runner (`Cascade`) creates every session once per plan with one set of options (`session_options`). A batch
+of one runs in one onnxruntime call of the plan's `If` model (`Plan.single`: the decisions inside the graph, no
+Python between stages). A larger batch is the batched early exit: each stage runs only on the rows still in the
+cascade, the hand-off tensors stay onnxruntime `OrtValue`s from one stage to the next (no numpy round trip), one
+float per row decides, and results come back in input order with the exit and the cost of every row.
 """
 from __future__ import annotations
 
@@ -22,16 +25,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from netspec.errors import UserError
-from netspec.runtime.cascade_graph import deciding, plan
+from netspec.runtime.cascade_graph import compose_anytime, deciding, plan
 
 MANIFEST = "manifest.json"
 FULL = "full.onnx"  # the pruned main exit alone, beside the segments
-FORMAT = 2  # manifest format: 2 = the confidence is a graph output (1, netspec ≤ issue 14: computed in numpy)
+FORMAT = 3  # manifest format: 3 = segments give `head_flops`; 2 = the confidence is a graph output (1: computed in numpy)
 
 
 class CascadeResult(NamedTuple):
@@ -39,7 +42,7 @@ class CascadeResult(NamedTuple):
 
     logits: np.ndarray  # N×C float32: the logits of the exit each row left at
     exit: np.ndarray  # N int64: the index of that exit (0 = the shallowest, len(exits) − 1 = main)
-    flops: np.ndarray  # N int64: the cost of the row, the cumulative FLOPs of its exit
+    flops: np.ndarray  # N int64: the cost of the row, the FLOPs run to its exit (`exit_costs`)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -65,7 +68,7 @@ def check_manifest(manifest, path: Path) -> None:
         bad("is not a netspec cascade manifest")
     if manifest.get("format") != FORMAT:
         bad(f"has format {manifest.get('format', 1)!r}, this netspec reads format {FORMAT} (the confidence inside "
-            "the segments)")
+            "the segments, the FLOPs of each exit's head)")
     if not isinstance(manifest.get("criterion"), str):
         bad("'criterion' must name the exit confidence")
     entry = manifest.get("input")
@@ -96,8 +99,10 @@ def check_manifest(manifest, path: Path) -> None:
             bad(f"{where}: the first output must be the exit's logits '{seg['exit']}'")
         if k < len(segments) - 1 and len(seg["outputs"]) < 2:
             bad(f"{where}: the second output must be the exit's confidence")
-        if not all(_number(seg.get(key)) for key in ("flops", "cumulative_flops")):
-            bad(f"{where}: 'flops' and 'cumulative_flops' must be numbers")
+        if not all(_number(seg.get(key)) for key in ("flops", "head_flops", "cumulative_flops")):
+            bad(f"{where}: 'flops', 'head_flops' and 'cumulative_flops' must be numbers")
+        if seg["head_flops"] > seg["flops"]:
+            bad(f"{where}: 'head_flops' ({seg['head_flops']}) is more than the segment's 'flops' ({seg['flops']})")
         threshold = seg.get("threshold")
         if not (_number(threshold) and 0 <= threshold <= 1):
             bad(f"{where}: 'threshold' must be a number from 0 (always leave) to 1 (never), not {threshold!r}")
@@ -127,6 +132,20 @@ def check_thresholds(thresholds, exits: list[str]) -> list[float]:
             raise UserError(f"the threshold of exit {exit_name} is {value!r}",
                             "give a number from 0 (always leave there) to 1 (never leave there)")
     return [float(v) for v in values[:len(exits) - 1]] + [1.0]
+
+
+def exit_costs(segments: list[dict], thresholds: list[float]) -> np.ndarray:
+    """The FLOPs a row costs when it leaves at each exit, for the plan of `thresholds` (`cascade_graph.deciding`):
+    the layers up to the exit and the heads of the deciding exits up to it; the head of an exit whose threshold is 1
+    is not run. Thresholds below 1 everywhere give the manifest's `cumulative_flops`; 1 everywhere gives the full
+    model's FLOPs at the last exit."""
+    decide = set(deciding(thresholds))
+    costs, total = [], 0
+    for k, seg in enumerate(segments):
+        total += seg["flops"] - seg["head_flops"]
+        costs.append(total + seg["head_flops"])
+        total += seg["head_flops"] if k in decide else 0
+    return np.asarray(costs, np.int64)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -173,21 +192,27 @@ def as_input(x, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Bound:
-    """A session called the cheapest way the Python API allows: OrtValues in, OrtValues out, through the session's
-    C++ binding (`InferenceSession._sess.run_with_ort_values`). Measured at batch 1 (docs/cascade.md): ~4 µs a call
-    against ~6 µs for `run` with numpy, ~7 µs for an IOBinding whose outputs stay bound (which then reuses the output
-    buffers, so a second call overwrites the first call's results) and 30–40 µs for IOBinding with outputs bound
-    again at each call or for the public `run_with_ort_values` (its wrapper checks every input). No tensor goes
-    through numpy; the outputs are new tensors at each call."""
+    """A session called with OrtValues in and out through the session's C++ binding
+    (`InferenceSession._sess.run_with_ort_values`): the stages of a batched early exit, whose hand-off tensors never
+    go through numpy. Measured at batch 1 on an empty call (docs/cascade.md): ~4 µs a call against ~6 µs for `run`
+    with numpy, ~7 µs for an IOBinding whose outputs stay bound (a second call overwrites the first call's results)
+    and 30–40 µs for IOBinding bound again at each call or the public `run_with_ort_values`. But on a real model at
+    batch 1, reading the outputs with `.numpy()` made whole calls 5–20 % slower than `_sess.run` with numpy (issue
+    20, load 8, CPU clock): a batch of one goes through `Plan.single` instead."""
 
     def __init__(self, session, inputs: list[str], outputs: list[str]):
+        from onnxruntime.capi import _pybind_state
+
         self.session, self.inputs, self.outputs = session, list(inputs), list(outputs)
         self._run = session._sess.run_with_ort_values
+        self._plain = _pybind_state.OrtValue  # the C++ class; a public `OrtValue` wraps one as `_ortvalue`
 
     def __call__(self, values: dict) -> list:
-        """Run on `values` (OrtValues by name, a superset of the inputs); return the outputs (OrtValues, with
-        `.numpy()` and `.shape()`)."""
-        return self._run({name: getattr(values[name], "_ortvalue", values[name]) for name in self.inputs},
+        """Run on `values` (OrtValues, public or C++, by name, a superset of the inputs); return the outputs (C++
+        OrtValues, with `.numpy()` and `.shape()`). A type test tells the two apart: `getattr(v, "_ortvalue",
+        v)` on a C++ OrtValue costs ~20 µs (pybind11 builds the AttributeError), measured with cProfile."""
+        plain = self._plain
+        return self._run({name: v if type(v := values[name]) is plain else v._ortvalue for name in self.inputs},
                          self.outputs, None)
 
 
@@ -210,16 +235,34 @@ def bind_full(sess) -> Bound:
 @dataclass
 class Stage:
     """One group of a plan loaded (`cascade_graph.plan`): its bound session, the exit it ends at, the values later
-    stages read (gathered when rows leave) and the cost of leaving at its exit."""
+    stages read (gathered when rows leave) and the plan's cost of leaving at each exit (`exit_costs`)."""
 
     exit_index: int
     call: Bound
     keep: list[str]
-    cumulative_flops: int
+    costs: np.ndarray
 
     @property
     def outputs(self) -> list[str]:
         return self.call.outputs
+
+
+class Plan(NamedTuple):
+    """The loaded plan of a set of deciding exits: its stages, and `single(x, early thresholds) -> (logits, exit)`
+    for a batch of one: with more than one stage, the same groups as one model with `If` nodes
+    (`cascade_graph.compose_anytime`), measured faster at batch 1 than stepping through the stages
+    (docs/cascade.md)."""
+
+    stages: list[Stage]
+    single: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]]
+
+
+class Resolved(NamedTuple):
+    """A threshold setting resolved: the thresholds checked, their plan, the early ones as the `If` model's input."""
+
+    thresholds: list[float]
+    plan: Plan
+    feed: np.ndarray  # float32 [exits − 1]
 
 
 class Cascade:
@@ -245,8 +288,8 @@ class Cascade:
                 raise UserError(f"{path} is missing", "export the cascade again")
             self.protos.append(onnx.load(str(path)))
         self._ortvalue = _ortvalue_maker()
-        self.plans: dict[tuple[int, ...], list[Stage]] = {}  # by deciding exits
-        self.resolved: dict[tuple | None, tuple[list[float], list[Stage]]] = {}  # by thresholds as given
+        self.plans: dict[tuple[int, ...], Plan] = {}  # by deciding exits
+        self.resolved: dict[tuple | None, Resolved] = {}  # by thresholds as given
 
     @classmethod
     def load(cls, folder: Path, threads: int | None = 1) -> "Cascade":
@@ -268,6 +311,10 @@ class Cascade:
     def prepare(self, thresholds=None) -> tuple[list[float], list[Stage]]:
         """(the thresholds checked, the loaded stages of their plan). Sessions are made once per set of deciding
         exits; a threshold setting seen before costs one dictionary look-up."""
+        resolved = self._resolve(thresholds)
+        return resolved.thresholds, resolved.plan.stages
+
+    def _resolve(self, thresholds) -> "Resolved":
         key = None if thresholds is None else tuple(thresholds) if isinstance(thresholds, (list, tuple)) else False
         try:
             hash(key)
@@ -279,14 +326,16 @@ class Cascade:
         exits = tuple(deciding(t))
         if exits not in self.plans:
             self.plans[exits] = self._load_plan(t)
+        resolved = Resolved(t, self.plans[exits], np.asarray(t[:-1], np.float32))
         if key is not False and len(self.resolved) < 4096:
-            self.resolved[key] = (t, self.plans[exits])
-        return t, self.plans[exits]
+            self.resolved[key] = resolved
+        return resolved
 
-    def _load_plan(self, t: list[float]) -> list[Stage]:
+    def _load_plan(self, t: list[float]) -> "Plan":
         import onnxruntime as ort
 
         groups = plan(self.protos, self.segments, t)
+        costs = exit_costs(self.segments, t)
         stages = []
         for j, group in enumerate(groups):
             later = {name for g in groups[j + 1:] for name in g.inputs}
@@ -294,8 +343,26 @@ class Cascade:
             sess = ort.InferenceSession(group.model.SerializeToString(), session_options(self.threads),
                                         providers=["CPUExecutionProvider"])
             stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
-                                [n for n in known if n in later], int(self.cumulative[group.exit_index])))
-        return stages
+                                [n for n in known if n in later], costs))
+        return Plan(stages, self._single(groups, t, stages))
+
+    def _single(self, groups: list, t: list[float], stages: list[Stage]) -> Callable:
+        """`Plan.single`: one call with numpy in and out (`InferenceSession._sess.run`, the C++ call under
+        `session.run`), measured cheaper at batch 1 than OrtValues whose outputs are read with `.numpy()`."""
+        import onnxruntime as ort
+
+        name = self.input_name
+        if len(groups) == 1:
+            run, outputs, last = stages[0].call.session._sess.run, stages[0].outputs[:1], stages[0].exit_index
+            return lambda x, feed: (run(outputs, {name: x}, None)[0], last)
+        model = compose_anytime(groups, t, len(self.manifest["classes"]))
+        run = ort.InferenceSession(model.SerializeToString(), session_options(self.threads),
+                                   providers=["CPUExecutionProvider"])._sess.run
+
+        def single(x: np.ndarray, feed: np.ndarray) -> tuple[np.ndarray, int]:
+            logits, k = run(["logits", "exit"], {name: x, "thresholds": feed}, None)
+            return logits, int(k)
+        return single
 
     def feed(self, x: np.ndarray) -> dict:
         """The values the stages start from: the input batch (checked) as an OrtValue, by name."""
@@ -322,12 +389,16 @@ class Cascade:
 
     def run(self, x: np.ndarray, thresholds=None) -> CascadeResult:
         """The batched early exit: a stage runs only on the rows still in the cascade; a row leaves at exit k when
-        its confidence > thresholds[k]. Results in input order (`CascadeResult`)."""
-        t, stages = self.prepare(thresholds)
+        its confidence > thresholds[k]. Results in input order (`CascadeResult`). One row runs in one call of the
+        plan's `If` model (`Plan.single`), without a Python step between stages."""
+        t, (stages, single), feed = self._resolve(thresholds)
         x = as_input(x, self.input_shape)
+        n, last = len(x), len(stages) - 1
+        if n == 1:
+            logits, k = single(x, feed)
+            return CascadeResult(logits, np.full(1, k, np.int64), stages[0].costs[k:k + 1])
         hold = [x]  # the arrays the OrtValues of this call are views of
         values = {self.input_name: self._ortvalue(x)}
-        n, last = len(x), len(stages) - 1
         rows = None  # the input rows still in the cascade (None: all of them, in order)
         logits = exits = None
         for j, stage in enumerate(stages):
@@ -336,10 +407,9 @@ class Cascade:
             leave = True if j == last else outs[1].numpy() > t[k]
             if j == last or leave.all():
                 if rows is None:  # every row leaves here, none left before: nothing to gather
-                    return CascadeResult(outs[0].numpy(), np.full(n, k, np.int64),
-                                         np.full(n, stage.cumulative_flops, np.int64))
+                    return CascadeResult(outs[0].numpy(), np.full(n, k, np.int64), np.full(n, stage.costs[k]))
                 logits[rows], exits[rows] = outs[0].numpy(), k
-                return CascadeResult(logits, exits, self.cumulative[exits])
+                return CascadeResult(logits, exits, stage.costs[exits])
             values.update(zip(stage.outputs, outs))
             if not leave.any():
                 continue
@@ -382,10 +452,9 @@ def anytime_model(cascade: Cascade, thresholds=None, every_exit: bool = False):
     the thresholds as the default of its `thresholds` input, and the metadata `predict` reads."""
     import onnx
 
-    from netspec.runtime.cascade_graph import compose_anytime
-
     t = cascade.thresholds if thresholds is None else check_thresholds(thresholds, cascade.exits)
-    groups = plan(cascade.protos, cascade.segments, [0.0] * len(t) if every_exit else t)
+    planned = [0.0] * len(t) if every_exit else t
+    groups = plan(cascade.protos, cascade.segments, planned)
     model = compose_anytime(groups, t, len(cascade.manifest["classes"]))
     manifest = cascade.manifest
     meta = {"spec_name": manifest.get("spec_name"), "weights": manifest.get("weights"),
@@ -393,7 +462,7 @@ def anytime_model(cascade: Cascade, thresholds=None, every_exit: bool = False):
             "std": json.dumps(manifest["input"].get("std")), "classes": json.dumps(manifest["classes"]),
             "criterion": manifest["criterion"], "exits": json.dumps(cascade.exits),
             "deciding_exits": json.dumps([cascade.exits[g.exit_index] for g in groups]),
-            "cumulative_flops": json.dumps(cascade.cumulative.tolist())}
+            "cumulative_flops": json.dumps(exit_costs(cascade.segments, planned).tolist())}
     onnx.helper.set_model_props(model, {f"netspec.{k}": str(v) for k, v in meta.items()})
     return model
 

@@ -12,13 +12,14 @@ with one onnxruntime thread the work runs in it, and time taken by other process
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
 
 import numpy as np
 
-from netspec.runtime.cascade import Cascade, bind_full
+from netspec.runtime.cascade import Cascade, bind_full, exit_costs
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
@@ -93,6 +94,11 @@ def forced(exits: int, k: int) -> list[float]:
     return [1.0] * k + [0.0] + [1.0] * (exits - k - 1) if k < exits - 1 else [1.0] * exits
 
 
+def forced_share(cascade: Cascade, k: int) -> float:
+    """The FLOPs of forcing every input out at exit k (`forced`: no other head runs) ÷ the full model's."""
+    return float(exit_costs(cascade.segments, forced(len(cascade.exits), k))[k] / cascade.manifest["full_flops"])
+
+
 def latency_follows_flops(cascade: Cascade, x: np.ndarray, rounds: int, clock: str = "cpu") -> dict:
     """Batch-1 latency of forcing every input out at each exit, ÷ the full model's, beside the FLOPs share of
     that exit (its cumulative FLOPs ÷ the full model's); the last exit is "never exit early"."""
@@ -100,17 +106,17 @@ def latency_follows_flops(cascade: Cascade, x: np.ndarray, rounds: int, clock: s
     timer = Timer(cascade, x)
     ms = timer.batch1({f"exit {e}": forced(k_max, k) for k, e in enumerate(cascade.exits)}, rounds, clock)
     full = ms["full"]
-    rows = [{"exit": e, "flops_share": float(cascade.cumulative[k] / cascade.manifest["full_flops"]),
+    rows = [{"exit": e, "flops_share": forced_share(cascade, k),
              "ms": ms[f"exit {e}"], "latency_share": ms[f"exit {e}"] / full} for k, e in enumerate(cascade.exits)]
     return {"full_ms": full, "aa": ms["full (A/A)"] / full, "exits": rows, "inputs": len(x), "rounds": rounds,
             "clock": clock, "threads": cascade.threads}
 
 
-def stage_costs(cascade: Cascade, x: np.ndarray, repeats: int = 200) -> dict:
+def stage_costs(cascade: Cascade, x: np.ndarray, repeats: int = 200, clock: str = "cpu") -> dict:
     """`netspec time --cascade`: at batch 1, the mean µs of each segment's model alone (every exit deciding, as
     exported) and of one exit decision (reading the confidence and comparing it), and of the full model."""
     _, stages = cascade.prepare([0.0] * len(cascade.exits))
-    now = time.perf_counter
+    now = CLOCKS[clock]
     values = cascade.feed(x[:1])
     outs = []
     for stage in stages:
@@ -134,22 +140,25 @@ def stage_costs(cascade: Cascade, x: np.ndarray, repeats: int = 200) -> dict:
             row["decision_us"] = mean_us(lambda: bool((confidence.numpy() > 0.5).all()))
         rows.append(row)
     return {"segments": rows, "full_us": mean_us(lambda: full(image)), "full_flops": cascade.manifest["full_flops"],
-            "repeats": repeats, "threads": cascade.threads}
+            "repeats": repeats, "threads": cascade.threads, "clock": clock}
 
 
-def time_cascade(folder, repeats: int = 10, threads: int | None = 1, inputs: int = 20) -> dict:
+def time_cascade(folder, repeats: int = 10, threads: int | None = 1, inputs: int = 20, clock: str = "cpu") -> dict:
     """`netspec time --cascade DIR`, on `inputs` random normal images: `stage_costs` (each over 20 × `repeats`
-    calls) and `latency_follows_flops` (`repeats` interleaved rounds, wall clock)."""
+    calls) and `latency_follows_flops` (`repeats` interleaved rounds), both on `clock` (a `CLOCKS` name: "cpu"
+    leaves out the time other processes take, and is right with one onnxruntime thread only)."""
     cascade = Cascade.load(folder, threads)
     x = np.random.default_rng(0).standard_normal((inputs, *cascade.input_shape)).astype(np.float32)
-    return {"cascade": str(folder), "criterion": cascade.criterion, "stages": stage_costs(cascade, x, 20 * repeats),
-            "forced": latency_follows_flops(cascade, x, repeats, clock="wall")}
+    return {"cascade": str(folder), "criterion": cascade.criterion, "load_average": os.getloadavg(),
+            "stages": stage_costs(cascade, x, 20 * repeats, clock),
+            "forced": latency_follows_flops(cascade, x, repeats, clock)}
 
 
 def format_cascade_timing(report: dict) -> str:
     stages, forced = report["stages"], report["forced"]
     lines = [f"{report['cascade']}: batch 1, {stages['threads']} onnxruntime thread(s), confidence "
-             f"'{report['criterion']}'", "",
+             f"'{report['criterion']}', {stages['clock']} clock, load average "
+             + ", ".join(f"{v:.2f}" for v in report["load_average"]), "",
              f"each segment alone (every exit deciding, as exported), mean of {stages['repeats']} calls:",
              f"  {'segment of exit':<16} {'MFLOPs':>9} {'µs':>10} {'decision µs':>12}"]
     for row in stages["segments"]:
@@ -159,7 +168,7 @@ def format_cascade_timing(report: dict) -> str:
     lines += [f"  {'sum':<16} {sum(r['flops'] for r in stages['segments']) / 1e6:>9.3f} {total:>10.1f}",
               f"  {'full.onnx':<16} {stages['full_flops'] / 1e6:>9.3f} {stages['full_us']:>10.1f}", "",
               f"every input forced out at one exit (the runner, `Cascade.run`), {forced['inputs']} inputs, median of "
-              f"{forced['rounds']} interleaved rounds, wall clock; full.onnx {forced['full_ms']:.3f} ms, A/A "
+              f"{forced['rounds']} interleaved rounds, {forced['clock']} clock; full.onnx {forced['full_ms']:.3f} ms, A/A "
               f"{forced['aa']:.3f}:",
               f"  {'exit':<16} {'FLOPs share':>11} {'ms':>9} {'latency share':>13} {'excess':>7}"]
     for row in forced["exits"]:

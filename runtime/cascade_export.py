@@ -76,7 +76,7 @@ def export_cascade(compiled: Compiled, out: Path, *, checkpoint: str | None = No
         total += seg.flops
         entries.append({"exit": seg.exit, "file": f"{k:02d}_{seg.exit}.onnx", "inputs": list(seg.inputs),
                         "outputs": list(seg.outputs), "nodes": len(seg.nodes), "flops": seg.flops,
-                        "cumulative_flops": total,
+                        "head_flops": seg.head_flops, "cumulative_flops": total,
                         "threshold": thresholds[k]})
     manifest = {"netspec_version": netspec.__version__, "spec_name": spec.name, "spec_hash": compiled.spec_hash,
                 "weights": weights, "format": FORMAT, "criterion": criterion,

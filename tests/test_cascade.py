@@ -16,7 +16,7 @@ from netspec.compiler import compile_spec
 from netspec.compiler.cascade import split
 from netspec.ops import scale_grad
 from netspec.runtime.calibrate import Outputs, Split, choose_and_report
-from netspec.runtime.cascade import Cascade, read_manifest, simulate
+from netspec.runtime.cascade import Cascade, exit_costs, read_manifest, simulate
 from netspec.runtime.data import Batches, load_dataset
 
 SPEC = """
@@ -131,7 +131,7 @@ def test_export_cascade_thresholds_and_manifest(project, cascade_dir):
     cascade = Cascade.load(cascade_dir)
     logits, where, flops = cascade.run(x.numpy(), [1.0, 1.0, 1.0])
     assert (where == 2).all() and np.array_equal(logits.argmax(1), full["main"].argmax(1).numpy())
-    assert (flops == cumulative[2]).all()
+    assert (flops == manifest["full_flops"]).all()  # the heads of exits no row can leave at are not run
     logits, where, flops = cascade.run(x.numpy(), [0.0, 0.0, 0.0])
     assert (where == 0).all() and np.array_equal(logits.argmax(1), full["aux1"].argmax(1).numpy())
     assert (flops == cumulative[0]).all()
@@ -216,10 +216,10 @@ def test_thresholds_are_chosen_on_one_split_and_reported_on_another():
     main_logits = np.tile([[5.0, 0, 0]], (10, 1))  # always right
     early = np.tile([[10.0, 0, 0]], (10, 1))  # always as confident: right but on examples 4 and 5
     early[4:6] = [0, 10.0, 0]
-    cumulative = np.array([1.0, 3.0])
+    segments = [{"flops": 1.0, "head_flops": 0.25}, {"flops": 2.0, "head_flops": 2.0}]  # leaving early costs 1
     choose = outputs(Split("val", 0, None, labels[:4]), [early[:4], main_logits[:4]])
     held = outputs(Split("test", 4, None, labels[4:]), [early[4:], main_logits[4:]])
-    report = choose_and_report(choose, held, ["early", "main"], cumulative, 0.0)
+    report = choose_and_report(choose, held, ["early", "main"], segments, 0.0)
     choose, held = report["choose"], report["report"]
     assert not report["same_examples"] and choose["examples"] == [0, 4] and held["examples"] == [4, 10]
     assert choose["split"] == "val" and held["split"] == "test" and held["description"] == "test examples 4–9 (6)"
@@ -230,7 +230,7 @@ def test_thresholds_are_chosen_on_one_split_and_reported_on_another():
     assert held["chosen"]["thresholds"] == [0.0, 1.0] and held["chosen"]["share"] == [1.0, 0.0]
     assert held["chosen"]["top1"] == pytest.approx(400 / 6) and held["chosen"]["mean_flops"] == 1.0
     same = choose_and_report(outputs(Split("test", 0, None, labels), [early, main_logits]), None, ["early", "main"],
-                             cumulative, 0.0)
+                             segments, 0.0)
     assert same["same_examples"] and same["report"] is same["choose"] and same["choose"]["examples"] == [0, 10]
     assert same["choose"]["chosen"]["share"] == [0.0, 1.0]  # exit early would lose examples 4 and 5
 
@@ -253,9 +253,15 @@ def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypat
     latency = report["latency"]
     assert latency["inputs"] == 4 and latency["rounds"] == 1 and latency["threads"] == 1
     assert latency["examples"] == [20, 24] and latency["full_ms"] > 0 and latency["throughput"]["cascade"] > 0
+    chosen, every_fifth = report["choose"]["chosen"], report["choose"]["shared"][::5]
     timed = [p for p in report["choose"]["shared"] if "latency_ms" in p]
-    assert timed == report["choose"]["shared"][::5] and all(p["latency_ms"] > 0 for p in timed)
-    chosen = report["choose"]["chosen"]
+    assert all(p in every_fifth or p == chosen for p in timed) and all(p in timed for p in every_fifth)
+    assert all(p["latency_ms"] > 0 for p in timed)
+    by_time = report["choose"]["by_time"]  # chosen by the runner's measured batch-1 latency on the choose split
+    assert report["chosen_by"] == "latency" and by_time["inputs"] == 4 and by_time["batch"] == 1
+    assert chosen == min(by_time["timed"], key=lambda p: p["measured_time_ratio"])
+    assert all(p["top1"] >= report["choose"]["full_top1"] - 0.5 and p["predicted_ms"] > 0 for p in by_time["timed"])
+    assert "chosen by measured batch-1 latency" in printed
     assert chosen["latency_ratio"] == pytest.approx(chosen["latency_ms"] / latency["full_ms"])
     assert report["report"]["chosen"]["latency_ms"] == chosen["latency_ms"]
     assert "measured (the runner, 1 thread(s), 4 test examples 20–23" in printed
@@ -269,6 +275,7 @@ def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypat
     assert main(args + ["--no-latency"]) == 0
     report = json.loads((folder / "calibration.json").read_text())
     assert report["latency"] is None and "latency_ms" not in report["choose"]["chosen"]
+    assert report["chosen_by"] == "flops" and "by_time" not in report["choose"]
     assert "measured" not in capsys.readouterr().out
 
 
@@ -364,9 +371,27 @@ def test_runner_decisions_equal_the_reference_loop(project, criterion_dir):
             near |= (np.abs(conf - thresholds[k]) < 1e-4) & (expected >= k)
         assert np.array_equal(got.exit[~near], expected[~near]), thresholds
         assert close(got.logits, np.stack(logits)[got.exit, np.arange(len(x))])
-        assert np.array_equal(got.flops, cascade.cumulative[got.exit])
+        assert np.array_equal(got.flops, exit_costs(cascade.segments, thresholds)[got.exit])
         decided += len(set(expected.tolist())) > 1
     assert decided >= 5  # the thresholds did split the rows between exits
+
+
+def test_exit_costs_leave_out_the_heads_of_exits_no_row_leaves_at():
+    """Generated: deciding everywhere costs the manifest's cumulative FLOPs; taking exit j out of the plan
+    (threshold 1) lowers the cost of every later exit by exactly j's head and changes no other."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        k = int(rng.integers(2, 7))
+        flops = rng.integers(1, 10_000, k)
+        segments = [{"flops": int(f), "head_flops": int(rng.integers(0, f + 1))} for f in flops]
+        thresholds = [float(rng.choice([0.0, 0.5, 1.0])) for _ in range(k)]
+        assert exit_costs(segments, [0.5] * k).tolist() == np.cumsum(flops).tolist()
+        costs = exit_costs(segments, thresholds)
+        for j in range(k - 1):
+            if thresholds[j] < 1:
+                off = exit_costs(segments, thresholds[:j] + [1.0] + thresholds[j + 1:])
+                assert off[:j + 1].tolist() == costs[:j + 1].tolist()
+                assert (costs[j + 1:] - off[j + 1:] == segments[j]["head_flops"]).all()
 
 
 def test_batched_equals_batch_one_row_by_row(project, cascade_dir):
@@ -489,6 +514,8 @@ def _mutations():
         ("first output", set_(["segments", 0, "outputs"], ["x", "y", "pool1"]), "the first output"),
         ("confidence", set_(["segments", 0, "outputs"], ["aux1"]), "confidence"),
         ("flops", set_(["segments", 2, "cumulative_flops"], -1), "'cumulative_flops'"),
+        ("no head flops", drop(["segments", 1, "head_flops"]), "'head_flops'"),
+        ("head flops", set_(["segments", 1, "head_flops"], 10 ** 15), "more than the segment's 'flops'"),
         ("threshold", set_(["segments", 0, "threshold"], 2), "'threshold' must be a number from 0"),
         ("threshold type", set_(["segments", 0, "threshold"], None), "'threshold' must be a number from 0"),
     ]
@@ -550,6 +577,13 @@ def test_time_cascade_reports_segments_decisions_and_forced_exits(cascade_dir):
     with contextlib.redirect_stdout(printed):
         assert main(["time", "--cascade", str(cascade_dir), "--repeats", "1"]) == 0
     assert "never exit early" in printed.getvalue() and "decision µs" in printed.getvalue()
+    assert report["stages"]["clock"] == report["forced"]["clock"] == "cpu"  # one thread: the CPU clock by default
+    assert "cpu clock, load average" in printed.getvalue()
+    assert main(["time", "--cascade", str(cascade_dir), "--threads", "2", "--clock", "cpu"]) == 2
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["time", "--cascade", str(cascade_dir), "--repeats", "1", "--threads", "2", "--json"]) == 0
+    assert json.loads(printed.getvalue())["forced"]["clock"] == "wall"
 
 
 def test_export_anytime_writes_one_model(project, tmp_path, capsys):

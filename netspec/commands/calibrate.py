@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from netspec.errors import UserError
-from netspec.runtime.calibrate import Split, calibrate, format_report
+from netspec.runtime.calibrate import CHOOSE_BY, Split, calibrate, format_report
 from netspec.runtime.cascade import read_manifest
 from netspec.runtime.data import Batches, load_dataset
 from netspec.commands.common import add_run_argument, add_spec_arguments, compile_recorded, find_run, load
@@ -23,9 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="choose the thresholds on the first N test examples, report them on the others (for "
                              "a spec without a validation split; with data.val_split they are chosen on it and "
                              "reported on the test split)")
+    parser.add_argument("--choose-by", choices=CHOOSE_BY, default=None,
+                        help="what the chosen thresholds minimise within --target-drop: measured batch-1 latency "
+                             "(default), measured time per input at batch 64 (throughput) or mean FLOPs (the "
+                             "default with --no-latency)")
     parser.add_argument("--no-latency", action="store_true", help="do not measure latency (FLOPs only)")
     parser.add_argument("--latency-inputs", type=int, default=500, metavar="N",
-                        help="time the runner on the first N examples of the report split (default 500)")
+                        help="time the runner on the first N examples of the choose split (to choose) and of the report split (to report; default 500)")
     parser.add_argument("--latency-repeats", type=int, default=3, metavar="N",
                         help="interleaved timing rounds after one warm-up round; the median is kept (default 3)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
@@ -38,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be 1 or more, not {getattr(args, flag)}",
                             "or give --no-latency to skip the timing")
+    if args.no_latency and args.choose_by not in (None, "flops"):
+        raise UserError(f"--choose-by {args.choose_by} needs timing, and --no-latency turns it off",
+                        "drop --no-latency, or choose by flops")
+    choose_by = args.choose_by or ("flops" if args.no_latency else "latency")
     folder = Path(args.cascade)
     manifest = read_manifest(folder)
     run = find_run(args)  # the run's own spec: its data, validation split and limits
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         choose = split("test", data.test_x, data.test_y, 0, cut)
         held = split("test", data.test_x, data.test_y, cut, n) if args.holdout else None
     report = calibrate(folder, choose, held, args.target_drop, 0 if args.no_latency else args.latency_inputs,
-                       args.latency_repeats, args.threads)
+                       args.latency_repeats, args.threads, choose_by=choose_by)
     print(format_report(report))
     print(f"\nwrote the thresholds into {folder / 'manifest.json'} and {folder / 'anytime.onnx'}; "
           f"{folder / 'calibration.json'}, {folder / 'calibration.png'}")

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="time an early-exit cascade directory instead (no spec needed): each segment and exit "
                              "decision at batch 1, and forcing every input out at each exit against full.onnx")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="with --cascade: onnxruntime threads")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                        help="with --cascade: the CPU time of the calling thread (default with one thread: what "
+                             "other processes take is left out) or wall time (default with more threads)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
         if args.threads < 1:
             raise UserError(f"--threads must be 1 or more, not {args.threads}", "e.g. --threads 1")
-        report = time_cascade(Path(args.cascade), repeats=args.repeats, threads=args.threads)
+        if args.clock == "cpu" and args.threads > 1:
+            raise UserError(f"--clock cpu counts the calling thread only, and --threads {args.threads} runs the work "
+                            "in other threads too", "use --clock wall, or --threads 1")
+        clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+        report = time_cascade(Path(args.cascade), repeats=args.repeats, threads=args.threads, clock=clock)
         print(json.dumps(report, indent=1) if args.json else format_cascade_timing(report))
         return 0
     from netspec.runtime.timing import format_timing, time_spec
