@@ -83,7 +83,8 @@ def main() -> None:
         rows.append("| " + " | ".join(cells) + " |")
         figures.append(f)
     choose, held, latency = calibration["choose"], calibration["report"], calibration["latency"]
-    print(f"{args.spec}: thresholds chosen on {choose['split']} examples {span(choose['examples'])}, every figure on "
+    print(f"{args.spec}: thresholds chosen by {calibration.get('chosen_by', 'flops')} (calibrate --choose-by) on "
+          f"{choose['split']} examples {span(choose['examples'])}, every figure on "
           f"{held['split']} examples {span(held['examples'])}"
           + (" (the same examples chose the thresholds: optimistic)" if calibration["same_examples"] else "")
           + (f"; calibrate timed {held['split']} examples {span(latency['examples'])}, {latency['threads']} thread(s), "

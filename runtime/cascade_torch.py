@@ -40,7 +40,8 @@ class TorchCascade:
     @torch.no_grad()
     def run(self, x: torch.Tensor, thresholds) -> CascadeResult:
         """(logits of the exit each row left at, that exit's index, the row's cumulative FLOPs), as numpy arrays
-        like the onnxruntime runner's."""
+        like the onnxruntime runner's. Every segment runs whole, the heads of exits at threshold 1 too, so the FLOPs
+        are the cumulative ones of every exit (the onnxruntime runner's plans leave those heads out)."""
         t = check_thresholds(thresholds, self.exits)
         n, last = len(x), len(self.segments) - 1
         values = {self.input_name: x}
