@@ -149,9 +149,9 @@ class MeasuredChoice:
     predicted time is Σ over its plan's groups of the share of rows reaching the group × the group's time. A greedy
     path like the FLOPs one lowers, one exit at a time, the threshold that lowers that prediction the most within
     the target. Then the real runner is timed (`Timer`, interleaved rounds with the full model) at the
-    `TIMED_CANDIDATES` points of least predicted time among the path and the FLOPs sweeps' points, and at the point
-    of fewest FLOPs; the fastest measured is chosen. Thresholds 1 everywhere (the main exit alone) is always a
-    candidate: where no early exit pays for itself on this machine, the choice says so."""
+    `TIMED_CANDIDATES` points of least predicted time among the path and the FLOPs sweeps' points, at the point of
+    fewest FLOPs and at thresholds 1 everywhere (the main exit alone); the fastest measured is chosen, so where no
+    early exit pays for itself on this machine the choice says so."""
 
     def __init__(self, cascade: Cascade, x: np.ndarray, objective: str, rounds: int):
         self.cascade, self.x, self.objective, self.rounds = cascade, x, objective, rounds
@@ -204,7 +204,9 @@ class MeasuredChoice:
             p["predicted_ms"] = self.predict(p) * 1e3
             unique.setdefault(_key(p["thresholds"]), p)
         timed = sorted(unique.values(), key=lambda p: p["predicted_ms"])[:TIMED_CANDIDATES]
-        timed += [fewest_flops] if fewest_flops not in timed else []
+        for extra in (fewest_flops, path[0]):  # path[0]: thresholds 1 everywhere, the main exit alone
+            if _key(extra["thresholds"]) not in {_key(p["thresholds"]) for p in timed}:
+                timed.append(extra)
         timer = Timer(self.cascade, self.x)
         if self.objective == "latency":
             ms = timer.batch1({_key(p["thresholds"]): p["thresholds"] for p in timed}, self.rounds, self.clock)
@@ -317,8 +319,8 @@ def format_report(report: dict) -> str:
         what = "batch-1 latency" if by["objective"] == "latency" else f"time per input at batch {by['batch']}"
         lines += ["", f"chosen by measured {what}: the runner against the full net on {by['inputs']} choose-split "
                   f"examples, median of {by['rounds']} interleaved rounds, {by['clock']} clock; timed: the points of "
-                  f"least predicted time (each plan's stages timed alone on {by['model_rows']} rows) and the point of "
-                  "fewest FLOPs:", f"  {'thresholds':<28} {'top-1':>7} {'FLOPs of full':>13} {'predicted ms':>12} "
+                  f"least predicted time (each plan's stages timed alone on {by['model_rows']} rows), the point of "
+                  "fewest FLOPs and thresholds 1 everywhere:", f"  {'thresholds':<28} {'top-1':>7} {'FLOPs of full':>13} {'predicted ms':>12} "
                   f"{'time ÷ full':>11}"]
         lines += [f"  {_key(p['thresholds'][:-1]):<28} {p['top1']:>7.2f} {p['mean_flops'] / full:>13.1%} "
                   f"{p['predicted_ms']:>12.3f} {p['measured_time_ratio']:>11.3f}" for p in by["timed"]]

@@ -259,6 +259,7 @@ def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypat
     by_time = report["choose"]["by_time"]  # chosen by the runner's measured batch-1 latency on the choose split
     assert report["chosen_by"] == "latency" and by_time["inputs"] == 4 and by_time["batch"] == 1
     assert chosen == min(by_time["timed"], key=lambda p: p["measured_time_ratio"])
+    assert [1.0, 1.0, 1.0] in [p["thresholds"] for p in by_time["timed"]]  # the main exit alone is always timed
     assert all(p["top1"] >= report["choose"]["full_top1"] - 0.5 and p["predicted_ms"] > 0 for p in by_time["timed"])
     assert "chosen by measured batch-1 latency" in printed
     assert chosen["latency_ratio"] == pytest.approx(chosen["latency_ms"] / latency["full_ms"])
