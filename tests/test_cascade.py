@@ -279,6 +279,25 @@ def test_calibrate_holdout_and_latency(project, cascade_dir, tmp_path, monkeypat
     assert "measured" not in capsys.readouterr().out
 
 
+def test_calibrate_chooses_by_throughput_and_refuses_time_without_timing(project, cascade_dir, tmp_path, capsys):
+    import shutil
+
+    _, spec = project
+    folder = tmp_path / "c"
+    shutil.copytree(cascade_dir, folder)
+    args = ["calibrate", str(spec), "--cascade", str(folder), "--holdout", "30"]
+    assert main(args + ["--no-latency", "--choose-by", "latency"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--choose-by latency needs timing" in err
+    assert main(args + ["--choose-by", "throughput", "--latency-inputs", "8", "--latency-repeats", "1"]) == 0
+    assert "chosen by measured time per input at batch 64" in capsys.readouterr().out
+    report = json.loads((folder / "calibration.json").read_text())
+    by_time = report["choose"]["by_time"]
+    assert report["chosen_by"] == "throughput" and by_time["batch"] == 64 and by_time["inputs"] == 8
+    assert report["choose"]["chosen"] == min(by_time["timed"], key=lambda p: p["measured_time_ratio"])
+    assert all(p["measured_time_ratio"] > 0 for p in by_time["timed"])
+
+
 def test_full_onnx_is_the_main_exit(project, cascade_dir):
     _, spec = project
     manifest = read_manifest(cascade_dir)
