@@ -197,8 +197,8 @@ class Bound:
     go through numpy. Measured at batch 1 on an empty call (docs/cascade.md): ~4 µs a call against ~6 µs for `run`
     with numpy, ~7 µs for an IOBinding whose outputs stay bound (a second call overwrites the first call's results)
     and 30–40 µs for IOBinding bound again at each call or the public `run_with_ort_values`. But on a real model at
-    batch 1, reading the outputs with `.numpy()` made whole calls 5–20 % slower than `_sess.run` with numpy (issue
-    20, load 8, CPU clock): a batch of one goes through `Plan.single` instead."""
+    batch 1, reading the outputs with `.numpy()` made whole calls 5–20 % slower than `_sess.run` with numpy (load
+    8, CPU clock): a batch of one goes through `Plan.single` instead."""
 
     def __init__(self, session, inputs: list[str], outputs: list[str]):
         from onnxruntime.capi import _pybind_state
