@@ -394,9 +394,9 @@ class Cascade:
         t, (stages, single), feed = self._resolve(thresholds)
         x = as_input(x, self.input_shape)
         n, last = len(x), len(stages) - 1
-        if n == 1:
+        if n == 1:  # new arrays, not views of the plan's costs a caller could write into
             logits, k = single(x, feed)
-            return CascadeResult(logits, np.full(1, k, np.int64), stages[0].costs[k:k + 1])
+            return CascadeResult(logits, np.array((k,), np.int64), np.array((stages[0].costs[k],), np.int64))
         hold = [x]  # the arrays the OrtValues of this call are views of
         values = {self.input_name: self._ortvalue(x)}
         rows = None  # the input rows still in the cascade (None: all of them, in order)
