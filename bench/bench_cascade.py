@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from netspec.runtime.cascade import ANYTIME, Cascade, session
+from netspec.runtime.cascade_graph import float32_thresholds
 from netspec.runtime.cascade_bench import Timer, forced, forced_share, interleaved
 
 
@@ -38,7 +39,7 @@ def anytime_case(cascade: Cascade, timer: Timer, thresholds: list[float]):
     """The If-model (DIR/anytime.onnx) at batch 1 on the timer's inputs, fed `thresholds`, run the standard way
     (one `session.run` per input, like the full model)."""
     model = session(cascade.folder / ANYTIME, cascade.threads)
-    feed = np.asarray(thresholds[:-1], np.float32)
+    feed = float32_thresholds(thresholds[:-1])
     names = ["logits", "exit"]
 
     def run():

@@ -100,6 +100,17 @@ def plan(protos: list, entries: list[dict], thresholds: list[float]) -> list[Gro
     return groups
 
 
+def float32_thresholds(thresholds) -> "np.ndarray":
+    """The thresholds as float32 values t32 with `c > t32` ⟺ `c > t` for every float32 confidence c: each rounded
+    down, not to nearest, so the `If` model (float32 in the graph) decides exactly as the runner's comparison of a
+    float32 confidence with the float64 threshold."""
+    import numpy as np
+
+    t = np.asarray(thresholds, np.float64)
+    t32 = t.astype(np.float32)
+    return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32).astype(np.float32)
+
+
 def compose_anytime(groups: list[Group], thresholds: list[float], classes: int):
     """One ONNX model with `If` nodes from a plan's groups: level g runs group g, then `If(min over the batch of
     its exit's confidence > thresholds[exit])` returns that exit's logits, else runs level g + 1 (the last level
@@ -142,7 +153,8 @@ def compose_anytime(groups: list[Group], thresholds: list[float], classes: int):
             helper.make_node("If", [f"leave.{g}"], list(names), then_branch=then, else_branch=otherwise)], inits
 
     nodes, inits = level(0, ("logits", "exit"))
-    inits.append(helper.make_tensor("thresholds", TensorProto.FLOAT, [early], [float(t) for t in thresholds[:early]]))
+    below = float32_thresholds(thresholds[:early]).tolist()
+    inits.append(helper.make_tensor("thresholds", TensorProto.FLOAT, [early], below))
     batch = image.type.tensor_type.shape.dim[0].dim_param or "batch"
     graph = helper.make_graph(
         nodes, "anytime", [image, helper.make_tensor_value_info("thresholds", TensorProto.FLOAT, [early])],

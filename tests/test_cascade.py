@@ -413,6 +413,21 @@ def test_exit_costs_leave_out_the_heads_of_exits_no_row_leaves_at():
                 assert (costs[j + 1:] - off[j + 1:] == segments[j]["head_flops"]).all()
 
 
+def test_float32_thresholds_decide_as_the_float64_comparison():
+    """Generated: for float32 confidences c and float64 thresholds t (at, next to and between float32 values),
+    c > float32_thresholds(t) exactly when c > t, as the `If` model and the stage loop compare."""
+    from netspec.runtime.cascade_graph import float32_thresholds
+
+    rng = np.random.default_rng(12)
+    c = np.concatenate([rng.random(2000), [0.0, 1.0, 0.5, 0.8, 0.9995]]).astype(np.float32)
+    picks = rng.choice(c, 300).astype(np.float64)
+    t = np.concatenate([picks, picks + 1e-12, picks - 1e-12, np.nextafter(picks, 2), rng.random(300), [0.0, 0.8, 1.0]])
+    t = np.clip(t, 0.0, 1.0)
+    t32 = float32_thresholds(t)
+    assert t32.dtype == np.float32
+    assert np.array_equal(c[:, None] > t32[None, :], c[:, None].astype(np.float64) > t[None, :])
+
+
 def test_batched_equals_batch_one_row_by_row(project, cascade_dir):
     _, x = batch_of(project)
     cascade = Cascade.load(cascade_dir)
