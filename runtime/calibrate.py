@@ -230,7 +230,7 @@ def timed_points(report: dict) -> list[dict]:
     return [report["choose"]["chosen"]] + shared[::TIMED_EVERY]
 
 
-def measure(cascade: Cascade, x: np.ndarray, report: dict, rounds: int, batch: int = 64) -> dict:
+def measure(cascade: Cascade, x: np.ndarray, report: dict, rounds: int, batch: int = THROUGHPUT_BATCH) -> dict:
     """Batch-1 latency of the runner at every `timed_points` setting and of the full model, interleaved, on `x`;
     the batch-`batch` throughput of the chosen point and of the full model. Each timed point gets `latency_ms`
     and `latency_ratio` (÷ the full model's in the same rounds)."""
@@ -238,10 +238,10 @@ def measure(cascade: Cascade, x: np.ndarray, report: dict, rounds: int, batch: i
     points = timed_points(report)
     settings = {}
     for p in points:
-        settings.setdefault(" ".join(f"{t:g}" for t in p["thresholds"]), p["thresholds"])
+        settings.setdefault(_key(p["thresholds"]), p["thresholds"])
     ms = timer.batch1(settings, rounds)
     for p in points + [report["report"]["chosen"]]:
-        key = " ".join(f"{t:g}" for t in p["thresholds"])
+        key = _key(p["thresholds"])
         p["latency_ms"], p["latency_ratio"] = ms[key], ms[key] / ms["full"]
     per_second = timer.throughput(report["choose"]["chosen"]["thresholds"], batch, rounds)
     return {"inputs": int(len(x)), "rounds": rounds, "threads": cascade.threads, "full_ms": ms["full"],
@@ -320,8 +320,8 @@ def format_report(report: dict) -> str:
         lines += ["", f"chosen by measured {what}: the runner against the full net on {by['inputs']} choose-split "
                   f"examples, median of {by['rounds']} interleaved rounds, {by['clock']} clock; timed: the points of "
                   f"least predicted time (each plan's stages timed alone on {by['model_rows']} rows), the point of "
-                  "fewest FLOPs and thresholds 1 everywhere:", f"  {'thresholds':<28} {'top-1':>7} {'FLOPs of full':>13} {'predicted ms':>12} "
-                  f"{'time ÷ full':>11}"]
+                  "fewest FLOPs and thresholds 1 everywhere:",
+                  f"  {'thresholds':<28} {'top-1':>7} {'FLOPs of full':>13} {'predicted ms':>12} {'time ÷ full':>11}"]
         lines += [f"  {_key(p['thresholds'][:-1]):<28} {p['top1']:>7.2f} {p['mean_flops'] / full:>13.1%} "
                   f"{p['predicted_ms']:>12.3f} {p['measured_time_ratio']:>11.3f}" for p in by["timed"]]
     c = choose["chosen"]

@@ -34,7 +34,7 @@ from netspec.runtime.cascade_graph import compose_anytime, deciding, float32_thr
 
 MANIFEST = "manifest.json"
 FULL = "full.onnx"  # the pruned main exit alone, beside the segments
-FORMAT = 3  # manifest format: 3 = segments give `head_flops`; 2 = the confidence is a graph output (1: computed in numpy)
+FORMAT = 3  # manifest format: 3 = `head_flops`; 2 = the confidence a graph output; 1 = the confidence in numpy
 
 
 class CascadeResult(NamedTuple):

@@ -168,8 +168,8 @@ def format_cascade_timing(report: dict) -> str:
     lines += [f"  {'sum':<16} {sum(r['flops'] for r in stages['segments']) / 1e6:>9.3f} {total:>10.1f}",
               f"  {'full.onnx':<16} {stages['full_flops'] / 1e6:>9.3f} {stages['full_us']:>10.1f}", "",
               f"every input forced out at one exit (the runner, `Cascade.run`), {forced['inputs']} inputs, median of "
-              f"{forced['rounds']} interleaved rounds, {forced['clock']} clock; full.onnx {forced['full_ms']:.3f} ms, A/A "
-              f"{forced['aa']:.3f}:",
+              f"{forced['rounds']} interleaved rounds, {forced['clock']} clock; full.onnx {forced['full_ms']:.3f} ms, "
+              f"A/A {forced['aa']:.3f}:",
               f"  {'exit':<16} {'FLOPs share':>11} {'ms':>9} {'latency share':>13} {'excess':>7}"]
     for row in forced["exits"]:
         lines.append(f"  {row['exit']:<16} {row['flops_share']:>11.3f} {row['ms']:>9.3f} {row['latency_share']:>13.3f} "

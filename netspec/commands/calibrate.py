@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                              "default with --no-latency)")
     parser.add_argument("--no-latency", action="store_true", help="do not measure latency (FLOPs only)")
     parser.add_argument("--latency-inputs", type=int, default=500, metavar="N",
-                        help="time the runner on the first N examples of the choose split (to choose) and of the report split (to report; default 500)")
+                        help="time the runner on the first N examples of the choose split (to choose) and of the "
+                             "report split (to report; default 500)")
     parser.add_argument("--latency-repeats", type=int, default=3, metavar="N",
                         help="interleaved timing rounds after one warm-up round; the median is kept (default 3)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="onnxruntime threads (default 1)")
