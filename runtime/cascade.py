@@ -247,14 +247,17 @@ class Stage:
         return self.call.outputs
 
 
-class Plan(NamedTuple):
-    """The loaded plan of a set of deciding exits: its stages, and `single(x, early thresholds) -> (logits, exit)`
-    for a batch of one: with more than one stage, the same groups as one model with `If` nodes
-    (`cascade_graph.compose_anytime`), measured faster at batch 1 than stepping through the stages
-    (docs/cascade.md)."""
+@dataclass
+class Plan:
+    """The loaded plan of a set of deciding exits (for `thresholds`, any setting with those exits): its stages, and
+    `single(x, early thresholds) -> (logits, exit)` for a batch of one, made by `Cascade.single` the first time a
+    batch of one runs (callers that only batch, like `calibrate`'s cost model, never pay for its session): with more
+    than one stage, the same groups as one model with `If` nodes (`cascade_graph.compose_anytime`), measured faster
+    at batch 1 than stepping through the stages (docs/cascade.md)."""
 
     stages: list[Stage]
-    single: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]]
+    thresholds: list[float]
+    single: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]] | None = None
 
 
 class Resolved(NamedTuple):
@@ -344,24 +347,29 @@ class Cascade:
                                         providers=["CPUExecutionProvider"])
             stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
                                 [n for n in known if n in later], costs))
-        return Plan(stages, self._single(groups, t, stages))
+        return Plan(stages, t)
 
-    def _single(self, groups: list, t: list[float], stages: list[Stage]) -> Callable:
-        """`Plan.single`: one call with numpy in and out (`InferenceSession._sess.run`, the C++ call under
-        `session.run`), measured cheaper at batch 1 than OrtValues whose outputs are read with `.numpy()`."""
+    def single(self, p: Plan) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]]:
+        """`p.single`, made on first use: one call with numpy in and out (`InferenceSession._sess.run`, the C++ call
+        under `session.run`), measured cheaper at batch 1 than OrtValues whose outputs are read with `.numpy()`."""
+        if p.single is not None:
+            return p.single
         import onnxruntime as ort
 
-        name = self.input_name
-        if len(groups) == 1:
+        name, stages = self.input_name, p.stages
+        if len(stages) == 1:
             run, outputs, last = stages[0].call.session._sess.run, stages[0].outputs[:1], stages[0].exit_index
-            return lambda x, feed: (run(outputs, {name: x}, None)[0], last)
-        model = compose_anytime(groups, t, len(self.manifest["classes"]))
+            p.single = lambda x, feed: (run(outputs, {name: x}, None)[0], last)
+            return p.single
+        model = compose_anytime(plan(self.protos, self.segments, p.thresholds), p.thresholds,
+                                len(self.manifest["classes"]))
         run = ort.InferenceSession(model.SerializeToString(), session_options(self.threads),
                                    providers=["CPUExecutionProvider"])._sess.run
 
         def single(x: np.ndarray, feed: np.ndarray) -> tuple[np.ndarray, int]:
             logits, k = run(["logits", "exit"], {name: x, "thresholds": feed}, None)
             return logits, int(k)
+        p.single = single
         return single
 
     def feed(self, x: np.ndarray) -> dict:
@@ -391,11 +399,12 @@ class Cascade:
         """The batched early exit: a stage runs only on the rows still in the cascade; a row leaves at exit k when
         its confidence > thresholds[k]. Results in input order (`CascadeResult`). One row runs in one call of the
         plan's `If` model (`Plan.single`), without a Python step between stages."""
-        t, (stages, single), feed = self._resolve(thresholds)
+        t, p, feed = self._resolve(thresholds)
+        stages = p.stages
         x = as_input(x, self.input_shape)
         n, last = len(x), len(stages) - 1
         if n == 1:  # new arrays, not views of the plan's costs a caller could write into
-            logits, k = single(x, feed)
+            logits, k = self.single(p)(x, feed)
             return CascadeResult(logits, np.array((k,), np.int64), np.array((stages[0].costs[k],), np.int64))
         hold = [x]  # the arrays the OrtValues of this call are views of
         values = {self.input_name: self._ortvalue(x)}

@@ -58,7 +58,7 @@ class Timer:
             self.full_session.run(outputs, {name: one})
 
     def cascade_batch1(self, thresholds) -> Callable[[], None]:
-        self.cascade.prepare(thresholds)  # sessions made before timing
+        self.cascade.run(self.x[:1], thresholds)  # sessions made before timing (a batch of one's `If` model too)
 
         def run():
             for i in range(len(self.x)):
