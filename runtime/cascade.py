@@ -59,7 +59,7 @@ def read_manifest(folder: Path) -> dict:
 
 
 def check_manifest(manifest, path: Path) -> None:
-    again = "export the cascade again (`netspec export --cascade DIR`)"
+    again = "export the cascade again (`netspec export SPEC --cascade DIR`)"
 
     def bad(what: str):
         raise UserError(f"{path}: {what}", again)
