@@ -1,0 +1,76 @@
+"""The ONNX passes every export goes through (`runtime.export.finish`), each on generated graphs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from netspec.runtime.export import fast_average_pools, to_onnx
+
+
+def average_pool(shape, **attributes) -> onnx.ModelProto:
+    node = helper.make_node("AveragePool", ["x"], ["y"], **attributes)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return model
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def slow(model: onnx.ModelProto) -> bool:
+    """Whether the pool has the attributes onnxruntime runs on its slow path."""
+    attrs = {a.name: a.i for a in model.graph.node[0].attribute if a.type == onnx.AttributeProto.INT}
+    return bool(attrs.get("ceil_mode") and attrs.get("count_include_pad"))
+
+
+def generated_pools(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        kernel = [int(k) for k in rng.integers(1, 6, 2)]
+        stride = [int(s) for s in rng.integers(1, 4, 2)] if rng.random() < 0.7 else [1, 1]
+        pad = [int(rng.integers(0, k // 2 + 1)) for k in kernel] if rng.random() < 0.5 else [0, 0]
+        size = [int(k + rng.integers(0, 10)) for k in kernel]
+        yield kernel, stride, pad, bool(rng.integers(2)), bool(rng.integers(2)), size
+
+
+@pytest.mark.parametrize("kernel, stride, pad, ceil, include_pad, size", list(generated_pools(120)))
+def test_fast_average_pools_keeps_torchs_numbers(kernel, stride, pad, ceil, include_pad, size):
+    x = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
+    expected = torch.nn.functional.avg_pool2d(torch.from_numpy(x), kernel, stride, pad, ceil_mode=ceil,
+                                              count_include_pad=include_pad).numpy()
+    model = average_pool([2, 3, *size], kernel_shape=kernel, strides=stride, pads=pad + pad, ceil_mode=int(ceil),
+                         count_include_pad=int(include_pad))
+    before = run(model, x)
+    fast_average_pools(model)
+    after = run(model, x)
+    assert after.shape == expected.shape == before.shape
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert slow(model) == (ceil and include_pad and any(pad) and stride != [1, 1])
+
+
+def test_fast_average_pools_leaves_auto_pad_and_other_ops_alone():
+    model = average_pool([1, 1, 7, 7], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", ceil_mode=1,
+                         count_include_pad=1)
+    fast_average_pools(model)
+    assert slow(model)
+
+
+def test_exports_run_ceil_pools_on_the_fast_path():
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AvgPool2d(5, 2, ceil_mode=True)).eval()
+    proto = to_onnx(module, "data", (1, 14, 14), ["out"])
+    (pool,) = [n for n in proto.graph.node if n.op_type == "AveragePool"]
+    attrs = {a.name: a.i for a in pool.attribute if a.type == onnx.AttributeProto.INT}
+    assert attrs["ceil_mode"] == 1 and attrs["count_include_pad"] == 0
+    x = torch.randn(3, 1, 14, 14)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"data": x.numpy()})[0], module(x).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
