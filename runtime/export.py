@@ -171,17 +171,22 @@ def fast_average_pools(proto) -> None:
     for any other, which also runs in the NCHWc layout of the convolutions around it.
     - no padding: `count_include_pad=0`. Both count the window's cells inside the input, as there are no pad cells;
     - stride 1 everywhere: `ceil_mode=0`. Rounding up changes nothing when every window step fits exactly.
-    Others (padding and a stride above 1, or `auto_pad`) are left as they are."""
+    Others (padding and a stride above 1, `auto_pad`, dilations) are left as they are."""
     for node in proto.graph.node:
         if node.op_type != "AveragePool":
             continue
         attrs = {a.name: a for a in node.attribute}
+
+        def ints(name: str) -> list[int]:
+            return list(attrs[name].ints) if name in attrs else []
+
         ceil, include_pad, auto_pad = (attrs.get(name) for name in ("ceil_mode", "count_include_pad", "auto_pad"))
-        if not (ceil and ceil.i and include_pad and include_pad.i) or auto_pad and auto_pad.s not in (b"", b"NOTSET"):
+        plain = (auto_pad is None or auto_pad.s in (b"", b"NOTSET")) and all(d == 1 for d in ints("dilations"))
+        if not (plain and ceil and ceil.i and include_pad and include_pad.i):
             continue
-        if not any(attrs["pads"].ints if "pads" in attrs else ()):
+        if not any(ints("pads")):
             include_pad.i = 0
-        elif all(s == 1 for s in (attrs["strides"].ints if "strides" in attrs else ())):
+        elif all(s == 1 for s in ints("strides")):
             ceil.i = 0
 
 

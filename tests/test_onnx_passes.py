@@ -57,9 +57,10 @@ def test_fast_average_pools_keeps_torchs_numbers(kernel, stride, pad, ceil, incl
     assert slow(model) == (ceil and include_pad and any(pad) and stride != [1, 1])
 
 
-def test_fast_average_pools_leaves_auto_pad_and_other_ops_alone():
-    model = average_pool([1, 1, 7, 7], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", ceil_mode=1,
-                         count_include_pad=1)
+@pytest.mark.parametrize("attributes", [{"auto_pad": "SAME_UPPER"}, {"dilations": [2, 2]}])
+def test_fast_average_pools_leaves_auto_pad_and_dilations_alone(attributes):
+    model = average_pool([1, 1, 9, 9], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, count_include_pad=1,
+                         **attributes)
     fast_average_pools(model)
     assert slow(model)
 
