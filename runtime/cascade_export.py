@@ -23,7 +23,7 @@ from netspec.project import atomic_write
 from netspec.spec import MAIN_HEAD
 from netspec.runtime.cascade import ANYTIME, FORMAT, FULL, MANIFEST, Cascade, check_thresholds, session, write_anytime, write_manifest
 from netspec.runtime.export import (BATCH_AXIS, _quiet_exporter, _test_data, apply_checkpoint, checked_bytes,
-                                    class_names, finish)
+                                    class_names, onnx_passes)
 from netspec.runtime.report import QUIET, Report
 from netspec.runtime.verify import TOLERANCE, ExportMismatch, check_batches
 
@@ -38,7 +38,7 @@ def segment_onnx(segment: Segment, examples: list[torch.Tensor]):
                                     input_names=list(segment.inputs), output_names=list(segment.outputs),
                                     dynamic_shapes=tuple({0: batch} for _ in examples))
     proto = program.model_proto
-    finish(proto)
+    onnx_passes(proto)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -154,11 +154,11 @@ def to_onnx(module, input_name: str, input_shape: tuple[int, ...], output_names:
         program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[input_name],
                                     output_names=output_names, dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},))
     proto = program.model_proto
-    finish(proto)
+    onnx_passes(proto)
     return proto
 
 
-def finish(proto) -> None:
+def onnx_passes(proto) -> None:
     """The passes every exported graph goes through, in place: `spec_names`, then `fast_average_pools`."""
     spec_names(proto)
     fast_average_pools(proto)
@@ -171,23 +171,28 @@ def fast_average_pools(proto) -> None:
     for any other, which also runs in the NCHWc layout of the convolutions around it.
     - no padding: `count_include_pad=0`. Both count the window's cells inside the input, as there are no pad cells;
     - stride 1 everywhere: `ceil_mode=0`. Rounding up changes nothing when every window step fits exactly.
-    Others (padding and a stride above 1, `auto_pad`, dilations) are left as they are."""
+    Others are left as they are: padding with a stride above 1, `auto_pad`, dilations, and a stride above the kernel
+    (where onnxruntime's and ONNX shape inference's counts of ceil-mode windows differ)."""
     for node in proto.graph.node:
         if node.op_type != "AveragePool":
             continue
         attrs = {a.name: a for a in node.attribute}
-
-        def ints(name: str) -> list[int]:
-            return list(attrs[name].ints) if name in attrs else []
-
         ceil, include_pad, auto_pad = (attrs.get(name) for name in ("ceil_mode", "count_include_pad", "auto_pad"))
-        plain = (auto_pad is None or auto_pad.s in (b"", b"NOTSET")) and all(d == 1 for d in ints("dilations"))
-        if not (plain and ceil and ceil.i and include_pad and include_pad.i):
+        kernel, strides, pads, dilations = (_ints(attrs, name) for name in ("kernel_shape", "strides", "pads",
+                                                                              "dilations"))
+        if (ceil is None or not ceil.i or include_pad is None or not include_pad.i
+                or auto_pad is not None and auto_pad.s not in (b"", b"NOTSET") or any(d != 1 for d in dilations)
+                or any(s > k for s, k in zip(strides, kernel))):
             continue
-        if not any(ints("pads")):
+        if not any(pads):
             include_pad.i = 0
-        elif all(s == 1 for s in ints("strides")):
+        elif all(s == 1 for s in strides):
             ceil.i = 0
+
+
+def _ints(attrs: dict, name: str) -> list[int]:
+    """An INTS attribute's values ([] when absent)."""
+    return list(attrs[name].ints) if name in attrs else []
 
 
 def spec_names(proto) -> None:

@@ -32,13 +32,20 @@ def slow(model: onnx.ModelProto) -> bool:
 
 
 def generated_pools(n: int, seed: int = 0):
+    """2-D pools torch can express; most with the attribute pair the pass rewrites (ceil mode, pad cells counted)."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
         kernel = [int(k) for k in rng.integers(1, 6, 2)]
-        stride = [int(s) for s in rng.integers(1, 4, 2)] if rng.random() < 0.7 else [1, 1]
+        stride = [int(rng.integers(1, k + 2)) for k in kernel] if rng.random() < 0.6 else [1, 1]
         pad = [int(rng.integers(0, k // 2 + 1)) for k in kernel] if rng.random() < 0.5 else [0, 0]
         size = [int(k + rng.integers(0, 10)) for k in kernel]
-        yield kernel, stride, pad, bool(rng.integers(2)), bool(rng.integers(2)), size
+        ceil, include_pad = (True, True) if rng.random() < 0.7 else (bool(rng.integers(2)), bool(rng.integers(2)))
+        yield kernel, stride, pad, ceil, include_pad, size
+
+
+def rewritten(kernel, stride, pad) -> bool:
+    """Whether the pass gives a ceil-mode, pad-counting pool its fast form (see `fast_average_pools`)."""
+    return all(s <= k for s, k in zip(stride, kernel)) and (not any(pad) or all(s == 1 for s in stride))
 
 
 @pytest.mark.parametrize("kernel, stride, pad, ceil, include_pad, size", list(generated_pools(120)))
@@ -54,13 +61,30 @@ def test_fast_average_pools_keeps_torchs_numbers(kernel, stride, pad, ceil, incl
     assert after.shape == expected.shape == before.shape
     np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
-    assert slow(model) == (ceil and include_pad and any(pad) and stride != [1, 1])
+    assert slow(model) == (ceil and include_pad and not rewritten(kernel, stride, pad))
 
 
-@pytest.mark.parametrize("attributes", [{"auto_pad": "SAME_UPPER"}, {"dilations": [2, 2]}])
-def test_fast_average_pools_leaves_auto_pad_and_dilations_alone(attributes):
-    model = average_pool([1, 1, 9, 9], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, count_include_pad=1,
-                         **attributes)
+@pytest.mark.parametrize("shape, attributes", [
+    ([1, 2, 11], {"kernel_shape": [4], "strides": [2]}),  # 1-D, no pads attribute
+    ([1, 2, 7, 8, 9], {"kernel_shape": [3, 2, 4], "strides": [2, 2, 3], "pads": [0] * 6}),  # 3-D
+    ([1, 2, 9, 10], {"kernel_shape": [3, 3], "pads": [0, 1, 2, 0]}),  # asymmetric pads, no strides attribute
+    ([1, 2, 9, 10], {"kernel_shape": [3, 4], "strides": [1, 1], "pads": [1, 0, 0, 2]}),
+])
+def test_fast_average_pools_on_other_ranks_and_pads_keeps_the_numbers(shape, attributes):
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    model = average_pool(shape, ceil_mode=1, count_include_pad=1, **attributes)
+    before = run(model, x)
+    fast_average_pools(model)
+    after = run(model, x)
+    assert not slow(model)
+    assert after.shape == before.shape
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attributes", [{"auto_pad": "SAME_UPPER"}, {"dilations": [2, 2]}, {"strides": [4, 2]}])
+def test_fast_average_pools_leaves_auto_pad_dilations_and_wide_strides_alone(attributes):
+    model = average_pool([1, 1, 9, 9], **{"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1,
+                                          "count_include_pad": 1, **attributes})
     fast_average_pools(model)
     assert slow(model)
 
