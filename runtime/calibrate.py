@@ -203,21 +203,20 @@ class MeasuredChoice:
         for p in candidates + path:
             p["predicted_ms"] = self.predict(p) * 1e3
             unique.setdefault(_key(p["thresholds"]), p)
-        timed = sorted(unique.values(), key=lambda p: p["predicted_ms"])[:TIMED_CANDIDATES]
+        timed = {_key(p["thresholds"]): p
+                 for p in sorted(unique.values(), key=lambda p: p["predicted_ms"])[:TIMED_CANDIDATES]}
         for extra in (fewest_flops, path[0]):  # path[0]: thresholds 1 everywhere, the main exit alone
-            if _key(extra["thresholds"]) not in {_key(p["thresholds"]) for p in timed}:
-                timed.append(extra)
+            timed.setdefault(_key(extra["thresholds"]), extra)
         timer = Timer(self.cascade, self.x)
         if self.objective == "latency":
-            ms = timer.batch1({_key(p["thresholds"]): p["thresholds"] for p in timed}, self.rounds, self.clock)
-            ratios = {_key(p["thresholds"]): ms[_key(p["thresholds"])] / ms["full"] for p in timed}
+            ms = timer.batch1({key: p["thresholds"] for key, p in timed.items()}, self.rounds, self.clock)
+            for key, p in timed.items():
+                p["measured_time_ratio"] = ms[key] / ms["full"]
         else:
-            ratios = {}
-            for p in timed:
+            for p in timed.values():
                 per_second = timer.throughput(p["thresholds"], self.batch, self.rounds, self.clock)
-                ratios[_key(p["thresholds"])] = per_second["full"] / per_second["cascade"]
-        for p in timed:
-            p["measured_time_ratio"] = ratios[_key(p["thresholds"])]
+                p["measured_time_ratio"] = per_second["full"] / per_second["cascade"]
+        timed = list(timed.values())
         best = min(timed, key=lambda p: p["measured_time_ratio"])
         return best, {"objective": self.objective, "batch": self.batch, "clock": self.clock, "rounds": self.rounds,
                       "inputs": len(self.x), "model_rows": len(self.model_rows), "path": path,
@@ -313,7 +312,7 @@ def format_report(report: dict) -> str:
     lines += [f"  {p['thresholds'][0]:>9g} {cells(p)}" for p in choose["shared"]]
     lines += ["", f"per exit (greedy, top-1 ≥ {choose['full_top1']:.2f} − {report['target_drop']:g}), choose split:",
               f"  {'thresholds':<28} {head}"]
-    lines += [f"  {' '.join(f'{t:g}' for t in p['thresholds'][:-1]):<28} {cells(p)}" for p in choose["per_exit"]]
+    lines += [f"  {_key(p['thresholds'][:-1]):<28} {cells(p)}" for p in choose["per_exit"]]
     if "by_time" in choose:
         by = choose["by_time"]
         what = "batch-1 latency" if by["objective"] == "latency" else f"time per input at batch {by['batch']}"

@@ -234,13 +234,12 @@ def bind_full(sess) -> Bound:
 
 @dataclass
 class Stage:
-    """One group of a plan loaded (`cascade_graph.plan`): its bound session, the exit it ends at, the values later
-    stages read (gathered when rows leave) and the plan's cost of leaving at each exit (`exit_costs`)."""
+    """One group of a plan loaded (`cascade_graph.plan`): its bound session, the exit it ends at and the values later
+    stages read (gathered when rows leave)."""
 
     exit_index: int
     call: Bound
     keep: list[str]
-    costs: np.ndarray
 
     @property
     def outputs(self) -> list[str]:
@@ -249,14 +248,15 @@ class Stage:
 
 @dataclass
 class Plan:
-    """The loaded plan of a set of deciding exits (for `thresholds`, any setting with those exits): its stages, and
-    `single(x, early thresholds) -> (logits, exit)` for a batch of one, made by `Cascade.single` the first time a
+    """The loaded plan of a set of deciding exits (for `thresholds`, any setting with those exits): its stages, the
+    cost of leaving at each exit (`exit_costs`), and `single(x, early thresholds) -> (logits, exit)` for a batch of one, made by `Cascade.single` the first time a
     batch of one runs (callers that only batch, like `calibrate`'s cost model, never pay for its session): with more
     than one stage, the same groups as one model with `If` nodes (`cascade_graph.compose_anytime`), measured faster
     at batch 1 than stepping through the stages (docs/cascade.md)."""
 
     stages: list[Stage]
     thresholds: list[float]
+    costs: np.ndarray
     single: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]] | None = None
 
 
@@ -338,7 +338,6 @@ class Cascade:
         import onnxruntime as ort
 
         groups = plan(self.protos, self.segments, t)
-        costs = exit_costs(self.segments, t)
         stages = []
         for j, group in enumerate(groups):
             later = {name for g in groups[j + 1:] for name in g.inputs}
@@ -346,8 +345,8 @@ class Cascade:
             sess = ort.InferenceSession(group.model.SerializeToString(), session_options(self.threads),
                                         providers=["CPUExecutionProvider"])
             stages.append(Stage(group.exit_index, Bound(sess, group.inputs, group.outputs),
-                                [n for n in known if n in later], costs))
-        return Plan(stages, t)
+                                [n for n in known if n in later]))
+        return Plan(stages, t, exit_costs(self.segments, t))
 
     def single(self, p: Plan) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, int]]:
         """`p.single`, made on first use: one call with numpy in and out (`InferenceSession._sess.run`, the C++ call
@@ -405,7 +404,7 @@ class Cascade:
         n, last = len(x), len(stages) - 1
         if n == 1:  # new arrays, not views of the plan's costs a caller could write into
             logits, k = self.single(p)(x, feed)
-            return CascadeResult(logits, np.array((k,), np.int64), np.array((stages[0].costs[k],), np.int64))
+            return CascadeResult(logits, np.array((k,), np.int64), np.array((p.costs[k],), np.int64))
         hold = [x]  # the arrays the OrtValues of this call are views of
         values = {self.input_name: self._ortvalue(x)}
         rows = None  # the input rows still in the cascade (None: all of them, in order)
@@ -416,9 +415,9 @@ class Cascade:
             leave = True if j == last else outs[1].numpy() > t[k]
             if j == last or leave.all():
                 if rows is None:  # every row leaves here, none left before: nothing to gather
-                    return CascadeResult(outs[0].numpy(), np.full(n, k, np.int64), np.full(n, stage.costs[k]))
+                    return CascadeResult(outs[0].numpy(), np.full(n, k, np.int64), np.full(n, p.costs[k]))
                 logits[rows], exits[rows] = outs[0].numpy(), k
-                return CascadeResult(logits, exits, stage.costs[exits])
+                return CascadeResult(logits, exits, p.costs[exits])
             values.update(zip(stage.outputs, outs))
             if not leave.any():
                 continue
