@@ -138,12 +138,12 @@ def _segment(gm, head, nodes, reads, logits, features, spec_name, net, criterion
     module = fx.GraphModule(attributes, graph, class_name=f"{type(gm).__name__}Segment")
     module.meta["heads"] = [head]
 
-    def spec_names(part) -> tuple[str, ...]:
+    def spec_nodes(part) -> tuple[str, ...]:
         return tuple(n.target if n.op == "call_module" else spec_name.get(n.name, n.name) for n in part)
 
     def flops(part) -> int:
-        return sum(net.nodes[name].flops for name in spec_names(part) if name in net.nodes)
+        return sum(net.nodes[name].flops for name in spec_nodes(part) if name in net.nodes)
     trunk = set().union(*(_ancestry(f) for f in features))  # what later segments need
     outputs = (head, *[head + CONFIDENCE_SUFFIX] * len(scores), *(f.name for f in features))
-    return Segment(head, module, tuple(a.name for a in reads), outputs, spec_names(nodes), flops(nodes),
+    return Segment(head, module, tuple(a.name for a in reads), outputs, spec_nodes(nodes), flops(nodes),
                    flops([n for n in nodes if n not in trunk]))
