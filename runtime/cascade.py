@@ -34,6 +34,7 @@ from netspec.runtime.cascade_graph import compose_anytime, deciding, float32_thr
 
 MANIFEST = "manifest.json"
 FULL = "full.onnx"  # the pruned main exit alone, beside the segments
+EXPORT_COMMAND = "`netspec export SPEC --cascade DIR`"  # what writes a cascade directory, for the errors
 FORMAT = 3  # manifest format: 3 = `head_flops`; 2 = the confidence a graph output; 1 = the confidence in numpy
 
 
@@ -49,7 +50,8 @@ def read_manifest(folder: Path) -> dict:
     """The manifest of a cascade directory, every field the runner uses checked: a bad one is one error naming it."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise UserError(f"no {MANIFEST} in {folder}", "give a directory written by `netspec export --cascade DIR`")
+        what = f"no {MANIFEST} in {folder}" if Path(folder).is_dir() else f"{folder} does not exist"
+        raise UserError(what, f"give a directory written by {EXPORT_COMMAND}")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -59,7 +61,7 @@ def read_manifest(folder: Path) -> dict:
 
 
 def check_manifest(manifest, path: Path) -> None:
-    again = "export the cascade again (`netspec export SPEC --cascade DIR`)"
+    again = f"export the cascade again ({EXPORT_COMMAND})"
 
     def bad(what: str):
         raise UserError(f"{path}: {what}", again)

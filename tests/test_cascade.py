@@ -585,6 +585,15 @@ def test_broken_json_and_missing_segment_are_one_line_errors(cascade_dir, tmp_pa
     assert "is not JSON" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("command", [["time", "--cascade"], ["calibrate", "--cascade"]])
+def test_a_missing_cascade_directory_or_manifest_is_one_line_naming_the_export(tmp_path, capsys, command):
+    (tmp_path / "empty").mkdir()
+    for folder, words in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "no manifest.json in")):
+        assert main([*command, str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "netspec export SPEC --cascade DIR" in err and "\n" not in err, err
+
+
 def test_load_cascade_is_the_documented_api(cascade_dir):
     import netspec
 
